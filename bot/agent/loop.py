@@ -1,0 +1,115 @@
+"""The tool-calling loop: stream a model step, run the tools it asked for, repeat until it answers.
+
+It reads top to bottom: `run_turn` → `_step` (one streamed completion) → tools. Everything it
+does is emitted as an event; it keeps no state of its own between turns.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from openai import AsyncOpenAI
+
+from bot.agent.model import BadModelOutput
+from bot.agent.tools import ToolContext, ToolRegistry
+from bot.sessions.events import Kind
+
+
+@dataclass
+class TurnStats:
+    started: float = field(default_factory=time.monotonic)
+    first_token_ms: float | None = None
+    model_calls: int = 0
+
+    def token(self) -> None:
+        if self.first_token_ms is None:
+            self.first_token_ms = (time.monotonic() - self.started) * 1000
+
+
+class StepLimitReached(Exception):
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def __str__(self) -> str:
+        return f"The agent used its {self.steps} model steps for this turn without finishing, so it was ended."
+
+
+class Agent:
+    def __init__(self, client: Callable[[], AsyncOpenAI], model: str, tools: ToolRegistry, max_steps: int):
+        self._client = client
+        self.model = model
+        self.tools = tools
+        self.max_steps = max_steps
+
+    async def run_turn(self, messages: list[dict[str, Any]], ctx: ToolContext, stats: TurnStats) -> None:
+        for _ in range(self.max_steps):
+            content, calls = await self._step(messages, ctx, stats)
+            assistant: dict[str, Any] = {"role": "assistant", "content": content}
+            if calls:
+                assistant["tool_calls"] = [
+                    {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                    for c in calls
+                ]
+            messages.append(assistant)
+            if not calls:
+                return
+            for call in calls:
+                ctx.emit(Kind.TOOL_CALL, call)
+                outcome = await self.tools.call(call["name"], call["arguments"], ctx)
+                ctx.emit(Kind.TOOL_RESULT, {"id": call["id"], "name": call["name"], "ok": outcome.ok, "output": outcome.output})
+                messages.append({"role": "tool", "tool_call_id": call["id"], "content": outcome.output})
+        raise StepLimitReached(self.max_steps)
+
+    async def _step(
+        self, messages: list[dict[str, Any]], ctx: ToolContext, stats: TurnStats
+    ) -> tuple[str, list[dict[str, str]]]:
+        """One streamed completion; whatever arrived is logged even if the stream is cut."""
+        text: list[str] = []
+        calls: dict[int, dict[str, str]] = {}
+        finished = False
+        stats.model_calls += 1
+        try:
+            specs = self.tools.specs()
+            stream = await self._client().chat.completions.create(
+                model=self.model,
+                messages=messages,  # type: ignore[arg-type]
+                tools=specs or None,  # type: ignore[arg-type]
+                stream=True,
+            )
+            async with stream:
+                async for chunk in stream:
+                    for choice in chunk.choices or []:
+                        delta = choice.delta
+                        if delta is None:
+                            continue
+                        if delta.content:
+                            stats.token()
+                            text.append(delta.content)
+                            ctx.emit(Kind.TEXT_DELTA, {"text": delta.content})
+                        for tc in delta.tool_calls or []:
+                            stats.token()
+                            slot = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+                            if tc.id:
+                                slot["id"] = tc.id
+                            if tc.function and tc.function.name:
+                                slot["name"] += tc.function.name
+                            if tc.function and tc.function.arguments:
+                                slot["arguments"] += tc.function.arguments
+            finished = True
+        finally:
+            tool_calls = [
+                {"id": c["id"] or f"call_{uuid.uuid4().hex[:12]}", "name": c["name"], "arguments": c["arguments"]}
+                for _, c in sorted(calls.items())
+            ]
+            if text or tool_calls:
+                ctx.emit(
+                    Kind.ASSISTANT_MESSAGE,
+                    {"content": "".join(text), "tool_calls": tool_calls if finished else [], "complete": finished},
+                )
+        if not text and not tool_calls:
+            raise BadModelOutput("The model ended its answer without any text or tool call.")
+        return "".join(text), tool_calls

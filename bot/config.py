@@ -1,0 +1,160 @@
+"""Service settings: one typed object read from the environment and an optional `.env`.
+
+The names are the deployment contract (DESIGN.md, issue 2); keep them stable. Problems are
+reported as one line per setting by `describe_errors`, never as a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    slack_bot_token: SecretStr | None = None
+    """Bot token (`xoxb-...`). Without it and SLACK_APP_TOKEN, Slack is off."""
+    slack_app_token: SecretStr | None = None
+    """App-level token (`xapp-...`) with `connections:write`, for Socket Mode."""
+    slack_api_url: str = "https://slack.com/api/"
+    """Base of the Slack Web API; tests point it at the fake."""
+
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    """Any OpenAI-compatible server; the key may then be omitted."""
+    agent_model: str = "gpt-5"
+    classifier_model: str = "gpt-5-mini"
+    model_timeout: float = Field(60.0, gt=0)
+    """Seconds the model may stay silent (connect, or between two streamed chunks)."""
+    model_max_retries: int = Field(2, ge=0, le=10)
+    max_tool_steps: int = Field(40, ge=1, le=500)
+    """Model calls one turn may make before it is ended, so a looping model cannot run forever."""
+    max_prompt_chars: int = Field(20_000, ge=100)
+    """Longer prompts get a clear reply instead of a session."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL; default a SQLite file under DATA_DIR. `postgresql://` is accepted."""
+    data_dir: Path = Path("./data")
+
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(8000, ge=0, le=65535)
+    public_url: str | None = None
+    """Base of session links; default http://WEB_HOST:WEB_PORT."""
+
+    repos_config: Path | None = None
+    """YAML file of repositories (format in DESIGN.md)."""
+    git_clone_url: str = "https://github.com/{repo}.git"
+
+    slack_update_interval: float = Field(1.0, ge=0.2)
+    """Least seconds between two updates of one Slack message (Slack allows about one a second)."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("slack_bot_token")
+    @classmethod
+    def _bot_token_shape(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and v.get_secret_value() and not v.get_secret_value().startswith("xoxb-"):
+            raise ValueError("must be a bot token starting with xoxb-")
+        return v or None
+
+    @field_validator("slack_app_token")
+    @classmethod
+    def _app_token_shape(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and v.get_secret_value() and not v.get_secret_value().startswith("xapp-"):
+            raise ValueError("must be an app-level token starting with xapp- (Socket Mode)")
+        return v or None
+
+    @field_validator("slack_api_url", "openai_base_url", "public_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        return normalise_database_url(v) if v else None
+
+    @field_validator("git_clone_url")
+    @classmethod
+    def _clone_template(cls, v: str) -> str:
+        if "{repo}" not in v:
+            raise ValueError("must contain {repo}, e.g. https://github.com/{repo}.git")
+        return v
+
+    @model_validator(mode="after")
+    def _derived(self) -> Settings:
+        if self.slack_api_url is None:
+            self.slack_api_url = "https://slack.com/api/"
+        if not self.slack_api_url.endswith("/"):
+            self.slack_api_url += "/"
+        if (self.slack_bot_token is None) != (self.slack_app_token is None):
+            missing = "SLACK_APP_TOKEN" if self.slack_app_token is None else "SLACK_BOT_TOKEN"
+            raise ValueError(f"{missing} is missing: Slack needs both SLACK_BOT_TOKEN and SLACK_APP_TOKEN")
+        if self.public_url is None:
+            self.public_url = f"http://{self.web_host}:{self.web_port}"
+        self.public_url = self.public_url.rstrip("/")
+        if self.database_url is None:
+            self.database_url = f"sqlite+aiosqlite:///{(self.data_dir / 'hosted-agents.db').resolve()}"
+        return self
+
+    @property
+    def slack_enabled(self) -> bool:
+        return self.slack_bot_token is not None and self.slack_app_token is not None
+
+    @property
+    def model_configured(self) -> bool:
+        return self.openai_api_key is not None or self.openai_base_url is not None
+
+    def session_url(self, share_token: str) -> str:
+        """The link format of a session's page; the web view serves it."""
+        return f"{self.public_url}/s/{share_token}"
+
+
+def normalise_database_url(url: str) -> str:
+    """Pick the async driver for plain URLs so operators can paste what they have."""
+    for plain, driver in (
+        ("postgres://", "postgresql+asyncpg://"),
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        return url
+    raise ValueError("must be a postgresql:// or sqlite:/// URL")
+
+
+class ConfigError(Exception):
+    """A setting or the repos file is wrong; the message is one line per problem, for people."""
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """Turn pydantic's report into `SETTING: problem` lines without echoing secret values."""
+    lines = []
+    for err in exc.errors():
+        name = ".".join(str(part) for part in err["loc"]).upper() or "settings"
+        msg = err["msg"].removeprefix("Value error, ")
+        shown = err.get("input")
+        secret = "TOKEN" in name or "KEY" in name
+        if err["loc"] and isinstance(shown, str) and not secret and len(shown) < 200:
+            lines.append(f"{name}: {msg} (got {shown!r})")
+        else:
+            lines.append(f"{name}: {msg}" if err["loc"] else msg)
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, raising ConfigError with a readable message."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc)) from None

@@ -1,0 +1,121 @@
+"""Wires the layers together and runs them: database, sessions, agent, web server, Slack."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+from openai import AsyncOpenAI
+from slack_sdk.errors import SlackApiError
+
+from bot.agent.loop import Agent
+from bot.agent.model import ModelNotConfigured, make_client
+from bot.agent.tools import default_tools
+from bot.config import ConfigError, Settings
+from bot.repos import RepoCatalog, load_repos
+from bot.sessions.service import SessionService
+from bot.slack.app import SlackClient
+from bot.store.db import Database
+from bot.store.processed_events import ProcessedEvents
+from bot.web.server import build_app
+
+log = logging.getLogger("hosted_agents")
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.catalog: RepoCatalog = load_repos(settings.repos_config, settings.git_clone_url)
+        self.db = Database(settings.database_url)  # type: ignore[arg-type]
+        self._model: AsyncOpenAI | None = make_client(settings) if settings.model_configured else None
+        self.agent = Agent(self._model_client, settings.agent_model, default_tools(), settings.max_tool_steps)
+        self.sessions = SessionService(settings, self.db, self.agent)
+        self.processed = ProcessedEvents(self.db)
+        self.slack: SlackClient | None = None
+        self._web: web.AppRunner | None = None
+        self.web_port: int | None = None
+
+    def _model_client(self) -> AsyncOpenAI:
+        if self._model is None:
+            raise ModelNotConfigured()
+        return self._model
+
+    async def start(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            await self.db.upgrade()
+        except Exception as exc:  # unreachable server, bad credentials, unwritable file
+            raise ConfigError(f"DATABASE_URL: cannot open the database ({_first_line(exc)})") from None
+        await self.processed.prune()
+        await self._start_web()
+        if self.settings.slack_enabled:
+            self.slack = SlackClient(self.settings, self.sessions, self.processed)
+        await self.sessions.recover()  # after the Slack renderer observes, so it reports interruptions
+        if self.slack is not None:
+            await self._connect_slack()
+
+    async def _start_web(self) -> None:
+        runner = web.AppRunner(build_app(self.sessions, self.settings.slack_enabled), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.web_host, self.settings.web_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"WEB_PORT: cannot listen on {self.settings.web_host}:{self.settings.web_port} ({exc.strerror})"
+            ) from None
+        self._web = runner
+        sockets = getattr(site._server, "sockets", None) or []  # the real port when WEB_PORT=0
+        self.web_port = sockets[0].getsockname()[1] if sockets else self.settings.web_port
+
+    async def _connect_slack(self) -> None:
+        assert self.slack is not None
+        try:
+            await self.slack.web.auth_test()
+        except SlackApiError as exc:
+            raise ConfigError(f"SLACK_BOT_TOKEN: Slack refused it ({exc.response.get('error')})") from None
+        except Exception as exc:
+            log.warning("Slack is not reachable yet (%s); Socket Mode keeps retrying", _first_line(exc))
+        try:
+            await self.slack.start()
+        except SlackApiError as exc:
+            raise ConfigError(f"SLACK_APP_TOKEN: Slack refused it ({exc.response.get('error')})") from None
+
+    async def stop(self) -> None:
+        if self.slack is not None:
+            await self.slack.close()
+        await self.sessions.close()
+        if self._web is not None:
+            await self._web.cleanup()
+        if self._model is not None:
+            await self._model.close()
+        await self.db.close()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM."""
+    service = Service(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+        slack = "on (Socket Mode)" if service.slack else "off (set SLACK_BOT_TOKEN and SLACK_APP_TOKEN to turn it on)"
+        model = settings.agent_model if settings.model_configured else "not configured (set OPENAI_API_KEY)"
+        log.info(
+            "hosted-agents is up: web on http://%s:%s · Slack %s · model %s · %d repo(s)",
+            settings.web_host, service.web_port, slack, model, len(service.catalog),
+        )
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await service.stop()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

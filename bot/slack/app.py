@@ -1,0 +1,149 @@
+"""The Slack client: Socket Mode in, Web API out. Listeners are a few lines each and call the
+sessions layer; the renderer turns session events back into messages."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.app.async_app import AsyncApp
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.config import Settings
+from bot.sessions.events import Author
+from bot.sessions.service import SessionService
+from bot.slack.format import CLEAR_QUEUE_ACTION, STOP_ACTION, VIEW_ACTION
+from bot.slack.messages import IncomingMessage, parse_message, prompt_text
+from bot.slack.renderer import SlackRenderer
+from bot.store.processed_events import ProcessedEvents
+
+log = logging.getLogger(__name__)
+
+HELP = (
+    "Hi! Tell me what you need in the same message, for example "
+    "`@hosted-agents why is the login page slow?`. Replies in the thread are queued for me."
+)
+_SESSION_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def web_client(settings: Settings) -> AsyncWebClient:
+    assert settings.slack_bot_token is not None
+    return AsyncWebClient(
+        token=settings.slack_bot_token.get_secret_value(),
+        base_url=settings.slack_api_url,
+        retry_handlers=[
+            AsyncConnectionErrorRetryHandler(max_retry_count=2),
+            AsyncRateLimitErrorRetryHandler(max_retry_count=5),  # waits Retry-After
+            AsyncServerErrorRetryHandler(max_retry_count=2),
+        ],
+    )
+
+
+class SlackClient:
+    def __init__(self, settings: Settings, sessions: SessionService, processed: ProcessedEvents):
+        self.settings = settings
+        self.sessions = sessions
+        self.processed = processed
+        self.web = web_client(settings)
+        self.app = AsyncApp(client=self.web, process_before_response=False, logger=logging.getLogger("slack_bolt"))
+        self.renderer = SlackRenderer(self.web, sessions, settings)
+        sessions.add_observer(self.renderer.on_working)
+        self._register()
+        self._socket: AsyncSocketModeHandler | None = None
+
+    async def start(self) -> None:
+        assert self.settings.slack_app_token is not None
+        self._socket = AsyncSocketModeHandler(self.app, self.settings.slack_app_token.get_secret_value(), web_client=self.web)
+        await self._socket.connect_async()
+
+    async def close(self) -> None:
+        if self._socket is not None:
+            await self._socket.close_async()
+        await self.renderer.close()
+
+    # -- listeners ----------------------------------------------------------------------
+
+    def _register(self) -> None:
+        app = self.app
+        app.event("app_mention")(self.on_message)
+        app.event("message")(self.on_message)
+        app.action(STOP_ACTION)(self.on_stop)
+        app.action(CLEAR_QUEUE_ACTION)(self.on_clear_queue)
+        app.action(VIEW_ACTION)(self.on_view)
+        app.event(re.compile(".*"))(self.on_other_event)
+
+    async def on_message(self, event: dict[str, Any], context: Any) -> None:
+        bot = context.get("bot_user_id")
+        msg = parse_message(event, bot)
+        if msg is None:
+            return
+        session = await self.sessions.find_by_thread(msg.channel, msg.thread_ts) if msg.thread_ts else None
+        if session is None and not (msg.mentioned or msg.direct):
+            return  # chatter in a thread that is not ours
+        if not await self.processed.first_time(msg.dedupe_key):
+            return
+        text = prompt_text(msg, bot)
+        if not text:
+            await self._reply(msg, HELP)
+            return
+        if len(text) > self.settings.max_prompt_chars:
+            await self._reply(
+                msg,
+                f"That message is {len(text):,} characters long; I take up to {self.settings.max_prompt_chars:,}. "
+                "Please shorten it (a link to a file or a gist works well) and send it again.",
+            )
+            return
+        if session is None:
+            session = await self.sessions.open_slack_session(msg.channel, msg.root, msg.user)
+        await self.sessions.submit(session.id, text, Author(msg.user), order_key=float(msg.ts))
+
+    async def on_stop(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        session_id, user, channel = await self._action_target(body, action)
+        if session_id and not self.sessions.stop(session_id, by=user):
+            await self._ephemeral(channel, user, "Nothing is running in this session right now.")
+
+    async def on_clear_queue(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        session_id, user, channel = await self._action_target(body, action)
+        if session_id and not self.sessions.clear_queue(session_id, by=user):
+            await self._ephemeral(channel, user, "The queue is already empty.")
+
+    async def on_view(self, ack: Any) -> None:
+        await ack()  # a link button: Slack opens the URL, we only acknowledge
+
+    async def on_other_event(self) -> None:
+        """Events we do not use are acknowledged and ignored."""
+
+    # -- helpers ------------------------------------------------------------------------
+
+    async def _action_target(self, body: dict[str, Any], action: dict[str, Any]) -> tuple[str | None, str, str]:
+        user = str((body.get("user") or {}).get("id", ""))
+        channel = str((body.get("channel") or {}).get("id", ""))
+        value = action.get("value")
+        info = await self.sessions.get(value) if isinstance(value, str) and _SESSION_ID.match(value) else None
+        if info is None or info.slack_channel != channel:
+            await self._ephemeral(channel, user, "I can't find that session any more.")
+            return None, user, channel
+        return info.id, user, channel
+
+    async def _reply(self, msg: IncomingMessage, text: str) -> None:
+        try:
+            await self.web.chat_postMessage(channel=msg.channel, thread_ts=msg.root, text=text)
+        except Exception as exc:
+            log.warning("replying in %s failed: %r", msg.channel, exc)
+
+    async def _ephemeral(self, channel: str, user: str, text: str) -> None:
+        if not channel or not user:
+            return
+        try:
+            await self.web.chat_postEphemeral(channel=channel, user=user, text=text)
+        except Exception as exc:
+            log.warning("ephemeral reply in %s failed: %r", channel, exc)

@@ -1,0 +1,70 @@
+"""Slack messages at the edge: what is a prompt, for which thread, from whom.
+
+Slack delivers a mention twice (as `app_mention` and as `message`) and redelivers on retries;
+both shapes go through `parse_message` so either delivery does the same thing, and the dedupe
+key is the message itself (`dedupe_key`: channel + ts), not the delivery.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+ACCEPTED_SUBTYPES = {None, "file_share", "thread_broadcast"}
+_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+_TS = re.compile(r"^\d{1,12}\.\d{1,8}$")
+_ID = re.compile(r"^[A-Z0-9]{2,32}$")
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    channel: str
+    ts: str
+    thread_ts: str | None
+    user: str
+    text: str
+    mentioned: bool
+    direct: bool
+
+    @property
+    def root(self) -> str:
+        """The thread a session for this message lives in."""
+        return self.thread_ts or self.ts
+
+    @property
+    def dedupe_key(self) -> str:
+        return f"msg:{self.channel}:{self.ts}"
+
+
+def is_from_a_bot(event: dict[str, Any]) -> bool:
+    return bool(event.get("bot_id") or event.get("bot_profile") or event.get("subtype") == "bot_message")
+
+
+def parse_message(event: dict[str, Any], bot_user_id: str | None) -> IncomingMessage | None:
+    """A human's message worth looking at, or None for anything else (edits, joins, bots, junk)."""
+    if event.get("type") not in ("app_mention", "message") or event.get("subtype") not in ACCEPTED_SUBTYPES:
+        return None
+    if is_from_a_bot(event):
+        return None
+    channel, ts, user, text = event.get("channel"), event.get("ts"), event.get("user"), event.get("text")
+    thread_ts = event.get("thread_ts")
+    if not (isinstance(channel, str) and _ID.match(channel) and isinstance(user, str) and _ID.match(user)):
+        return None
+    if not (isinstance(ts, str) and _TS.match(ts)) or (thread_ts is not None and not (isinstance(thread_ts, str) and _TS.match(thread_ts))):
+        return None
+    if not isinstance(text, str):
+        text = ""
+    if user == bot_user_id:
+        return None
+    mentioned = event.get("type") == "app_mention" or (bot_user_id is not None and f"<@{bot_user_id}" in text)
+    direct = event.get("channel_type") == "im" or channel.startswith("D")
+    return IncomingMessage(channel, ts, thread_ts if thread_ts != ts else None, user, text, mentioned, direct)
+
+
+def prompt_text(message: IncomingMessage, bot_user_id: str | None) -> str:
+    """The request without the bot's own mention; other people's mentions stay."""
+    text = message.text
+    if bot_user_id:
+        text = re.sub(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>", " ", text)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()

@@ -1,0 +1,65 @@
+"""The central database: one async engine, migrations applied at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
+
+
+def alembic_config() -> Config:
+    cfg = Config(str(ALEMBIC_INI))
+    cfg.set_main_option("script_location", str(ALEMBIC_INI.parent / "migrations"))
+    return cfg
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    # WAL lets readers run during a write; busy_timeout turns lock contention into a short wait.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Database:
+    """Owns the engine and hands out sessions; `upgrade()` runs Alembic to head."""
+
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[1] if "///" in url else ""
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> AsyncSession:
+        return self.sessions()
+
+    async def upgrade(self, revision: str = "head") -> None:
+        await self._alembic(lambda cfg: command.upgrade(cfg, revision))
+
+    async def downgrade(self, revision: str = "base") -> None:
+        await self._alembic(lambda cfg: command.downgrade(cfg, revision))
+
+    async def _alembic(self, action) -> None:  # type: ignore[no-untyped-def]
+        def run(conn: Connection) -> None:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            action(cfg)
+
+        async with self.engine.begin() as conn:
+            await conn.run_sync(run)
+
+    async def close(self) -> None:
+        await self.engine.dispose()

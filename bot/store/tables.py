@@ -1,0 +1,63 @@
+"""Central database tables (SQLAlchemy 2). Alembic migrations in `migrations/` must match these."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SessionRow(Base):
+    """The index of sessions; each session's events live in its own SQLite file."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        UniqueConstraint("slack_channel", "slack_thread_ts", name="uq_sessions_slack_thread"),
+        Index("ix_sessions_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    share_token: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16))
+    """`working` while prompts are queued or running, else `idle`; restart recovery reads it."""
+    repo: Mapped[str | None] = mapped_column(String(200))
+    base_branch: Mapped[str | None] = mapped_column(String(200))
+    work_branch: Mapped[str | None] = mapped_column(String(200))
+    origin: Mapped[str] = mapped_column(String(16))
+    slack_channel: Mapped[str | None] = mapped_column(String(32))
+    slack_thread_ts: Mapped[str | None] = mapped_column(String(32))
+    creator: Mapped[str | None] = mapped_column(String(64))
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("sessions.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class SlackEventRow(Base):
+    """Slack deliveries already handled; Slack redelivers, and a mention arrives as two events."""
+
+    __tablename__ = "slack_events"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    received_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class TurnRow(Base):
+    """One agent turn, for metrics (time to first model token, outcome)."""
+
+    __tablename__ = "turns"
+    __table_args__ = (Index("ix_turns_session", "session_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    prompt_id: Mapped[int] = mapped_column(Integer)
+    author: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[float] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float)
+    first_token_ms: Mapped[float | None] = mapped_column(Float)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
