@@ -6,12 +6,14 @@ does is emitted as an event; it keeps no state of its own between turns.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic
 from openai import AsyncOpenAI
 
 from bot.agent.model import BadModelOutput
@@ -100,6 +102,8 @@ class Agent:
                             if tc.function and tc.function.arguments:
                                 slot["arguments"] += tc.function.arguments
             finished = True
+        except (json.JSONDecodeError, pydantic.ValidationError) as exc:
+            raise BadModelOutput("The model service sent a malformed answer, so this turn was ended.") from exc
         finally:
             tool_calls = [
                 {"id": c["id"] or f"call_{uuid.uuid4().hex[:12]}", "name": c["name"], "arguments": c["arguments"]}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import openai
 from openai import AsyncOpenAI
 
@@ -42,7 +44,9 @@ def describe_error(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, openai.AuthenticationError):
         return "The model service refused our API key (HTTP 401); an operator should check OPENAI_API_KEY."
     if isinstance(exc, openai.APIStatusError):
-        detail = _short(getattr(exc, "message", "") or "")
+        body = exc.body if isinstance(exc.body, dict) else {}
+        detail = body.get("message") if isinstance(body.get("message"), str) else ""
+        detail = _short(detail or re.sub(r"^Error code: \d+ - ", "", exc.message or ""))
         return f"The model service answered with an error (HTTP {exc.status_code}){': ' + detail if detail else ''}."
     if isinstance(exc, openai.APIError):
         return f"The model service sent something we could not read: {_short(str(exc))}."

@@ -23,6 +23,7 @@ from bot.slack.format import CLEAR_QUEUE_ACTION, STOP_ACTION, VIEW_ACTION
 from bot.slack.messages import IncomingMessage, parse_message, prompt_text
 from bot.slack.renderer import SlackRenderer
 from bot.store.processed_events import ProcessedEvents
+from bot.util.keyed_locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class SlackClient:
         sessions.add_observer(self.renderer.on_working)
         self._register()
         self._socket: AsyncSocketModeHandler | None = None
+        self._thread_locks = KeyedLocks()
 
     async def start(self) -> None:
         assert self.settings.slack_app_token is not None
@@ -84,6 +86,12 @@ class SlackClient:
         msg = parse_message(event, bot)
         if msg is None:
             return
+        # Envelopes are handled concurrently; the lock is taken before any I/O, so one thread's
+        # messages are queued in the order Slack sent them.
+        async with self._thread_locks.hold((msg.channel, msg.root)):
+            await self._handle_message(msg, bot)
+
+    async def _handle_message(self, msg: IncomingMessage, bot: str | None) -> None:
         session = await self.sessions.find_by_thread(msg.channel, msg.thread_ts) if msg.thread_ts else None
         if session is None and not (msg.mentioned or msg.direct):
             return  # chatter in a thread that is not ours

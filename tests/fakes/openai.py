@@ -1,0 +1,157 @@
+"""A small OpenAI-compatible server that the real `openai` client talks to unchanged.
+
+`POST /v1/chat/completions`, streaming (server-sent events, `data: [DONE]`) or not, with text and
+tool calls. Each test scripts its replies; when the script is empty the model answers
+"Answer to: <last user text>". Knobs: time to first token, delay between chunks, HTTP errors,
+malformed output, and a reply that never comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from aiohttp import web
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: str | dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+
+
+@dataclass
+class Reply:
+    text: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    ttft: float = 0.0
+    """seconds before the first chunk"""
+    chunk_delay: float = 0.0
+    chunk_chars: int = 4
+    """about one token per chunk"""
+    status: int = 200
+    error: str = "The server had an error while processing your request."
+    garbage: bool = False
+    """a chunk that is not JSON"""
+    hang: bool = False
+    """send headers, then nothing, until the client gives up"""
+
+
+@dataclass
+class Request:
+    body: dict[str, Any]
+    at: float
+
+    @property
+    def last_user_text(self) -> str:
+        for message in reversed(self.body.get("messages", [])):
+            if message.get("role") == "user":
+                return message.get("content") or ""
+        return ""
+
+
+Script = Reply | Callable[[Request], Reply]
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.script: deque[Script] = deque()
+        self.requests: list[Request] = []
+        self.completed = 0
+        self.disconnected = 0
+        """streams the client closed before the end (Stop, timeouts)"""
+        self.default: Callable[[Request], Reply] = lambda r: Reply(text="Answer to: " + r.last_user_text.split("\n", 1)[-1])
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def add(self, *replies: Script) -> None:
+        self.script.extend(replies)
+
+    async def start(self) -> str:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._completions)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self.base_url
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        if not request.headers.get("Authorization", "").startswith("Bearer "):
+            return web.json_response({"error": {"message": "Missing bearer token", "type": "invalid_request_error"}}, status=401)
+        body = await request.json()
+        req = Request(body, time.monotonic())
+        self.requests.append(req)
+        item = self.script.popleft() if self.script else self.default
+        reply = item(req) if callable(item) else item
+        if reply.status != 200:
+            return web.json_response({"error": {"message": reply.error, "type": "server_error", "code": None}}, status=reply.status)
+        if not body.get("stream"):
+            return web.json_response(self._whole(body, reply))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        try:
+            if reply.hang:
+                await asyncio.sleep(3600)
+            await asyncio.sleep(reply.ttft)
+            for i, chunk in enumerate(self._chunks(body, reply)):
+                if i and reply.chunk_delay:
+                    await asyncio.sleep(reply.chunk_delay)
+                await resp.write(b"data: " + chunk.encode() + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            self.completed += 1
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.disconnected += 1
+            raise
+        return resp
+
+    def _chunks(self, body: dict[str, Any], reply: Reply) -> list[str]:
+        base = {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": body.get("model", "fake")}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+            return json.dumps({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+        out = [chunk({"role": "assistant", "content": ""})]
+        if reply.garbage:
+            out.append('{"choices": [ this is not json')
+        text = reply.text
+        out += [chunk({"content": text[i : i + reply.chunk_chars]}) for i in range(0, len(text), reply.chunk_chars)]
+        for index, call in enumerate(reply.tool_calls):
+            args = call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)
+            out.append(chunk({"tool_calls": [{"index": index, "id": call.id or f"call_{uuid.uuid4().hex[:8]}",
+                                              "type": "function", "function": {"name": call.name, "arguments": ""}}]}))
+            out += [chunk({"tool_calls": [{"index": index, "function": {"arguments": args[i : i + 16]}}]})
+                    for i in range(0, len(args), 16)]
+        out.append(chunk({}, "tool_calls" if reply.tool_calls else "stop"))
+        return out
+
+    def _whole(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
+        if reply.tool_calls:
+            message["tool_calls"] = [
+                {"id": c.id or f"call_{uuid.uuid4().hex[:8]}", "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments if isinstance(c.arguments, str) else json.dumps(c.arguments)}}
+                for c in reply.tool_calls
+            ]
+        self.completed += 1
+        return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+                "model": body.get("model", "fake"),
+                "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if reply.tool_calls else "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}}
