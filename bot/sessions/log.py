@@ -99,6 +99,15 @@ class SessionLog:
         ).fetchall()
         return [Event(seq, ts, Kind(k), t, json.loads(data)) for seq, ts, k, t, data in rows]
 
+    def unfinished_step_text(self, turn: int) -> str:
+        """Text streamed in a turn's last model step that never got its assistant_message."""
+        rows = self.conn.execute(
+            "SELECT data FROM events WHERE turn = ? AND kind = ? AND seq > ("
+            " SELECT COALESCE(MAX(seq), 0) FROM events WHERE turn = ? AND kind IN (?, ?)) ORDER BY seq",
+            (turn, Kind.TEXT_DELTA.value, turn, Kind.ASSISTANT_MESSAGE.value, Kind.TOOL_RESULT.value),
+        ).fetchall()
+        return "".join(json.loads(r[0]).get("text", "") for r in rows)
+
     def last_seq(self) -> int:
         row = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
         return int(row[0])

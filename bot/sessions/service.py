@@ -183,6 +183,10 @@ class SessionService:
             runner = self._begin_working(info)
             for prompt_id in slog.prompts_with_status(RUNNING):
                 slog.set_prompt_status(prompt_id, Outcome.INTERRUPTED.value)
+                partial = slog.unfinished_step_text(prompt_id)
+                if partial:  # the model's words so far stay part of the conversation
+                    self.emit(info.id, Kind.ASSISTANT_MESSAGE, {"content": partial, "tool_calls": [], "complete": False},
+                              turn=prompt_id)
                 self.emit(
                     info.id,
                     Kind.TURN_ENDED,

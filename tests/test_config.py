@@ -1,0 +1,57 @@
+"""Settings and the repos file are validated at the edge with messages that name what is wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.config import ConfigError, load_settings
+from bot.repos import load_repos
+
+
+def test_defaults_are_embedded_and_urls_are_normalised(tmp_path):
+    s = load_settings(_env_file=None, data_dir=tmp_path)
+    assert s.database_url == f"sqlite+aiosqlite:///{tmp_path.resolve()}/hosted-agents.db"
+    assert s.public_url == "http://127.0.0.1:8000"
+    assert not s.slack_enabled and not s.model_configured
+    pg = load_settings(_env_file=None, database_url="postgres://u@h/db", public_url="https://agents.example.com/")
+    assert pg.database_url == "postgresql+asyncpg://u@h/db"
+    assert pg.session_url("tok") == "https://agents.example.com/s/tok"
+
+
+def test_repos_file_with_defaults(tmp_path):
+    path = tmp_path / "repos.yml"
+    path.write_text(
+        "defaults:\n  image: {base: 'hosted-agents/base:bookworm', setup: ['make deps']}\n  pool_size: 2\n"
+        "repos:\n"
+        "  - name: acme/api\n    aliases: [api]\n    channels: ['#eng-api']\n    image: {warm: ['pytest -q || true']}\n"
+        "  - name: acme/web\n    clone_url: git://127.0.0.1:9418/acme/web.git\n    pool_size: 0\n"
+    )
+    catalog = load_repos(path, "https://github.com/{repo}.git")
+    api, web = catalog.repos
+    assert api.clone_url == "https://github.com/acme/api.git" and api.pool_size == 2
+    assert api.image.setup == ["make deps"] and api.image.warm == ["pytest -q || true"]
+    assert api.channels == ["eng-api"]
+    assert web.clone_url == "git://127.0.0.1:9418/acme/web.git" and web.pool_size == 0
+    assert catalog.get("ACME/API") is api
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("repos:\n  - name: acme/api\n    image: {bsae: x}\n", "repo 'acme/api': unknown field 'image.bsae'"),
+        ("repos:\n  - name: not-a-repo\n", "repo 'not-a-repo': field 'name': must be owner/repo"),
+        ("repos:\n  - name: acme/api\n    pool_size: -1\n", "repo 'acme/api': field 'pool_size'"),
+        ("repos:\n  - name: acme/api\n  - name: ACME/api\n", "listed twice"),
+        ("repos:\n  - description: nameless\n", "repo '#1': field 'name': Field required"),
+        ("repos: [\n", "is not valid YAML"),
+        ("- just a list\n", "must be a mapping"),
+        ("repos:\n  - name: acme/api\nextra_top: 1\n", "unknown field 'extra_top'"),
+    ],
+)
+def test_bad_repos_files_name_the_repo_and_field(tmp_path, yaml_text, message):
+    path = tmp_path / "repos.yml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as err:
+        load_repos(path, "https://github.com/{repo}.git")
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
