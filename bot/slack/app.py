@@ -47,13 +47,27 @@ def web_client(settings: Settings) -> AsyncWebClient:
     )
 
 
+def _bolt_logger() -> logging.Logger:
+    """Bolt reads SLACK_BOT_TOKEN from the environment itself and then warns that our client's
+    (identical) token wins; that line would only confuse operators."""
+    logger = logging.getLogger("slack_bolt")
+    if not any(isinstance(f, _TokenSkippedFilter) for f in logger.filters):
+        logger.addFilter(_TokenSkippedFilter())
+    return logger
+
+
+class _TokenSkippedFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`token` will be unused" not in record.getMessage()
+
+
 class SlackClient:
     def __init__(self, settings: Settings, sessions: SessionService, processed: ProcessedEvents):
         self.settings = settings
         self.sessions = sessions
         self.processed = processed
         self.web = web_client(settings)
-        self.app = AsyncApp(client=self.web, process_before_response=False, logger=logging.getLogger("slack_bolt"))
+        self.app = AsyncApp(client=self.web, process_before_response=False, logger=_bolt_logger())
         self.renderer = SlackRenderer(self.web, sessions, settings)
         sessions.add_observer(self.renderer.on_working)
         self._register()
