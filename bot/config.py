@@ -51,6 +51,25 @@ class Settings(BaseSettings):
     """YAML file of repositories (format in DESIGN.md)."""
     git_clone_url: str = "https://github.com/{repo}.git"
 
+    sandbox_network: str = "bridge"
+    """Docker network mode of sandboxes: `bridge` in production, `host` or `none` where there is no bridge."""
+    sandbox_memory: str = "2g"
+    sandbox_cpus: float = Field(2.0, gt=0)
+    sandbox_pids: int = Field(1024, ge=16)
+    sandbox_idle_timeout: float = Field(900.0, gt=0)
+    """Seconds a session's container may sit idle before it is stopped (its snapshot stays)."""
+    sandbox_command_timeout: float = Field(600.0, gt=0)
+    """The longest a single command the agent runs may take."""
+    image_rebuild_interval: float = Field(1800.0, ge=0)
+    """Seconds between scheduled image builds of every repo (0 turns the schedule off)."""
+    images_keep: int = Field(3, ge=1)
+    pool_entry_ttl: float = Field(3600.0, gt=0)
+    """Seconds an unclaimed warm container lives before it is replaced."""
+    snapshot_retention: float = Field(7 * 86400.0, ge=0)
+    """Seconds a session's snapshot is kept after its last activity."""
+    plugins: str = ""
+    """Extra plugins, comma-separated `module:attribute` (plugins also load from the `hosted_agents` entry-point group)."""
+
     slack_update_interval: float = Field(1.0, ge=0.2)
     """Least seconds between two updates of one Slack message (Slack allows about one a second)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -12,6 +12,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.agent.loop import Agent
 from bot.agent.model import ModelNotConfigured, make_client
+from bot.agent.plugins import GitSyncGate, SandboxContext, plugin_manager
 from bot.agent.tools import default_tools
 from bot.config import ConfigError, Settings
 from bot.repos import RepoCatalog, load_repos
@@ -20,6 +21,7 @@ from bot.slack.app import SlackClient
 from bot.store.db import Database
 from bot.store.processed_events import ProcessedEvents
 from bot.web.server import build_app
+from sandbox.stack import SandboxStack
 
 log = logging.getLogger("hosted_agents")
 
@@ -29,9 +31,13 @@ class Service:
         self.settings = settings
         self.catalog: RepoCatalog = load_repos(settings.repos_config, settings.git_clone_url)
         self.db = Database(settings.database_url)  # type: ignore[arg-type]
+        self.sandbox: SandboxStack | None = SandboxStack(settings, self.db, self.catalog) if len(self.catalog) else None
+        manager = self.sandbox.manager if self.sandbox else None
+        self.hooks = plugin_manager(settings.plugins, builtins=[GitSyncGate(), SandboxContext(manager)])
         self._model: AsyncOpenAI | None = make_client(settings) if settings.model_configured else None
-        self.agent = Agent(self._model_client, settings.agent_model, default_tools(), settings.max_tool_steps)
-        self.sessions = SessionService(settings, self.db, self.agent)
+        tools = default_tools(self.hooks, command_timeout=settings.sandbox_command_timeout)
+        self.agent = Agent(self._model_client, settings.agent_model, tools, settings.max_tool_steps)
+        self.sessions = SessionService(settings, self.db, self.agent, self.catalog, manager, self.hooks)
         self.processed = ProcessedEvents(self.db)
         self.slack: SlackClient | None = None
         self._web: web.AppRunner | None = None
@@ -49,6 +55,8 @@ class Service:
         except Exception as exc:  # unreachable server, bad credentials, unwritable file
             raise ConfigError(f"DATABASE_URL: cannot open the database ({_first_line(exc)})") from None
         await self.processed.prune()
+        if self.sandbox is not None:
+            await self.sandbox.start()
         await self._start_web()
         if self.settings.slack_enabled:
             self.slack = SlackClient(self.settings, self.sessions, self.processed)
@@ -88,6 +96,8 @@ class Service:
         if self.slack is not None:
             await self.slack.close()
         await self.sessions.close()
+        if self.sandbox is not None:
+            await self.sandbox.close()
         if self._web is not None:
             await self._web.cleanup()
         if self._model is not None:

@@ -33,7 +33,9 @@ class BadModelOutput(Exception):
 
 def describe_error(exc: BaseException, timeout: float) -> str:
     """A one-line explanation for the thread; never a traceback, never a secret."""
-    if isinstance(exc, ModelNotConfigured | BadModelOutput):
+    from sandbox.executor import SandboxLost
+
+    if isinstance(exc, ModelNotConfigured | BadModelOutput | SandboxLost):
         return str(exc)
     if isinstance(exc, openai.APITimeoutError):
         return f"The model did not answer for {timeout:g} s, so this turn was ended."

@@ -4,13 +4,16 @@ fix, never an exception in the session."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+import pluggy
 from pydantic import BaseModel, Field, ValidationError
 
+from bot.agent.hookspecs import Block, ToolCall
 from bot.sessions.events import Event, Kind
 
 Emit = Callable[[Kind, dict[str, Any]], Event]
@@ -20,6 +23,8 @@ Emit = Callable[[Kind, dict[str, Any]], Event]
 class ToolContext:
     session_id: str
     emit: Emit
+    sandbox: Any = None
+    """The session's `sandbox.sessions.SessionSandbox`, or None when it has no repository."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,8 @@ class Tool(Protocol):
     name: ClassVar[str]
     description: ClassVar[str]
     Args: ClassVar[type[BaseModel]]
+    writes: ClassVar[bool]
+    """Changes the workspace: such calls wait for the git sync (a plugin decides)."""
 
     async def run(self, args: Any, ctx: ToolContext) -> str: ...
 
@@ -44,8 +51,9 @@ MAX_OUTPUT_CHARS = 30_000
 
 
 class ToolRegistry:
-    def __init__(self, tools: list[Tool] | None = None):
+    def __init__(self, tools: list[Tool] | None = None, hooks: pluggy.PluginManager | None = None):
         self._tools: dict[str, Tool] = {}
+        self.hooks = hooks
         for tool in tools or []:
             self.register(tool)
 
@@ -77,21 +85,44 @@ class ToolRegistry:
         try:
             args = tool.Args.model_validate(raw)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
-            return ToolOutcome(False, f"Invalid arguments for {name}: {problems}.")
+            return ToolOutcome(False, _invalid(name, exc))
+        call = ToolCall(name, args.model_dump(), getattr(tool, "writes", False))
+        if self.hooks is not None:
+            for result in self.hooks.hook.tool_execute_before(call=call, ctx=ctx):
+                if inspect.isawaitable(result):
+                    result = await result
+                if isinstance(result, Block):
+                    return ToolOutcome(False, f"Not run: {result.reason}")
+                if isinstance(result, dict):
+                    try:
+                        args = tool.Args.model_validate(result)
+                    except ValidationError as exc:
+                        return ToolOutcome(False, _invalid(name, exc))
+                    call = ToolCall(name, args.model_dump(), call.writes)
         try:
             output = await tool.run(args, ctx)
+            outcome = ToolOutcome(True, output)
         except ToolError as exc:
-            return ToolOutcome(False, str(exc))
-        if len(output) > MAX_OUTPUT_CHARS:
-            output = output[:MAX_OUTPUT_CHARS] + f"\n[output cut at {MAX_OUTPUT_CHARS} characters]"
-        return ToolOutcome(True, output)
+            outcome = ToolOutcome(False, str(exc))
+        if len(outcome.output) > MAX_OUTPUT_CHARS:
+            outcome = ToolOutcome(outcome.ok, outcome.output[:MAX_OUTPUT_CHARS] + f"\n[output cut at {MAX_OUTPUT_CHARS} characters]")
+        if self.hooks is not None:
+            for result in self.hooks.hook.tool_execute_after(call=call, ctx=ctx, outcome=outcome):
+                if inspect.isawaitable(result):
+                    await result
+        return outcome
+
+
+def _invalid(name: str, exc: ValidationError) -> str:
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
+    return f"Invalid arguments for {name}: {problems}."
 
 
 class PostNote:
     """Post a short milestone (a plan, a finding) to the thread, apart from the streamed answer."""
 
     name: ClassVar[str] = "post_note"
+    writes: ClassVar[bool] = False
     description: ClassVar[str] = (
         "Post a short note to the people following this session (the Slack thread and the web view), "
         "e.g. your plan or an important finding. Your final answer is shown anyway; do not repeat it here."
@@ -105,5 +136,7 @@ class PostNote:
         return "Posted."
 
 
-def default_tools() -> ToolRegistry:
-    return ToolRegistry([PostNote()])
+def default_tools(hooks: pluggy.PluginManager | None = None, command_timeout: float = 600.0) -> ToolRegistry:
+    from bot.agent.sandbox_tools import sandbox_tools
+
+    return ToolRegistry([PostNote(), *sandbox_tools(command_timeout)], hooks)

@@ -14,6 +14,7 @@ class Kind(StrEnum):
     ASSISTANT_MESSAGE = "assistant_message"  # {content, tool_calls: [{id, name, arguments}]}
     TOOL_CALL = "tool_call"  # {id, name, arguments}
     TOOL_RESULT = "tool_result"  # {id, name, ok, output}
+    FILE_CHANGED = "file_changed"  # {path, action}
     NOTE = "note"  # {text}: a milestone the agent posts to the thread
     TURN_ENDED = "turn_ended"  # {prompt_id, outcome, error?, first_token_ms, duration_ms, by?}
     QUEUE_CLEARED = "queue_cleared"  # {count, by}

@@ -18,6 +18,7 @@ from bot.agent.model import describe_error
 from bot.agent.tools import ToolContext
 from bot.sessions.events import Kind, Outcome, Prompt
 from bot.sessions.log import RUNNING
+from sandbox.executor import SandboxLost
 
 if TYPE_CHECKING:
     from bot.sessions.service import SessionService
@@ -67,15 +68,19 @@ class Runner:
         svc.emit(self.session_id, Kind.TURN_STARTED, {"prompt_id": prompt.id, "text": prompt.text, "author": author}, turn=prompt.id)
         stats = TurnStats()
         wall_start = time.time()
-        messages = messages_from_events(slog.read_kinds(HISTORY_KINDS))
+        info = await svc.get(self.session_id)
+        repo = info.repo if info else None
+        # The sandbox is acquired in parallel: the first model call does not wait for it.
+        sandbox = svc.sandboxes.for_turn(self.session_id, repo) if svc.sandboxes else None
+        messages = messages_from_events(slog.read_kinds(HISTORY_KINDS), svc.system_prompt(self.session_id, repo))
 
         def emit(kind: Kind, data: dict) -> object:  # type: ignore[type-arg]
             return svc.emit(self.session_id, kind, data, turn=prompt.id)
 
-        ctx = ToolContext(self.session_id, emit)  # type: ignore[arg-type]
+        ctx = ToolContext(self.session_id, emit, sandbox)  # type: ignore[arg-type]
         self._stopped_by = None
         self._turn = asyncio.create_task(svc.agent.run_turn(messages, ctx, stats))
-        outcome, error = Outcome.DONE, None
+        outcome, error, lost = Outcome.DONE, None, False
         try:
             await self._turn
         except asyncio.CancelledError:
@@ -85,9 +90,12 @@ class Runner:
             outcome = Outcome.STOPPED
         except Exception as exc:  # every failure ends the turn with a message, never the session
             outcome, error = Outcome.ERROR, describe_error(exc, svc.settings.model_timeout)
+            lost = isinstance(exc, SandboxLost)
             log.warning("turn %s/%s failed: %r", self.session_id, prompt.id, exc, exc_info=not _expected(exc))
         finally:
             self._turn = None
+        if sandbox is not None and svc.sandboxes is not None:
+            await svc.sandboxes.turn_ended(self.session_id, lost=lost)
         slog.set_prompt_status(prompt.id, outcome.value)
         data = {
             "prompt_id": prompt.id,
@@ -109,4 +117,4 @@ def _expected(exc: Exception) -> bool:
     from bot.agent.loop import StepLimitReached
     from bot.agent.model import BadModelOutput, ModelNotConfigured
 
-    return isinstance(exc, openai.APIError | StepLimitReached | BadModelOutput | ModelNotConfigured)
+    return isinstance(exc, openai.APIError | StepLimitReached | BadModelOutput | ModelNotConfigured | SandboxLost)

@@ -20,14 +20,19 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+import pluggy
+
+from bot.agent.conversation import SYSTEM_PROMPT
 from bot.agent.loop import Agent
 from bot.config import Settings
+from bot.repos import RepoCatalog
 from bot.sessions.bus import EventBus
 from bot.sessions.events import Author, Event, Kind, Outcome, Prompt
 from bot.sessions.log import RUNNING, SessionLogs
 from bot.sessions.runner import Runner
 from bot.store.db import Database
 from bot.store.tables import SessionRow, TurnRow
+from sandbox.sessions import SandboxManager
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +59,14 @@ Observer = Callable[[SessionInfo, int], None]
 
 
 class SessionService:
-    def __init__(self, settings: Settings, db: Database, agent: Agent):
+    def __init__(self, settings: Settings, db: Database, agent: Agent, catalog: RepoCatalog | None = None,
+                 sandboxes: SandboxManager | None = None, hooks: pluggy.PluginManager | None = None):
         self.settings = settings
         self.db = db
         self.agent = agent
+        self.catalog = catalog or RepoCatalog([])
+        self.sandboxes = sandboxes
+        self.hooks = hooks
         self.logs = SessionLogs(settings.data_dir / "sessions")
         self.bus = EventBus(lambda sid, after: self.logs.get(sid).read(after))
         self._runners: dict[str, Runner] = {}
@@ -126,6 +135,7 @@ class SessionService:
             slack_channel=channel,
             slack_thread_ts=thread_ts,
             creator=creator,
+            repo=self._default_repo(),
         )
         try:
             async with self.db.session() as db, db.begin():
@@ -261,6 +271,15 @@ class SessionService:
                 )
 
         self.background(write())
+
+    def system_prompt(self, session_id: str, repo: str | None) -> str:
+        """The base prompt plus what plugins add for this session (`session_context`)."""
+        extra = self.hooks.hook.session_context(session_id=session_id, repo=repo) if self.hooks else []
+        return "\n\n".join([SYSTEM_PROMPT, *[e for e in extra if e]])
+
+    def _default_repo(self) -> str | None:
+        """With one configured repo every session is about it (the classifier decides otherwise)."""
+        return self.catalog.repos[0].name if len(self.catalog) == 1 else None
 
     def background(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

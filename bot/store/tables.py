@@ -32,6 +32,8 @@ class SessionRow(Base):
     slack_channel: Mapped[str | None] = mapped_column(String(32))
     slack_thread_ts: Mapped[str | None] = mapped_column(String(32))
     creator: Mapped[str | None] = mapped_column(String(64))
+    snapshot_image: Mapped[str | None] = mapped_column(String(300))
+    """The image of the session's workspace as of its last finished turn."""
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("sessions.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -61,3 +63,35 @@ class TurnRow(Base):
     first_token_ms: Mapped[float | None] = mapped_column(Float)
     outcome: Mapped[str | None] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class ImageRow(Base):
+    """A repo's sandbox image build: clone at a commit, setup, warm-up, committed."""
+
+    __tablename__ = "images"
+    __table_args__ = (Index("ix_images_repo", "repo", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    repo: Mapped[str] = mapped_column(String(200))
+    tag: Mapped[str | None] = mapped_column(String(300), unique=True)
+    commit: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    """`building`, `ready`, `failed` or `pruned`."""
+    started_at: Mapped[float] = mapped_column(Float)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    log: Mapped[str] = mapped_column(Text, default="")
+
+
+class PoolEntryRow(Base):
+    """A started, generic container of a repo's image, waiting to be claimed by a session."""
+
+    __tablename__ = "pool_entries"
+    __table_args__ = (Index("ix_pool_repo_status", "repo", "status"),)
+
+    container_id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    repo: Mapped[str] = mapped_column(String(200))
+    image: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(16))
+    """`warm` or `claimed`."""
+    session_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[float] = mapped_column(Float)

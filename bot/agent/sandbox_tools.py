@@ -1,0 +1,191 @@
+"""Tools that work in the session's sandbox, through its executor.
+
+Reads (read, list, search, git status/diff) run as soon as the container exists; writes (edit,
+write, run a command) are marked `writes` and wait for the git sync through the gate plugin.
+Refusals from the executor (a path outside the repository, a missing file) become tool errors
+the model can read; a lost container ends the turn (`SandboxLost` passes through).
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field
+
+from bot.agent.tools import ToolContext, ToolError
+from bot.sessions.events import Kind
+from sandbox.executor import Executor, ExecutorError
+from sandbox.sessions import SandboxUnavailable
+
+Path = Field(description="Path relative to the repository root.", max_length=4096)
+
+
+async def _executor(ctx: ToolContext) -> Executor:
+    if ctx.sandbox is None:
+        raise ToolError("This session has no repository, so there is no sandbox to work in.")
+    try:
+        return await ctx.sandbox.executor()
+    except SandboxUnavailable as exc:
+        raise ToolError(f"The sandbox could not be prepared: {exc}") from None
+
+
+async def _request(ctx: ToolContext, op: str, **args: Any) -> dict[str, Any]:
+    executor = await _executor(ctx)
+    try:
+        return await executor.request(op, **args)
+    except ExecutorError as exc:
+        raise ToolError(str(exc)) from None
+
+
+def _format_exec(result: dict[str, Any], timeout: float | None = None) -> str:
+    if result["timed_out"]:
+        head = f"timed out after {timeout:g} s; the command and everything it started were killed"
+    elif result.get("signal"):
+        head = f"killed by signal {result['signal']}"
+    else:
+        head = f"exit code {result['exit_code']}"
+    out = result["output"]
+    if result["truncated"]:
+        out += f"\n[output cut: {result['total_bytes']:,} bytes in all]"
+    return f"{head} ({result['duration']:.1f} s)\n{out}".rstrip()
+
+
+class ReadFile:
+    name: ClassVar[str] = "read_file"
+    description: ClassVar[str] = "Read a text file of the repository, whole or a range of lines (1-based, inclusive)."
+    writes: ClassVar[bool] = False
+
+    class Args(BaseModel):
+        path: str = Path
+        start_line: int = Field(1, ge=1)
+        end_line: int | None = Field(None, ge=1)
+
+    async def run(self, args: Args, ctx: ToolContext) -> str:
+        result = await _request(ctx, "read", path=args.path)
+        lines = result["content"].splitlines(keepends=True)
+        end = args.end_line or len(lines)
+        if args.start_line > max(len(lines), 1):
+            raise ToolError(f"{args.path} has {len(lines)} lines; start_line {args.start_line} is past the end.")
+        chosen = "".join(lines[args.start_line - 1 : end])
+        if args.start_line > 1 or end < len(lines):
+            return f"[{args.path}: lines {args.start_line}-{min(end, len(lines))} of {len(lines)}]\n{chosen}"
+        return chosen + ("\n[file cut at 4 MiB]" if result["truncated"] else "")
+
+
+class ListDirectory:
+    name: ClassVar[str] = "list_directory"
+    description: ClassVar[str] = "List a directory of the repository (names, kinds and sizes)."
+    writes: ClassVar[bool] = False
+
+    class Args(BaseModel):
+        path: str = Field(".", description="Directory relative to the repository root.", max_length=4096)
+
+    async def run(self, args: Args, ctx: ToolContext) -> str:
+        entries = (await _request(ctx, "list", path=args.path))["entries"]
+        lines = [e["name"] + ("/" if e["type"] == "dir" else "@" if e["type"] == "link" else f"  ({e['size']} bytes)") for e in entries]
+        return "\n".join(lines) or "(empty)"
+
+
+class Search:
+    name: ClassVar[str] = "search"
+    description: ClassVar[str] = "Search file contents with a regular expression (ripgrep or grep -E); prints path:line:text."
+    writes: ClassVar[bool] = False
+
+    class Args(BaseModel):
+        pattern: str = Field(min_length=1, max_length=1000)
+        path: str = Field(".", max_length=4096)
+        glob: str | None = Field(None, description="Only files matching this glob, e.g. '*.py'.", max_length=200)
+
+    async def run(self, args: Args, ctx: ToolContext) -> str:
+        result = await _request(ctx, "search", pattern=args.pattern, path=args.path, glob=args.glob)
+        if result["exit_code"] == 1 and not result["output"]:
+            return "No matches."
+        return _format_exec(result) if result["exit_code"] not in (0, 1) else result["output"] or "No matches."
+
+
+class EditFile:
+    name: ClassVar[str] = "edit_file"
+    description: ClassVar[str] = (
+        "Replace an exact piece of text in a file. old_text must occur exactly once unless replace_all is set; "
+        "include enough surrounding lines to make it unique."
+    )
+    writes: ClassVar[bool] = True
+
+    class Args(BaseModel):
+        path: str = Path
+        old_text: str = Field(min_length=1)
+        new_text: str
+        replace_all: bool = False
+
+    async def run(self, args: Args, ctx: ToolContext) -> str:
+        result = await _request(ctx, "edit", path=args.path, old=args.old_text, new=args.new_text, replace_all=args.replace_all)
+        ctx.emit(Kind.FILE_CHANGED, {"path": args.path, "action": "edited"})
+        return f"Replaced {result['replacements']} occurrence(s) in {args.path}."
+
+
+class WriteFile:
+    name: ClassVar[str] = "write_file"
+    description: ClassVar[str] = "Create or overwrite a file with the given content (parent directories are created)."
+    writes: ClassVar[bool] = True
+
+    class Args(BaseModel):
+        path: str = Path
+        content: str = Field(max_length=2_000_000)
+
+    async def run(self, args: Args, ctx: ToolContext) -> str:
+        result = await _request(ctx, "write", path=args.path, content=args.content)
+        ctx.emit(Kind.FILE_CHANGED, {"path": args.path, "action": "written"})
+        return f"Wrote {result['bytes']} bytes to {args.path}."
+
+
+class RunCommand:
+    name: ClassVar[str] = "run_command"
+    description: ClassVar[str] = (
+        "Run a shell command in the repository root (e.g. the tests). Output is stdout and stderr together, "
+        "cut at 30,000 characters. Processes it starts end with it."
+    )
+    writes: ClassVar[bool] = True
+
+    def __init__(self, max_timeout: float = 600.0):
+        self.max_timeout = max_timeout
+
+    class Args(BaseModel):
+        command: str = Field(min_length=1, max_length=20_000)
+        timeout_seconds: float = Field(120, gt=0, le=3600)
+
+    async def run(self, args: Args, ctx: ToolContext) -> str:
+        timeout = min(args.timeout_seconds, self.max_timeout)
+        result = await _request(ctx, "exec", cmd=args.command, timeout=timeout, cap=30_000)
+        return _format_exec(result, timeout)
+
+
+class GitStatus:
+    name: ClassVar[str] = "git_status"
+    description: ClassVar[str] = "Show the branch and the changed, added and untracked files."
+    writes: ClassVar[bool] = False
+
+    class Args(BaseModel):
+        pass
+
+    async def run(self, args: Args, ctx: ToolContext) -> str:
+        result = await _request(ctx, "exec", cmd="git status --short --branch", timeout=60, cap=30_000)
+        return result["output"] or _format_exec(result)
+
+
+class GitDiff:
+    name: ClassVar[str] = "git_diff"
+    description: ClassVar[str] = "Show the diff of the working tree (or of one path) against the last commit."
+    writes: ClassVar[bool] = False
+
+    class Args(BaseModel):
+        path: str | None = Field(None, max_length=4096)
+
+    async def run(self, args: Args, ctx: ToolContext) -> str:
+        target = f" -- {shlex.quote(args.path)}" if args.path else ""
+        result = await _request(ctx, "exec", cmd=f"git diff HEAD{target}", timeout=60, cap=30_000)
+        return result["output"] or ("No changes." if result["exit_code"] == 0 else _format_exec(result))
+
+
+def sandbox_tools(command_timeout: float = 600.0) -> list[Any]:
+    return [ReadFile(), ListDirectory(), Search(), EditFile(), WriteFile(), RunCommand(command_timeout), GitStatus(), GitDiff()]

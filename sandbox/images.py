@@ -1,0 +1,178 @@
+"""Per-repo sandbox images: clone at the branch tip → setup → warm → commit as an image.
+
+Builds are recorded in the central DB with status, duration and log. A failed build leaves the
+previous image in service. Only the last few ready images of a repo are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shlex
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from sqlalchemy import select, update
+
+from bot.repos import Repo
+from bot.store.db import Database
+from bot.store.tables import ImageRow
+from sandbox.backend import LABEL, SandboxBackend
+from sandbox.executor import Executor
+
+log = logging.getLogger(__name__)
+
+LOG_LIMIT = 200_000
+
+
+class BuildFailed(Exception):
+    def __init__(self, repo: str, step: str, log_text: str):
+        super().__init__(f"image build of {repo} failed at: {step}")
+        self.repo, self.step, self.log = repo, step, log_text
+
+
+class _StepFailed(Exception):
+    def __init__(self, step: str):
+        self.step = step
+
+
+def image_repository(repo: str) -> str:
+    """Docker repository name for a repo's images, e.g. `hosted-agents/acme-api`."""
+    return "hosted-agents/" + re.sub(r"[^a-z0-9._-]+", "-", repo.lower())
+
+
+class ImageBuilder:
+    def __init__(self, backend: SandboxBackend, db: Database, keep: int = 3, step_timeout: float = 1800.0):
+        self.backend = backend
+        self.db = db
+        self.keep = keep
+        self.step_timeout = step_timeout
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.on_new_image: list[Callable[[str, str], object]] = []
+        """Called with (repo, image tag) after a build lands, e.g. to refresh the warm pool."""
+
+    async def latest(self, repo: str) -> str | None:
+        async with self.db.session() as s:
+            row = (
+                await s.execute(
+                    select(ImageRow).where(ImageRow.repo == repo, ImageRow.status == "ready").order_by(ImageRow.id.desc()).limit(1)
+                )
+            ).scalar_one_or_none()
+        return row.tag if row else None
+
+    async def build(self, repo: Repo, force: bool = True) -> str:
+        """Build now (one build per repo at a time); returns the image tag. Raises BuildFailed."""
+        async with self._locks[repo.name]:
+            if not force:
+                current = await self._latest_row(repo.name)
+                tip = await remote_tip(repo.clone_url or "", repo.default_branch)
+                if current is not None and tip is not None and current.commit == tip:
+                    return current.tag  # type: ignore[return-value]
+            return await self._build(repo)
+
+    async def _build(self, repo: Repo) -> str:
+        started = time.time()
+        async with self.db.session() as s, s.begin():
+            row = ImageRow(repo=repo.name, status="building", started_at=started, log="")
+            s.add(row)
+        lines: list[str] = []
+        ref = None
+        try:
+            ref = await self.backend.create(repo.image.base, {f"{LABEL}.role": "build", f"{LABEL}.repo": repo.name})
+            ex = await self.backend.executor(ref)
+            await self._step(ex, lines, "clone", f"git clone --quiet --branch {_q(repo.default_branch)} {_q(repo.clone_url or '')} .")
+            commit = (await self._step(ex, lines, "commit", "git rev-parse HEAD")).strip()
+            for command in repo.image.setup:
+                await self._step(ex, lines, f"setup: {command}", command)
+            for command in repo.image.warm:
+                await self._step(ex, lines, f"warm: {command}", command, fatal=False)
+            tag = f"{commit[:12]}-{int(started)}"
+            image = await self.backend.snapshot(
+                ref, image_repository(repo.name), tag,
+                {f"{LABEL}.role": "image", f"{LABEL}.repo": repo.name, f"{LABEL}.commit": commit}, pause=True,
+            )
+        except _StepFailed as exc:
+            await self._finish(row.id, "failed", started, "\n".join(lines))
+            failed = BuildFailed(repo.name, exc.step, "\n".join(lines))
+            log.warning("%s; the previous image stays in service", failed)
+            raise failed from None
+        except Exception as exc:
+            lines.append(f"error: {exc}")
+            await self._finish(row.id, "failed", started, "\n".join(lines))
+            raise BuildFailed(repo.name, "starting the build container", "\n".join(lines)) from exc
+        finally:
+            if ref is not None:
+                await self.backend.remove(ref)
+        await self._finish(row.id, "ready", started, "\n".join(lines), tag=image, commit=commit)
+        log.info("built %s for %s in %.1f s", image, repo.name, time.time() - started)
+        await self.prune(repo.name)
+        for callback in self.on_new_image:
+            result = callback(repo.name, image)
+            if asyncio.iscoroutine(result):
+                await result
+        return image
+
+    async def _step(self, ex: Executor, lines: list[str], name: str, command: str, fatal: bool = True) -> str:
+        lines.append(f"$ {command}")
+        result = await ex.request("exec", cmd=command, timeout=self.step_timeout, cap=LOG_LIMIT)
+        lines.append(result["output"].rstrip())
+        ok = result["exit_code"] == 0
+        if not ok:
+            lines.append(f"[{'timed out' if result['timed_out'] else 'exit ' + str(result['exit_code'])}]")
+            if fatal:
+                raise _StepFailed(name)
+            log.info("warm-up step %r failed (not fatal)", name)
+        return result["output"]
+
+    async def _finish(self, row_id: int, status: str, started: float, text: str, tag: str | None = None, commit: str | None = None) -> None:
+        values: dict[str, object] = {"status": status, "duration_s": time.time() - started, "log": text[-LOG_LIMIT:]}
+        if tag:
+            values.update(tag=tag, commit=commit)
+        async with self.db.session() as s, s.begin():
+            await s.execute(update(ImageRow).where(ImageRow.id == row_id).values(**values))
+
+    async def _latest_row(self, repo: str) -> ImageRow | None:
+        async with self.db.session() as s:
+            return (
+                await s.execute(
+                    select(ImageRow).where(ImageRow.repo == repo, ImageRow.status == "ready").order_by(ImageRow.id.desc()).limit(1)
+                )
+            ).scalar_one_or_none()
+
+    async def prune(self, repo: str) -> None:
+        """Keep the newest `keep` ready images of a repo; remove the rest."""
+        async with self.db.session() as s:
+            rows = (
+                await s.execute(select(ImageRow).where(ImageRow.repo == repo, ImageRow.status == "ready").order_by(ImageRow.id.desc()))
+            ).scalars().all()
+        for old in rows[self.keep :]:
+            await self.backend.remove_image(old.tag)  # type: ignore[arg-type]
+            async with self.db.session() as s, s.begin():
+                await s.execute(update(ImageRow).where(ImageRow.id == old.id).values(status="pruned"))
+
+    async def history(self, repo: str | None = None, limit: int = 20) -> list[ImageRow]:
+        query = select(ImageRow).order_by(ImageRow.id.desc()).limit(limit)
+        if repo:
+            query = query.where(ImageRow.repo == repo)
+        async with self.db.session() as s:
+            return list((await s.execute(query)).scalars().all())
+
+
+async def remote_tip(url: str, branch: str) -> str | None:
+    """The commit at the branch tip, asked of the remote without a clone (None if unreachable)."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "git", "ls-remote", url, f"refs/heads/{branch}",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    except (OSError, TimeoutError):
+        return None
+    first = out.decode().split()
+    return first[0] if first else None
+
+
+def _q(text: str) -> str:
+    return shlex.quote(text)

@@ -1,0 +1,183 @@
+"""Warm pool: per repo, started containers of the latest image with their executor ready.
+
+Entries are generic (nothing about a session is in them), so any entry serves any session of
+its repo. A claim is atomic: a per-repo lock in this process and a conditional update in the
+central DB (`warm` → `claimed`), so two sessions never get one container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, select, update
+
+from bot.repos import RepoCatalog
+from bot.store.db import Database
+from bot.store.tables import PoolEntryRow
+from sandbox.backend import LABEL, ContainerRef, SandboxBackend
+from sandbox.executor import Executor
+from sandbox.images import ImageBuilder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PoolEntry:
+    ref: ContainerRef
+    executor: Executor
+    image: str
+    created_at: float = field(default_factory=time.time)
+
+
+class WarmPool:
+    def __init__(self, backend: SandboxBackend, db: Database, images: ImageBuilder, catalog: RepoCatalog, ttl: float):
+        self.backend = backend
+        self.db = db
+        self.images = images
+        self.catalog = catalog
+        self.ttl = ttl
+        self._entries: defaultdict[str, list[PoolEntry]] = defaultdict(list)
+        self._claim_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._fill_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._extra: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        images.on_new_image.append(self.on_new_image)
+
+    def target(self, repo: str) -> int:
+        configured = self.catalog.get(repo)
+        return (configured.pool_size if configured else 0) + self._extra.get(repo, 0)
+
+    def warm_count(self, repo: str) -> int:
+        return len(self._entries[repo])
+
+    async def claim(self, repo: str, session_id: str) -> PoolEntry | None:
+        """Take a warm container for a session, or None if there is none ready."""
+        async with self._claim_locks[repo]:
+            while self._entries[repo]:
+                entry = self._entries[repo].pop(0)
+                async with self.db.session() as s, s.begin():
+                    result = await s.execute(
+                        update(PoolEntryRow)
+                        .where(PoolEntryRow.container_id == entry.ref.id, PoolEntryRow.status == "warm")
+                        .values(status="claimed", session_id=session_id)
+                    )
+                if result.rowcount != 1:
+                    continue  # another instance took it
+                try:
+                    await entry.executor.request("ping")
+                except Exception:
+                    log.info("warm container %s was dead; discarding it", entry.ref.id[:12])
+                    await self._discard(entry)
+                    continue
+                self._extra.pop(repo, None)
+                self.refill_soon(repo)
+                return entry
+        self.refill_soon(repo)
+        return None
+
+    def warm(self, repo: str) -> None:
+        """Predictive warm-up (someone started typing): one more container than configured."""
+        if self.catalog.get(repo) is None:
+            return
+        self._extra[repo] = 1
+        self.refill_soon(repo)
+
+    def refill_soon(self, repo: str) -> None:
+        task = asyncio.create_task(self.fill(repo))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def fill(self, repo: str) -> None:
+        async with self._fill_locks[repo]:
+            image = await self.images.latest(repo)
+            if image is None:
+                return
+            while len(self._entries[repo]) < self.target(repo):
+                try:
+                    await self._add(repo, image)
+                except Exception as exc:
+                    log.warning("could not start a warm container for %s: %s", repo, exc)
+                    return
+
+    async def _add(self, repo: str, image: str) -> None:
+        ref = await self.backend.create(image, {f"{LABEL}.role": "pool", f"{LABEL}.repo": repo})
+        try:
+            executor = await self.backend.executor(ref)
+        except Exception:
+            await self.backend.remove(ref)
+            raise
+        async with self.db.session() as s, s.begin():
+            s.add(PoolEntryRow(container_id=ref.id, repo=repo, image=image, status="warm", created_at=time.time()))
+        self._entries[repo].append(PoolEntry(ref, executor, image))
+
+    async def on_new_image(self, repo: str, image: str) -> None:
+        """Retire idle entries of older images and refill from the new one."""
+        async with self._claim_locks[repo]:
+            old = [e for e in self._entries[repo] if e.image != image]
+            self._entries[repo] = [e for e in self._entries[repo] if e.image == image]
+        for entry in old:
+            await self._discard(entry)
+        await self.fill(repo)
+
+    async def expire(self) -> None:
+        """Replace entries nobody claimed within the TTL."""
+        now = time.time()
+        for repo in list(self._entries):
+            async with self._claim_locks[repo]:
+                stale = [e for e in self._entries[repo] if now - e.created_at > self.ttl]
+                self._entries[repo] = [e for e in self._entries[repo] if e not in stale]
+            if stale:
+                self._extra.pop(repo, None)
+            for entry in stale:
+                await self._discard(entry)
+            await self.fill(repo)
+
+    async def _discard(self, entry: PoolEntry) -> None:
+        await entry.executor.close()
+        await self.backend.remove(entry.ref)
+        async with self.db.session() as s, s.begin():
+            await s.execute(delete(PoolEntryRow).where(PoolEntryRow.container_id == entry.ref.id))
+
+    async def adopt(self) -> None:
+        """At start: take back warm containers of current images; remove every other pool container."""
+        async with self.db.session() as s:
+            rows = {r.container_id: r for r in (await s.execute(select(PoolEntryRow))).scalars()}
+        found = await self.backend.find({f"{LABEL}.role": "pool"})
+        for ref in found:
+            row = rows.pop(ref.id, None)
+            repo = ref.labels.get(f"{LABEL}.repo", "")
+            latest = await self.images.latest(repo) if row else None
+            if row is not None and row.status == "warm" and row.image == latest and await self.backend.is_running(ref):
+                try:
+                    executor = await self.backend.executor(ref)
+                    self._entries[repo].append(PoolEntry(ref, executor, row.image, row.created_at))
+                    continue
+                except Exception:
+                    pass
+            await self.backend.remove(ref)
+            if row is not None:
+                rows[ref.id] = row
+        if rows:
+            async with self.db.session() as s, s.begin():
+                await s.execute(delete(PoolEntryRow).where(PoolEntryRow.container_id.in_(list(rows))))
+
+    async def forget_claimed(self, container_id: str) -> None:
+        async with self.db.session() as s, s.begin():
+            await s.execute(delete(PoolEntryRow).where(PoolEntryRow.container_id == container_id))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for entries in self._entries.values():
+            for entry in entries:
+                await entry.executor.close()  # containers stay: the next start adopts them
+
+    async def status(self) -> list[PoolEntryRow]:
+        async with self.db.session() as s:
+            return list((await s.execute(select(PoolEntryRow).order_by(PoolEntryRow.repo, PoolEntryRow.created_at))).scalars())

@@ -1,0 +1,264 @@
+"""Each session's sandbox: acquired in parallel with the first model call, synced in the background.
+
+Acquisition order: a warm pool entry → the session's last snapshot → a container from the repo's
+latest image → a build. Reads may run as soon as the container exists; writes wait for the git
+sync (the gate is a plugin, see bot/agent/plugins.py). When a turn ends the workspace is
+committed as the session's snapshot, in the background; an idle container is removed and the
+next prompt restores the snapshot. Nothing here knows about Slack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from sqlalchemy import select, update
+
+from bot.repos import Repo, RepoCatalog
+from bot.store.db import Database
+from bot.store.tables import SessionRow
+from sandbox.backend import LABEL, ContainerRef, SandboxBackend
+from sandbox.executor import Executor, SandboxLost
+from sandbox.images import ImageBuilder
+from sandbox.pool import WarmPool
+
+log = logging.getLogger(__name__)
+
+
+class SandboxUnavailable(Exception):
+    """The sandbox could not be prepared (e.g. the image build failed)."""
+
+
+class SessionSandbox:
+    def __init__(self, session_id: str, repo: Repo, work_branch: str):
+        self.session_id = session_id
+        self.repo = repo
+        self.work_branch = work_branch
+        self.source: str | None = None
+        """How it was acquired: pool, snapshot, image or build."""
+        self.ref: ContainerRef | None = None
+        self.sync_note: str | None = None
+        self.in_turn = False
+        self.last_used = time.monotonic()
+        self.timings: dict[str, float] = {"requested": time.monotonic()}
+        loop = asyncio.get_running_loop()
+        self._ready: asyncio.Future[Executor] = loop.create_future()
+        self._synced: asyncio.Future[None] = loop.create_future()
+        self.task: asyncio.Task[None] | None = None
+        self.snapshotting: asyncio.Task[None] | None = None
+
+    async def executor(self) -> Executor:
+        """The container's executor, once the container exists (reads need no more)."""
+        self.last_used = time.monotonic()
+        return await asyncio.shield(self._ready)
+
+    async def wait_synced(self) -> None:
+        """Returns when the workspace is on the session's branch at the base branch tip."""
+        await asyncio.shield(self._synced)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.done() and not self._ready.exception()
+
+    @property
+    def failed(self) -> bool:
+        return self._ready.done() and self._ready.exception() is not None
+
+    def _set_ready(self, ref: ContainerRef, executor: Executor, source: str) -> None:
+        self.ref, self.source = ref, source
+        self.timings["ready"] = time.monotonic()
+        self._ready.set_result(executor)
+
+    def _set_synced(self, note: str | None = None) -> None:
+        self.sync_note = note
+        self.timings["synced"] = time.monotonic()
+        if not self._synced.done():
+            self._synced.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        for future in (self._ready, self._synced):
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved: no "never retrieved" warning when nobody waited
+
+
+class SandboxManager:
+    def __init__(self, backend: SandboxBackend, db: Database, catalog: RepoCatalog, images: ImageBuilder,
+                 pool: WarmPool, idle_timeout: float, snapshot_retention: float):
+        self.backend = backend
+        self.db = db
+        self.catalog = catalog
+        self.images = images
+        self.pool = pool
+        self.idle_timeout = idle_timeout
+        self.snapshot_retention = snapshot_retention
+        self._sandboxes: dict[str, SessionSandbox] = {}
+
+    def get(self, session_id: str) -> SessionSandbox | None:
+        return self._sandboxes.get(session_id)
+
+    def for_turn(self, session_id: str, repo_name: str | None) -> SessionSandbox | None:
+        """The session's sandbox for a starting turn; acquisition begins here and runs in parallel."""
+        repo = self.catalog.get(repo_name) if repo_name else None
+        if repo is None:
+            return None
+        sandbox = self._sandboxes.get(session_id)
+        if sandbox is None or sandbox.failed:
+            sandbox = SessionSandbox(session_id, repo, f"hosted-agents/{session_id}")
+            self._sandboxes[session_id] = sandbox
+            sandbox.task = asyncio.create_task(self._acquire(sandbox), name=f"sandbox-{session_id}")
+        sandbox.in_turn = True
+        sandbox.last_used = time.monotonic()
+        return sandbox
+
+    async def _acquire(self, sb: SessionSandbox) -> None:
+        try:
+            entry = await self.pool.claim(sb.repo.name, sb.session_id)
+            if entry is not None:
+                await self.pool.forget_claimed(entry.ref.id)
+                sb._set_ready(entry.ref, entry.executor, "pool")
+            else:
+                image, source = await self._image_for(sb)
+                ref = await self.backend.create(image, {f"{LABEL}.role": "session", f"{LABEL}.session": sb.session_id,
+                                                        f"{LABEL}.repo": sb.repo.name})
+                try:
+                    executor = await self.backend.executor(ref)
+                except BaseException:
+                    await self.backend.remove(ref)
+                    raise
+                sb._set_ready(ref, executor, source)
+            if sb.source == "snapshot":
+                sb._set_synced()  # the snapshot holds the session's branch as it left it
+            else:
+                sb._set_synced(await self._sync(sb, await sb.executor()))
+        except asyncio.CancelledError:
+            sb._fail(SandboxUnavailable("the service is shutting down"))
+            raise
+        except Exception as exc:
+            log.warning("sandbox for session %s could not be prepared: %s", sb.session_id, exc)
+            sb._fail(exc if isinstance(exc, SandboxLost) else SandboxUnavailable(str(exc)))
+
+    async def _image_for(self, sb: SessionSandbox) -> tuple[str, str]:
+        snapshot = await self._snapshot_of(sb.session_id)
+        if snapshot and await self.backend.image_exists(snapshot):
+            return snapshot, "snapshot"
+        latest = await self.images.latest(sb.repo.name)
+        if latest and await self.backend.image_exists(latest):
+            return latest, "image"
+        return await self.images.build(sb.repo), "build"
+
+    async def _sync(self, sb: SessionSandbox, executor: Executor) -> str | None:
+        """Fetch the base branch tip onto the session's own branch; on failure keep the image's commit."""
+        base, work = sb.repo.default_branch, sb.work_branch
+        result = await executor.request(
+            "exec", cmd=f"git fetch --quiet origin {base} && git checkout --quiet -B {work} FETCH_HEAD", timeout=300
+        )
+        if result["exit_code"] == 0:
+            return None
+        await executor.request("exec", cmd=f"git checkout --quiet -B {work}", timeout=60)
+        reason = (result["output"].strip().splitlines() or ["timed out" if result["timed_out"] else "unknown error"])[-1]
+        log.warning("git sync of session %s failed: %s", sb.session_id, reason)
+        return f"Fetching the latest {base} failed ({reason[:200]}); the checkout is at the image's commit."
+
+    async def turn_ended(self, session_id: str, lost: bool = False) -> None:
+        """Snapshot the workspace in the background, or drop a container that was lost."""
+        sb = self._sandboxes.get(session_id)
+        if sb is None:
+            return
+        sb.in_turn = False
+        sb.last_used = time.monotonic()
+        if lost:
+            await self.drop(session_id)
+        elif sb.ready and sb.ref is not None:
+            previous = sb.snapshotting
+            sb.snapshotting = asyncio.create_task(self._snapshot(sb, previous))
+
+    async def _snapshot(self, sb: SessionSandbox, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        assert sb.ref is not None
+        try:
+            image = await self.backend.snapshot(
+                sb.ref, f"hosted-agents/session-{sb.session_id}", str(int(time.time() * 1000)),
+                {f"{LABEL}.role": "snapshot", f"{LABEL}.session": sb.session_id, f"{LABEL}.repo": sb.repo.name},
+                pause=False,  # never make anyone wait on a paused container
+            )
+        except Exception as exc:
+            log.warning("snapshot of session %s failed: %s", sb.session_id, exc)
+            return
+        old = await self._snapshot_of(sb.session_id)
+        async with self.db.session() as s, s.begin():
+            await s.execute(update(SessionRow).where(SessionRow.id == sb.session_id).values(snapshot_image=image))
+        if old and old != image:
+            await self.backend.remove_image(old)
+
+    async def drop(self, session_id: str) -> None:
+        sb = self._sandboxes.pop(session_id, None)
+        if sb is None:
+            return
+        if sb.task is not None and not sb.task.done():
+            sb.task.cancel()
+            await asyncio.gather(sb.task, return_exceptions=True)
+        if sb.ready:
+            await (await sb.executor()).close()
+        if sb.ref is not None:
+            await self.backend.remove(sb.ref)
+
+    async def stop_idle(self) -> int:
+        """Remove containers idle past the timeout; their snapshot brings them back."""
+        now, stopped = time.monotonic(), 0
+        for session_id, sb in list(self._sandboxes.items()):
+            if sb.in_turn or now - sb.last_used < self.idle_timeout or not (sb.ready or sb.failed):
+                continue
+            if sb.snapshotting is not None:
+                await asyncio.gather(sb.snapshotting, return_exceptions=True)
+            if self._sandboxes.get(session_id) is sb and not sb.in_turn:
+                await self.drop(session_id)
+                stopped += 1
+        return stopped
+
+    async def collect_snapshots(self) -> int:
+        """Remove snapshots of sessions idle longer than the retention."""
+        from datetime import UTC, datetime, timedelta
+
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.snapshot_retention)
+        async with self.db.session() as s:
+            rows = (
+                await s.execute(select(SessionRow).where(SessionRow.snapshot_image.is_not(None), SessionRow.updated_at < cutoff))
+            ).scalars().all()
+        for row in rows:
+            if row.id in self._sandboxes:
+                continue
+            await self.backend.remove_image(row.snapshot_image)  # type: ignore[arg-type]
+            async with self.db.session() as s, s.begin():
+                await s.execute(update(SessionRow).where(SessionRow.id == row.id).values(snapshot_image=None))
+        return len(rows)
+
+    async def remove_orphans(self) -> int:
+        """At start: session and build containers of an earlier run are orphans (snapshots restore sessions)."""
+        removed = 0
+        for role in ("session", "build"):
+            for ref in await self.backend.find({f"{LABEL}.role": role}):
+                await self.backend.remove(ref)
+                removed += 1
+        return removed
+
+    async def _snapshot_of(self, session_id: str) -> str | None:
+        async with self.db.session() as s:
+            return (await s.execute(select(SessionRow.snapshot_image).where(SessionRow.id == session_id))).scalar_one_or_none()
+
+    async def close(self) -> None:
+        for sb in list(self._sandboxes.values()):
+            tasks: list[Awaitable[Any]] = [t for t in (sb.task, sb.snapshotting) if t is not None]
+            for task in tasks:
+                if isinstance(task, asyncio.Task) and task is sb.task:
+                    task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if sb.ready:
+                await (await sb.executor()).close()
+            if sb.ref is not None:
+                await self.backend.remove(sb.ref)  # its last snapshot brings it back after a restart
+        self._sandboxes.clear()
