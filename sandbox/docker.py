@@ -73,7 +73,11 @@ class DockerBackend:
             return await asyncio.open_connection(sock=raw)
 
         executor = Executor(connect, lambda: self.is_running(ref), ref.id[:12])
-        await executor.request("ping")
+        try:
+            await executor.request("ping")
+        except BaseException:
+            await executor.close()
+            raise
         return executor
 
     def _start_executor(self, container_id: str) -> socket.socket:

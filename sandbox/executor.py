@@ -77,7 +77,7 @@ class Executor:
                 self._send({"id": rid, "op": op, **args})
                 reply = await future
             except ExecutorGone:
-                if not await self._alive():
+                if not await self._container_survived():
                     raise SandboxLost("the container stopped") from None
                 if attempt == 2 or op not in ("ping", "read", "list", "search"):
                     raise ExecutorError("the sandbox's executor restarted during this call; run it again") from None
@@ -93,6 +93,15 @@ class Executor:
                 raise ExecutorError(reply.get("error") or "the executor refused the request")
             return reply["result"]
         raise AssertionError("unreachable")
+
+    async def _container_survived(self) -> bool:
+        """After the executor's connection dropped: is the container still up? The engine may
+        report a container that was just killed as running for a moment, so look a few times."""
+        for _ in range(10):
+            if not await self._alive():
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     def _send(self, message: dict[str, Any]) -> None:
         assert self._writer is not None

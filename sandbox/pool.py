@@ -106,13 +106,16 @@ class WarmPool:
 
     async def _add(self, repo: str, image: str) -> None:
         ref = await self.backend.create(image, {f"{LABEL}.role": "pool", f"{LABEL}.repo": repo})
+        executor: Executor | None = None
         try:
             executor = await self.backend.executor(ref)
-        except Exception:
+            async with self.db.session() as s, s.begin():
+                s.add(PoolEntryRow(container_id=ref.id, repo=repo, image=image, status="warm", created_at=time.time()))
+        except BaseException:  # cancelled too: leave no container or reader behind
+            if executor is not None:
+                await executor.close()
             await self.backend.remove(ref)
             raise
-        async with self.db.session() as s, s.begin():
-            s.add(PoolEntryRow(container_id=ref.id, repo=repo, image=image, status="warm", created_at=time.time()))
         self._entries[repo].append(PoolEntry(ref, executor, image))
 
     async def on_new_image(self, repo: str, image: str) -> None:

@@ -90,3 +90,6 @@ async def pg_url() -> AsyncIterator[str]:
     conn = await asyncpg.connect(admin_dsn)
     await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await conn.close()
+
+
+from tests.sandbox_fixtures import docker_cleanup, docker_engine, git_remote, slow_git  # noqa: E402,F401

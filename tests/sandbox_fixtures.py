@@ -1,0 +1,177 @@
+"""Fixtures for tests on the real Docker engine and real git: a `git daemon` on 127.0.0.1 with a
+small repository, a TCP proxy that can hold the git sync back, and cleanup of what tests made."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BASE_IMAGE = "hosted-agents/base:bookworm"
+APP = "def add(a, b):\n    return a - b\n"
+TEST = (
+    "import unittest\nfrom app import add\n\n\nclass T(unittest.TestCase):\n"
+    "    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n\n\nunittest.main()\n"
+)
+
+
+def _docker_client():  # type: ignore[no-untyped-def]
+    import docker
+
+    client = docker.from_env(timeout=30)
+    client.ping()
+    return client
+
+
+@pytest.fixture(scope="session")
+def docker_engine():  # type: ignore[no-untyped-def]
+    """The real engine with the base image; loud failure under CI, a skip elsewhere."""
+    try:
+        client = _docker_client()
+        client.images.get(BASE_IMAGE)
+    except Exception as exc:
+        message = f"Docker engine or {BASE_IMAGE} unavailable ({type(exc).__name__}: {exc}); run scripts/ensure-docker.sh and scripts/build-base-image.sh"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return client
+
+
+@pytest.fixture
+def docker_cleanup(docker_engine) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    yield
+    for container in docker_engine.containers.list(all=True, filters={"label": "hosted-agents.managed=1"}):
+        container.remove(force=True)
+    for image in docker_engine.images.list(filters={"label": "hosted-agents.managed=1"}):
+        try:
+            docker_engine.images.remove(image.id, force=True)
+        except Exception:
+            pass
+
+
+def _git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class GitRemote:
+    root: Path
+    work: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"git://127.0.0.1:{self.port}/acme/api.git"
+
+    @property
+    def head(self) -> str:
+        return _git(self.work, "rev-parse", "HEAD")
+
+    def commit(self, files: dict[str, str], message: str) -> str:
+        for name, content in files.items():
+            (self.work / name).write_text(content)
+        _git(self.work, "add", "-A")
+        _git(self.work, "commit", "-qm", message)
+        _git(self.work, "push", "-q", "origin", "main")
+        return _git(self.work, "rev-parse", "HEAD")
+
+
+@pytest.fixture
+def git_remote(tmp_path: Path, docker_engine) -> Iterator[GitRemote]:  # type: ignore[no-untyped-def]
+    root = tmp_path / "git"
+    bare = root / "acme" / "api.git"
+    bare.mkdir(parents=True)
+    _git(bare, "init", "-q", "--bare", "-b", "main")
+    work = tmp_path / "work"
+    _git(tmp_path, "clone", "-q", str(bare), str(work))
+    _git(work, "checkout", "-q", "-b", "main")
+    port = _free_port()
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={root}", "--listen=127.0.0.1", f"--port={port}", str(root)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    remote = GitRemote(root, work, port)
+    remote.commit({"README.md": "# acme/api\n", "app.py": APP, "test_app.py": TEST}, "initial")
+    deadline = time.monotonic() + 10
+    while subprocess.run(["git", "ls-remote", remote.url], capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, "git daemon did not start"
+        time.sleep(0.05)
+    yield remote
+    daemon.terminate()
+    daemon.wait(5)
+
+
+class SlowProxy:
+    """A TCP proxy in front of the git daemon; `delay` holds each new connection back."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.delay = 0.0
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"git://127.0.0.1:{self.port}/acme/api.git"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(self.delay)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def stop(self) -> None:
+        if self._server:
+            self._server.close()
+
+
+@pytest.fixture
+async def slow_git(git_remote: GitRemote) -> AsyncIterator[SlowProxy]:
+    proxy = SlowProxy(git_remote.port)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+def repos_yaml(path: Path, clone_url: str, pool_size: int = 0, setup: str = "echo setup-ran > .setup-marker") -> Path:
+    path.write_text(
+        "repos:\n"
+        "  - name: acme/api\n"
+        f"    clone_url: {clone_url}\n"
+        "    default_branch: main\n"
+        f"    pool_size: {pool_size}\n"
+        "    image:\n"
+        f"      base: {BASE_IMAGE}\n"
+        f"      setup: [{setup!r}]\n"
+        "      warm: ['echo warmed > .warm-marker', 'exit 3']\n"
+    )
+    return path

@@ -1,0 +1,112 @@
+"""The sandbox layer on the real Docker engine and real git."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from bot.repos import load_repos
+from bot.store.db import Database
+from bot.store.tables import ImageRow
+from sandbox.backend import LABEL, SandboxLimits
+from sandbox.docker import DockerBackend
+from sandbox.executor import SandboxLost
+from sandbox.images import BuildFailed, ImageBuilder
+from sandbox.pool import WarmPool
+from tests.sandbox_fixtures import repos_yaml
+
+pytestmark = pytest.mark.usefixtures("docker_cleanup")
+
+
+@pytest.fixture
+async def db(tmp_path: Path):  # type: ignore[no-untyped-def]
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'central.db'}")
+    await database.upgrade()
+    yield database
+    await database.close()
+
+
+def backend(**limits) -> DockerBackend:  # type: ignore[no-untyped-def]
+    return DockerBackend(SandboxLimits(network="host", memory="512m", pids=256, **limits))
+
+
+async def test_an_image_builds_with_setup_and_warm_up_and_a_failed_build_keeps_the_previous(tmp_path, db, git_remote):
+    catalog = load_repos(repos_yaml(tmp_path / "repos.yml", git_remote.url), "unused/{repo}")
+    repo = catalog.repos[0]
+    docker = backend()
+    images = ImageBuilder(docker, db)
+    tag = await images.build(repo)
+    assert tag.startswith("hosted-agents/acme-api:") and await images.latest("acme/api") == tag
+
+    ref = await docker.create(tag, {f"{LABEL}.role": "test"})
+    ex = await docker.executor(ref)
+    assert (await ex.request("read", path=".setup-marker"))["content"] == "setup-ran\n"
+    assert (await ex.request("read", path=".warm-marker"))["content"] == "warmed\n", "warm-up ran (its failing step is not fatal)"
+    async with db.session() as s:
+        row = (await s.execute(select(ImageRow))).scalar_one()
+    assert row.status == "ready" and row.commit == git_remote.head and row.tag == tag
+    assert "$ echo setup-ran > .setup-marker" in row.log and "[exit 3]" in row.log and row.duration_s > 0
+
+    broken = repo.model_copy(update={"image": repo.image.model_copy(update={"setup": ["echo about to fail; exit 7"]})})
+    with pytest.raises(BuildFailed) as err:
+        await images.build(broken)
+    assert err.value.step == "setup: echo about to fail; exit 7" and "about to fail" in err.value.log
+    assert await images.latest("acme/api") == tag, "the previous image stays in service"
+    async with db.session() as s:
+        statuses = [r.status for r in (await s.execute(select(ImageRow).order_by(ImageRow.id))).scalars()]
+    assert statuses == ["ready", "failed"]
+
+
+async def test_two_concurrent_claims_get_different_containers_and_a_new_image_retires_old_entries(tmp_path, db, git_remote):
+    catalog = load_repos(repos_yaml(tmp_path / "repos.yml", git_remote.url, pool_size=2), "unused/{repo}")
+    docker = backend()
+    images = ImageBuilder(docker, db)
+    pool = WarmPool(docker, db, images, catalog, ttl=3600)
+    first_image = await images.build(catalog.repos[0])
+    await pool.fill("acme/api")
+    assert pool.warm_count("acme/api") == 2
+
+    a, b = await asyncio.gather(pool.claim("acme/api", "s1"), pool.claim("acme/api", "s2"))
+    assert a is not None and b is not None and a.ref.id != b.ref.id
+    await asyncio.sleep(0)  # claims schedule a refill
+    await pool.fill("acme/api")
+    old_entries = [e.ref for e in pool._entries["acme/api"]]
+    assert len(old_entries) == 2 and all(e.image == first_image for e in pool._entries["acme/api"])
+
+    git_remote.commit({"app.py": "def add(a, b):\n    return a + b\n"}, "fix")
+    new_image = await images.build(catalog.repos[0])  # lands → the pool retires and refills
+    assert new_image != first_image
+    assert {e.image for e in pool._entries["acme/api"]} == {new_image} and pool.warm_count("acme/api") == 2
+    for ref in old_entries:
+        assert not await docker.is_running(ref), "idle entries of the old image are removed"
+    assert await docker.is_running(a.ref) and await docker.is_running(b.ref), "claimed containers are not the pool's any more"
+    await pool.close()
+
+
+async def test_limits_hold_a_fork_bomb_and_a_memory_hog_inside_the_sandbox(db):
+    docker = backend(cpus=1.0)
+    ref = await docker.create("hosted-agents/base:bookworm", {f"{LABEL}.role": "test"})
+    host = (await asyncio.to_thread(docker.api.inspect_container, ref.id))["HostConfig"]
+    assert host["Memory"] == 512 * 1024 * 1024 and host["PidsLimit"] == 256 and host["NanoCpus"] == 10**9
+    assert host["SecurityOpt"] == ["no-new-privileges"] and host["CapDrop"] == ["ALL"]
+    env = (await asyncio.to_thread(docker.api.inspect_container, ref.id))["Config"]["Env"]
+    assert not any("TOKEN" in e or "KEY" in e or "SECRET" in e for e in env)
+
+    ex = await docker.executor(ref)
+    bomb = await ex.request("exec", cmd="bomb() { bomb | bomb & }; bomb; sleep 3", timeout=2)
+    assert bomb["timed_out"], "the bomb ran until its timeout and its process group was killed"
+    events = await ex.request("exec", cmd="cat /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events 2>/dev/null")
+    assert int(events["output"].split("max")[1].split()[0]) > 0, "forks were refused at the pids limit"
+    left = await ex.request("exec", cmd="ls /proc | grep -c '^[0-9]'")
+    assert int(left["output"]) < 20, "nothing of the bomb is left running"
+    hog = await ex.request("exec", cmd="python3 -c 'x = bytearray(2 * 1024**3); print(len(x))'", timeout=30)
+    assert hog["exit_code"] != 0 and "2147483648" not in hog["output"]
+    after = await ex.request("exec", cmd="echo still here", timeout=10)  # the executor lives (or came back)
+    assert after["output"] == "still here\n"
+
+    await docker.remove(ref)
+    with pytest.raises(SandboxLost):
+        await ex.request("exec", cmd="true")

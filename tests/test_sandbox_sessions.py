@@ -1,0 +1,187 @@
+"""Sessions with real sandboxes: through the Slack fake, the real service, Docker and git."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.service import Service
+from bot.sessions.events import Kind
+from sandbox.backend import LABEL
+from tests.conftest import make_settings, service_env
+from tests.fakes.openai import FakeOpenAI, Reply, ToolCall
+from tests.fakes.slack import FakeSlack
+from tests.sandbox_fixtures import repos_yaml
+
+pytestmark = pytest.mark.usefixtures("docker_cleanup")
+
+
+async def until(check: Callable[[], Awaitable[Any]], timeout: float = 60, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := await check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+    return result
+
+
+def finished(slack: FakeSlack, root: str, count: int = 1) -> bool:
+    msgs = slack.bot_messages(thread_ts=root)
+    return len(msgs) >= count and all(any(w in m.rendered() for w in ("Done", ":warning:", "Stopped")) for m in msgs[:count])
+
+
+def tool_results(model: FakeOpenAI, request: int) -> list[str]:
+    return [m["content"] for m in model.requests[request].body["messages"] if m["role"] == "tool"]
+
+
+async def start_service(tmp_path: Path, slack: FakeSlack, model: FakeOpenAI, clone_url: str, **extra: Any) -> Service:
+    repos = repos_yaml(tmp_path / "repos.yml", clone_url, pool_size=extra.pop("pool_size", 0))
+    env = service_env(tmp_path / "data", slack, model, repos_config=repos, sandbox_network="host",
+                      sandbox_memory="512m", sandbox_pids=256, image_rebuild_interval=0, **extra)
+    svc = Service(make_settings(env))
+    await svc.start()
+    await asyncio.wait_for(slack.connected.wait(), 10)
+    assert svc.sandbox is not None
+    await until(lambda: svc.sandbox.images.latest("acme/api"), what="the first image build")  # type: ignore[union-attr]
+    return svc
+
+
+@pytest.fixture
+async def sandboxed(tmp_path, slack, model, git_remote) -> AsyncIterator[Service]:
+    svc = await start_service(tmp_path, slack, model, git_remote.url)
+    yield svc
+    await svc.stop()
+
+
+async def test_a_session_reads_edits_and_runs_commands_in_its_sandbox(sandboxed, slack, model, git_remote):
+    model.add(
+        Reply(tool_calls=[ToolCall("read_file", {"path": "app.py"}), ToolCall("read_file", {"path": "../../etc/passwd"}),
+                          ToolCall("list_directory", {})]),
+        Reply(tool_calls=[ToolCall("edit_file", {"path": "app.py", "old_text": "return a - b", "new_text": "return a + b"})]),
+        Reply(tool_calls=[ToolCall("run_command", {"command": "python3 test_app.py"}), ToolCall("git_diff", {}),
+                          ToolCall("search", {"pattern": "a \\+ b"})]),
+        Reply(text="Fixed `add`: it subtracted. The test passes now."),
+    )
+    root = await slack.mention("U0ALICE1", "the add function is broken, fix it")
+    await slack.wait_for(lambda: finished(slack, root), timeout=60)
+    assert "Fixed `add`" in slack.bot_messages(thread_ts=root)[0].rendered()
+
+    read, escape, listing = tool_results(model, 1)
+    assert "return a - b" in read
+    assert escape == "'../../etc/passwd' is outside the repository"
+    assert "app.py  (" in listing and "test_app.py" in listing
+    assert tool_results(model, 2)[-1] == "Replaced 1 occurrence(s) in app.py."
+    run, diff, search = tool_results(model, 3)[-3:]
+    assert run.startswith("exit code 0") and "OK" in run
+    assert "-    return a - b\n+    return a + b" in diff
+    assert "app.py:2:" in search
+    session = await sandboxed.sessions.find_by_thread("C0000001", root)
+    events = sandboxed.sessions.logs.get(session.id).read()
+    assert {"path": "app.py", "action": "edited"} in [e.data for e in events if e.kind is Kind.FILE_CHANGED]
+    system = model.requests[0].body["messages"][0]["content"]
+    assert f"checkout of acme/api in a sandbox container, on the branch hosted-agents/{session.id}" in system
+
+
+async def test_a_write_before_the_sync_waits_for_it_while_a_read_does_not(tmp_path, slack, model, slow_git):
+    svc = await start_service(tmp_path, slack, model, slow_git.url)
+    try:
+        slow_git.delay = 2.0  # the session's `git fetch` now takes at least two seconds
+        model.add(
+            Reply(tool_calls=[ToolCall("read_file", {"path": "README.md"}),
+                              ToolCall("write_file", {"path": "NEW.md", "content": "hello"}),
+                              ToolCall("git_status", {})]),
+            Reply(text="done"),
+        )
+        root = await slack.mention("U0ALICE1", "add a file")
+        await slack.wait_for(lambda: finished(slack, root), timeout=60)
+        session = await svc.sessions.find_by_thread("C0000001", root)
+        events = svc.sessions.logs.get(session.id).read()
+        started = next(e.ts for e in events if e.kind is Kind.TURN_STARTED)
+        results = {e.data["name"]: e for e in events if e.kind is Kind.TOOL_RESULT}
+        assert results["read_file"].data["output"] == "# acme/api\n"
+        assert results["read_file"].ts - started < 1.5, "the read ran as soon as the container existed"
+        assert results["write_file"].ts - started >= 2.0, "the write waited for the sync"
+        assert f"## hosted-agents/{session.id}" in results["git_status"].data["output"]
+        assert "NEW.md" in results["git_status"].data["output"]
+    finally:
+        await svc.stop()
+
+
+async def test_a_follow_up_after_the_idle_timeout_restores_the_snapshot(tmp_path, slack, model, git_remote):
+    svc = await start_service(tmp_path, slack, model, git_remote.url, sandbox_idle_timeout=1)
+    try:
+        model.add(Reply(tool_calls=[ToolCall("write_file", {"path": "notes.txt", "content": "remember me"})]), Reply(text="noted"))
+        root = await slack.mention("U0ALICE1", "write a note")
+        await slack.wait_for(lambda: finished(slack, root), timeout=60)
+        session = await svc.sessions.find_by_thread("C0000001", root)
+        first = svc.sandbox.manager.get(session.id).ref  # type: ignore[union-attr]
+
+        async def container_gone() -> bool:
+            return svc.sandbox.manager.get(session.id) is None and not await svc.sandbox.backend.is_running(first)  # type: ignore[union-attr]
+
+        await until(container_gone, timeout=20, what="the idle container to be stopped")
+
+        model.add(Reply(tool_calls=[ToolCall("read_file", {"path": "notes.txt"})]), Reply(text="found it"))
+        await slack.user_message("U0BOB001", "what did you write?", thread_ts=root)
+        await slack.wait_for(lambda: finished(slack, root, 2), timeout=60)
+        assert tool_results(model, 3) == ["Wrote 11 bytes to notes.txt.", "remember me"]
+        restored = svc.sandbox.manager.get(session.id)  # type: ignore[union-attr]
+        assert restored.source == "snapshot" and restored.ref.id != first.id
+    finally:
+        await svc.stop()
+
+
+async def test_a_container_killed_mid_turn_is_reported_and_the_next_prompt_gets_a_fresh_one(sandboxed, slack, model):
+    model.add(Reply(tool_calls=[ToolCall("run_command", {"command": "sleep 30"})]))
+    root = await slack.mention("U0ALICE1", "run something slow")
+    session = await sandboxed.sessions.find_by_thread("C0000001", root) or await until(
+        lambda: sandboxed.sessions.find_by_thread("C0000001", root))
+    manager = sandboxed.sandbox.manager  # type: ignore[union-attr]
+    await until(lambda: _running_command(sandboxed, session.id), timeout=60, what="the command to start")
+    doomed = manager.get(session.id).ref
+    await asyncio.to_thread(sandboxed.sandbox.backend.api.kill, doomed.id)  # type: ignore[union-attr]
+
+    await slack.wait_for(lambda: finished(slack, root), timeout=30)
+    status = slack.bot_messages(thread_ts=root)[0].rendered()
+    assert "The sandbox stopped unexpectedly" in status and "the next prompt gets a fresh one" in status
+
+    model.add(Reply(tool_calls=[ToolCall("run_command", {"command": "echo alive"})]), Reply(text="back"))
+    await slack.user_message("U0ALICE1", "try again", thread_ts=root)
+    await slack.wait_for(lambda: finished(slack, root, 2), timeout=60)
+    assert tool_results(model, 2)[-1].startswith("exit code 0") and "alive" in tool_results(model, 2)[-1]
+    assert manager.get(session.id).ref.id != doomed.id
+
+
+async def _running_command(svc: Service, session_id: str) -> bool:
+    """`sleep 30` is running in the session's container."""
+    sandbox = svc.sandbox.manager.get(session_id)  # type: ignore[union-attr]
+    if sandbox is None or sandbox.ref is None:
+        return False
+    code, _ = await svc.sandbox.backend.docker_exec(sandbox.ref, ["pgrep", "-f", "^sleep 30$"])  # type: ignore[union-attr]
+    return code == 0
+
+
+async def test_orphaned_containers_are_removed_and_warm_ones_adopted_at_start(tmp_path, slack, model, git_remote):
+    svc = await start_service(tmp_path, slack, model, git_remote.url, pool_size=1)
+    backend = svc.sandbox.backend  # type: ignore[union-attr]
+    await until(lambda: _warm(svc, 1), what="the pool to fill")
+    orphan = await backend.create("hosted-agents/base:bookworm", {f"{LABEL}.role": "session", f"{LABEL}.session": "gone"})
+    warm = (await backend.find({f"{LABEL}.role": "pool"}))[0]
+    await svc.stop()
+
+    svc = Service(make_settings(service_env(tmp_path / "data", slack, model, repos_config=tmp_path / "repos.yml",
+                                            sandbox_network="host", image_rebuild_interval=0)))
+    await svc.start()
+    try:
+        assert not await backend.is_running(orphan)
+        assert [e.ref.id for e in svc.sandbox.pool._entries["acme/api"]] == [warm.id], "the warm container was adopted"  # type: ignore[union-attr]
+    finally:
+        await svc.stop()
+
+
+async def _warm(svc: Service, n: int) -> bool:
+    return svc.sandbox.pool.warm_count("acme/api") >= n  # type: ignore[union-attr]
