@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench clean
+.PHONY: run test bench base-image clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hosted-agents needs Python 3.11 or newer")'
@@ -17,14 +17,21 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/hosted-agents serve
 
-## Run the tests: starts what they need (PostgreSQL) if it is installed but stopped.
+## Run the tests: first brings up PostgreSQL, the Docker engine (installed if missing) and the
+## sandbox base image (built locally with debootstrap, cached by tag).
 test: $(STAMP)
 	scripts/test-services.sh
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+## Build the sandbox base image (hosted-agents/base:bookworm) without a registry.
+base-image:
+	scripts/ensure-docker.sh && scripts/build-base-image.sh
+
 ## Run the benchmarks and print their figures.
 bench: $(STAMP)
+	scripts/test-services.sh
 	$(BIN)/python -m bench.mention_latency
+	$(BIN)/python -m bench.sandbox_latency
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

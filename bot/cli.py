@@ -26,10 +26,84 @@ def _serve(_: argparse.Namespace) -> int:
     return 0
 
 
+async def _with_sandboxes(action):  # type: ignore[no-untyped-def]
+    """Run `action(stack)` against the configured repos, database and Docker engine."""
+    from bot.repos import load_repos
+    from bot.store.db import Database
+    from sandbox.stack import SandboxStack
+
+    settings = load_settings()
+    _logging(settings.log_level)
+    catalog = load_repos(settings.repos_config, settings.git_clone_url)
+    if not len(catalog):
+        raise ConfigError("REPOS_CONFIG: no repositories are configured")
+    db = Database(settings.database_url)  # type: ignore[arg-type]
+    try:
+        await db.upgrade()
+        stack = SandboxStack(settings, db, catalog)
+        stack.images.on_new_image.clear()  # a running `serve` refreshes its own pool
+        return await action(stack, catalog)
+    finally:
+        await db.close()
+
+
+def _images_build(args: argparse.Namespace) -> int:
+    from sandbox.images import BuildFailed
+
+    async def build(stack, catalog) -> int:  # type: ignore[no-untyped-def]
+        names = [args.repo] if args.repo else [r.name for r in catalog.repos]
+        failed = 0
+        for name in names:
+            repo = catalog.get(name)
+            if repo is None:
+                raise ConfigError(f"unknown repo {name!r}; configured: {', '.join(r.name for r in catalog.repos)}")
+            try:
+                print(f"{repo.name}: built {await stack.images.build(repo)}")
+            except BuildFailed as exc:
+                failed += 1
+                print(f"{repo.name}: FAILED at {exc.step}; the previous image stays in service\n{exc.log[-3000:]}")
+        return 1 if failed else 0
+
+    return asyncio.run(_with_sandboxes(build))
+
+
+def _images_list(args: argparse.Namespace) -> int:
+    async def show(stack, catalog) -> int:  # type: ignore[no-untyped-def]
+        for row in await stack.images.history(args.repo):
+            took = f"{row.duration_s:.1f} s" if row.duration_s is not None else "-"
+            print(f"{row.repo:30} {row.status:9} {took:>8}  {row.tag or ''}")
+        return 0
+
+    return asyncio.run(_with_sandboxes(show))
+
+
+def _pool_status(_: argparse.Namespace) -> int:
+    async def show(stack, catalog) -> int:  # type: ignore[no-untyped-def]
+        rows = await stack.pool.status()
+        for repo in catalog.repos:
+            mine = [r for r in rows if r.repo == repo.name]
+            warm = sum(r.status == "warm" for r in mine)
+            print(f"{repo.name:30} warm {warm}/{repo.pool_size}   latest image: {await stack.images.latest(repo.name) or 'none'}")
+            for r in mine:
+                print(f"    {r.container_id[:12]} {r.status:8} {r.image}")
+        return 0
+
+    return asyncio.run(_with_sandboxes(show))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hosted-agents", description="A Slack-first background coding agent.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the service (web server, Slack, sessions)").set_defaults(run=_serve)
+    images = commands.add_parser("images", help="sandbox images").add_subparsers(dest="images_command", required=True)
+    build = images.add_parser("build", help="build images now (all repos, or one)")
+    build.add_argument("repo", nargs="?", help="owner/repo")
+    build.set_defaults(run=_images_build)
+    listing = images.add_parser("list", help="recent image builds")
+    listing.add_argument("repo", nargs="?", help="owner/repo")
+    listing.set_defaults(run=_images_list)
+    pool = commands.add_parser("pool", help="warm pool").add_subparsers(dest="pool_command", required=True)
+    pool.add_parser("status", help="warm containers per repo").set_defaults(run=_pool_status)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -88,7 +88,7 @@ class ImageBuilder:
                 await self._step(ex, lines, f"setup: {command}", command)
             for command in repo.image.warm:
                 await self._step(ex, lines, f"warm: {command}", command, fatal=False)
-            tag = f"{commit[:12]}-{int(started)}"
+            tag = f"{commit[:12]}-b{row.id}"  # unique: the same commit may be built again
             image = await self.backend.snapshot(
                 ref, image_repository(repo.name), tag,
                 {f"{LABEL}.role": "image", f"{LABEL}.repo": repo.name, f"{LABEL}.commit": commit}, pause=True,

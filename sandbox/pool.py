@@ -128,11 +128,13 @@ class WarmPool:
         await self.fill(repo)
 
     async def expire(self) -> None:
-        """Replace entries nobody claimed within the TTL."""
+        """Replace entries nobody claimed within the TTL, and entries of an image no longer the
+        latest (built by another process, e.g. `hosted-agents images build`)."""
         now = time.time()
-        for repo in list(self._entries):
+        for repo in [r.name for r in self.catalog.repos]:
+            latest = await self.images.latest(repo)
             async with self._claim_locks[repo]:
-                stale = [e for e in self._entries[repo] if now - e.created_at > self.ttl]
+                stale = [e for e in self._entries[repo] if now - e.created_at > self.ttl or e.image != latest]
                 self._entries[repo] = [e for e in self._entries[repo] if e not in stale]
             if stale:
                 self._extra.pop(repo, None)

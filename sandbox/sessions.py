@@ -1,7 +1,7 @@
 """Each session's sandbox: acquired in parallel with the first model call, synced in the background.
 
-Acquisition order: a warm pool entry → the session's last snapshot → a container from the repo's
-latest image → a build. Reads may run as soon as the container exists; writes wait for the git
+Acquisition order: the session's last snapshot if it has one (a follow-up keeps its work), else a
+warm pool entry → a container from the repo's latest image → a build. Reads may run as soon as the container exists; writes wait for the git
 sync (the gate is a plugin, see bot/agent/plugins.py). When a turn ends the workspace is
 committed as the session's snapshot, in the background; an idle container is removed and the
 next prompt restores the snapshot. Nothing here knows about Slack.
@@ -116,12 +116,16 @@ class SandboxManager:
 
     async def _acquire(self, sb: SessionSandbox) -> None:
         try:
-            entry = await self.pool.claim(sb.repo.name, sb.session_id)
+            snapshot = await self._snapshot_of(sb.session_id)
+            entry = None
+            if not (snapshot and await self.backend.image_exists(snapshot)):
+                snapshot = None  # a session with earlier work must get its own snapshot, never a fresh entry
+                entry = await self.pool.claim(sb.repo.name, sb.session_id)
             if entry is not None:
                 await self.pool.forget_claimed(entry.ref.id)
                 sb._set_ready(entry.ref, entry.executor, "pool")
             else:
-                image, source = await self._image_for(sb)
+                image, source = (snapshot, "snapshot") if snapshot else await self._image_for(sb)
                 ref = await self.backend.create(image, {f"{LABEL}.role": "session", f"{LABEL}.session": sb.session_id,
                                                         f"{LABEL}.repo": sb.repo.name})
                 try:
@@ -142,13 +146,10 @@ class SandboxManager:
             sb._fail(exc if isinstance(exc, SandboxLost) else SandboxUnavailable(str(exc)))
 
     async def _image_for(self, sb: SessionSandbox) -> tuple[str, str]:
-        snapshot = await self._snapshot_of(sb.session_id)
-        if snapshot and await self.backend.image_exists(snapshot):
-            return snapshot, "snapshot"
         latest = await self.images.latest(sb.repo.name)
         if latest and await self.backend.image_exists(latest):
             return latest, "image"
-        return await self.images.build(sb.repo), "build"
+        return await self.images.build(sb.repo, force=False), "build"
 
     async def _sync(self, sb: SessionSandbox, executor: Executor) -> str | None:
         """Fetch the base branch tip onto the session's own branch; on failure keep the image's commit."""

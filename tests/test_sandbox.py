@@ -110,3 +110,48 @@ async def test_limits_hold_a_fork_bomb_and_a_memory_hog_inside_the_sandbox(db):
     await docker.remove(ref)
     with pytest.raises(SandboxLost):
         await ex.request("exec", cmd="true")
+
+
+def test_the_cli_builds_images_on_demand_and_shows_the_pool(tmp_path, git_remote):
+    import os
+    import subprocess
+    import sys
+
+    repos = repos_yaml(tmp_path / "repos.yml", git_remote.url, pool_size=1)
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "REPOS_CONFIG": str(repos),
+           "DATA_DIR": str(tmp_path / "data"), "SANDBOX_NETWORK": "host"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bot.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+
+    built = cli("images", "build", "acme/api")
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.startswith("acme/api: built hosted-agents/acme-api:")
+    listed = cli("images", "list")
+    assert "acme/api" in listed.stdout and "ready" in listed.stdout
+    status = cli("pool", "status")
+    assert status.returncode == 0 and "acme/api" in status.stdout and "warm 0/1" in status.stdout
+    unknown = cli("images", "build", "acme/nope")
+    assert unknown.returncode == 2 and "unknown repo 'acme/nope'" in unknown.stderr
+
+
+async def test_unclaimed_entries_expire_and_entries_of_an_image_built_elsewhere_are_replaced(tmp_path, db, git_remote):
+    catalog = load_repos(repos_yaml(tmp_path / "repos.yml", git_remote.url, pool_size=1), "unused/{repo}")
+    docker = backend()
+    images = ImageBuilder(docker, db)
+    pool = WarmPool(docker, db, images, catalog, ttl=3600)
+    await images.build(catalog.repos[0])
+    await pool.fill("acme/api")
+    first = pool._entries["acme/api"][0]
+
+    other_process = ImageBuilder(docker, db)  # e.g. the CLI: its build does not call our pool
+    newer = await other_process.build(catalog.repos[0])
+    await pool.expire()
+    assert [e.image for e in pool._entries["acme/api"]] == [newer]
+    assert not await docker.is_running(first.ref)
+
+    pool.ttl = 0
+    second = pool._entries["acme/api"][0]
+    await pool.expire()
+    assert pool.warm_count("acme/api") == 1 and pool._entries["acme/api"][0].ref.id != second.ref.id
+    await pool.close()

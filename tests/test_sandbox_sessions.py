@@ -112,7 +112,8 @@ async def test_a_write_before_the_sync_waits_for_it_while_a_read_does_not(tmp_pa
 
 
 async def test_a_follow_up_after_the_idle_timeout_restores_the_snapshot(tmp_path, slack, model, git_remote):
-    svc = await start_service(tmp_path, slack, model, git_remote.url, sandbox_idle_timeout=1)
+    # a warm pool entry is ready too: the follow-up must still get its own snapshot, not a fresh entry
+    svc = await start_service(tmp_path, slack, model, git_remote.url, sandbox_idle_timeout=1, pool_size=1)
     try:
         model.add(Reply(tool_calls=[ToolCall("write_file", {"path": "notes.txt", "content": "remember me"})]), Reply(text="noted"))
         root = await slack.mention("U0ALICE1", "write a note")
@@ -131,6 +132,7 @@ async def test_a_follow_up_after_the_idle_timeout_restores_the_snapshot(tmp_path
         assert tool_results(model, 3) == ["Wrote 11 bytes to notes.txt.", "remember me"]
         restored = svc.sandbox.manager.get(session.id)  # type: ignore[union-attr]
         assert restored.source == "snapshot" and restored.ref.id != first.id
+        assert svc.sandbox.manager.get(session.id) is not None and svc.sandbox.pool.warm_count("acme/api") == 1  # type: ignore[union-attr]
     finally:
         await svc.stop()
 
