@@ -49,12 +49,23 @@ class SandboxStack:
         self.scheduler = AsyncIOScheduler()
         every = self.settings.image_rebuild_interval
         if every > 0:
-            self.scheduler.add_job(self.build_all, "interval", seconds=every, max_instances=1, coalesce=True)
-        self.scheduler.add_job(self.pool.expire, "interval", seconds=60, max_instances=1, coalesce=True)
-        idle_check = max(0.5, min(30.0, self.settings.sandbox_idle_timeout / 2))
-        self.scheduler.add_job(self.manager.stop_idle, "interval", seconds=idle_check, max_instances=1, coalesce=True)
-        self.scheduler.add_job(self.manager.collect_snapshots, "interval", hours=1, max_instances=1, coalesce=True)
+            self._every(every, self.build_all)
+        self._every(60, self.pool.expire)
+        self._every(max(0.5, min(30.0, self.settings.sandbox_idle_timeout / 2)), self.manager.stop_idle)
+        self._every(3600, self.manager.collect_snapshots)
         self.scheduler.start()
+
+    def _every(self, seconds: float, job: Any) -> None:
+        async def run() -> None:
+            try:
+                await job()
+            except asyncio.CancelledError:
+                pass  # the scheduler is shutting down with the service
+            except Exception as exc:
+                log.warning("scheduled %s failed: %s", job.__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+
+        assert self.scheduler is not None
+        self.scheduler.add_job(run, "interval", seconds=seconds, max_instances=1, coalesce=True, name=job.__name__)
 
     async def _prepare(self, repo: str) -> None:
         if await self.images.latest(repo) is None:

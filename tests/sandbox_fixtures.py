@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +92,9 @@ class GitRemote:
         return _git(self.work, "rev-parse", "HEAD")
 
 
-@pytest.fixture
-def git_remote(tmp_path: Path, docker_engine) -> Iterator[GitRemote]:  # type: ignore[no-untyped-def]
+@contextmanager
+def serve_git_remote(tmp_path: Path) -> Iterator[GitRemote]:
+    """A bare repo `acme/api` with a small Python project, served by `git daemon` on 127.0.0.1."""
     root = tmp_path / "git"
     bare = root / "acme" / "api.git"
     bare.mkdir(parents=True)
@@ -105,15 +107,23 @@ def git_remote(tmp_path: Path, docker_engine) -> Iterator[GitRemote]:  # type: i
         ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={root}", "--listen=127.0.0.1", f"--port={port}", str(root)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    remote = GitRemote(root, work, port)
-    remote.commit({"README.md": "# acme/api\n", "app.py": APP, "test_app.py": TEST}, "initial")
-    deadline = time.monotonic() + 10
-    while subprocess.run(["git", "ls-remote", remote.url], capture_output=True).returncode != 0:
-        assert time.monotonic() < deadline, "git daemon did not start"
-        time.sleep(0.05)
-    yield remote
-    daemon.terminate()
-    daemon.wait(5)
+    try:
+        remote = GitRemote(root, work, port)
+        remote.commit({"README.md": "# acme/api\n", "app.py": APP, "test_app.py": TEST}, "initial")
+        deadline = time.monotonic() + 10
+        while subprocess.run(["git", "ls-remote", remote.url], capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "git daemon did not start"
+            time.sleep(0.05)
+        yield remote
+    finally:
+        daemon.terminate()
+        daemon.wait(5)
+
+
+@pytest.fixture
+def git_remote(tmp_path: Path, docker_engine) -> Iterator[GitRemote]:  # type: ignore[no-untyped-def]
+    with serve_git_remote(tmp_path) as remote:
+        yield remote
 
 
 class SlowProxy:
