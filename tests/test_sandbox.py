@@ -154,4 +154,34 @@ async def test_unclaimed_entries_expire_and_entries_of_an_image_built_elsewhere_
     second = pool._entries["acme/api"][0]
     await pool.expire()
     assert pool.warm_count("acme/api") == 1 and pool._entries["acme/api"][0].ref.id != second.ref.id
+
+    pool.ttl = 3600
+    pool.warm("acme/api")  # someone started typing: one more than configured
+    await pool.fill("acme/api")
+    assert pool.warm_count("acme/api") == 2
     await pool.close()
+
+
+async def test_only_the_last_few_images_are_kept_and_old_snapshots_are_collected(tmp_path, db, git_remote):
+    from bot.store.tables import SessionRow
+    from sandbox.sessions import SandboxManager
+
+    catalog = load_repos(repos_yaml(tmp_path / "repos.yml", git_remote.url), "unused/{repo}")
+    docker = backend()
+    images = ImageBuilder(docker, db, keep=1)
+    first = await images.build(catalog.repos[0])
+    second = await images.build(catalog.repos[0])
+    assert not await docker.image_exists(first) and await docker.image_exists(second)
+    async with db.session() as s:
+        assert [r.status for r in (await s.execute(select(ImageRow).order_by(ImageRow.id))).scalars()] == ["pruned", "ready"]
+
+    ref = await docker.create(second, {f"{LABEL}.role": "test"})
+    snapshot = await docker.snapshot(ref, "hosted-agents/session-old", "1", {f"{LABEL}.role": "snapshot"})
+    async with db.session() as s, s.begin():
+        s.add(SessionRow(id="0123456789abcdef", share_token="t" * 30, status="idle", origin="slack", snapshot_image=snapshot))
+    manager = SandboxManager(docker, db, catalog, images, WarmPool(docker, db, images, catalog, 3600),
+                             idle_timeout=60, snapshot_retention=3600)
+    assert await manager.collect_snapshots() == 0, "a recent snapshot stays"
+    manager.snapshot_retention = 0
+    assert await manager.collect_snapshots() == 1
+    assert not await docker.image_exists(snapshot)

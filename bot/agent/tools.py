@@ -87,23 +87,7 @@ class ToolRegistry:
         except ValidationError as exc:
             return ToolOutcome(False, _invalid(name, exc))
         call = ToolCall(name, args.model_dump(), getattr(tool, "writes", False))
-        if self.hooks is not None:
-            for result in self.hooks.hook.tool_execute_before(call=call, ctx=ctx):
-                if inspect.isawaitable(result):
-                    result = await result
-                if isinstance(result, Block):
-                    return ToolOutcome(False, f"Not run: {result.reason}")
-                if isinstance(result, dict):
-                    try:
-                        args = tool.Args.model_validate(result)
-                    except ValidationError as exc:
-                        return ToolOutcome(False, _invalid(name, exc))
-                    call = ToolCall(name, args.model_dump(), call.writes)
-        try:
-            output = await tool.run(args, ctx)
-            outcome = ToolOutcome(True, output)
-        except ToolError as exc:
-            outcome = ToolOutcome(False, str(exc))
+        call, outcome = await self._run(tool, call, args, ctx)
         if len(outcome.output) > MAX_OUTPUT_CHARS:
             outcome = ToolOutcome(outcome.ok, outcome.output[:MAX_OUTPUT_CHARS] + f"\n[output cut at {MAX_OUTPUT_CHARS} characters]")
         if self.hooks is not None:
@@ -111,6 +95,25 @@ class ToolRegistry:
                 if inspect.isawaitable(result):
                     await result
         return outcome
+
+    async def _run(self, tool: Tool, call: ToolCall, args: BaseModel, ctx: ToolContext) -> tuple[ToolCall, ToolOutcome]:
+        """The before-hooks (which may block, rewrite or hold the call), then the tool."""
+        if self.hooks is not None:
+            for result in self.hooks.hook.tool_execute_before(call=call, ctx=ctx):
+                if inspect.isawaitable(result):
+                    result = await result
+                if isinstance(result, Block):
+                    return call, ToolOutcome(False, f"Not run: {result.reason}")
+                if isinstance(result, dict):
+                    try:
+                        args = tool.Args.model_validate(result)
+                    except ValidationError as exc:
+                        return call, ToolOutcome(False, _invalid(tool.name, exc))
+                    call = ToolCall(tool.name, args.model_dump(), call.writes)
+        try:
+            return call, ToolOutcome(True, await tool.run(args, ctx))
+        except ToolError as exc:
+            return call, ToolOutcome(False, str(exc))
 
 
 def _invalid(name: str, exc: ValidationError) -> str:
