@@ -150,7 +150,7 @@ async def main(sessions: int, calls: int) -> None:
             print(line(label, tool) + ("   (goal < 100 ms)" if label == "warm pool claim" else ""))
     via_executor, via_docker_exec = await tool_call_figures(calls)
     ratio = statistics.median(via_docker_exec) / statistics.median(via_executor)
-    print(f"trivial command round trip (`true`), same container, same run:")
+    print("trivial command round trip (`true`), same container, same run:")
     print(line("sandbox executor", via_executor) + "   (goal < 10 ms)")
     print(line("docker exec from a shell", via_docker_exec))
     print(f"  executor is {ratio:.0f}x faster (goal ≥ 10x)")

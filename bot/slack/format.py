@@ -8,7 +8,7 @@ mid-code-block without closing the fence.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 SECTION_LIMIT = 2900
 MAX_SECTIONS = 40
@@ -18,7 +18,6 @@ STOP_ACTION = "stop_turn"
 CLEAR_QUEUE_ACTION = "clear_queue"
 VIEW_ACTION = "view_session"
 
-_USER_MENTION = re.compile(r"<@([UW][A-Z0-9]{2,})>")
 _LINK = re.compile(r"\[([^\]\n]+)\]\((https?://[^)\s]+)\)")
 _BOLD = re.compile(r"\*\*(.+?)\*\*|__(.+?)__")
 _HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*$", re.MULTILINE)
@@ -97,7 +96,6 @@ class TurnState:
     outcome: str | None = None
     detail: str | None = None
     duration_ms: float | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def running(self) -> bool:
