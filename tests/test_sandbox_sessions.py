@@ -187,3 +187,19 @@ async def test_orphaned_containers_are_removed_and_warm_ones_adopted_at_start(tm
 
 async def _warm(svc: Service, n: int) -> bool:
     return svc.sandbox.pool.warm_count("acme/api") >= n  # type: ignore[union-attr]
+
+
+async def test_stop_during_a_command_kills_its_whole_process_tree(sandboxed, slack, model):
+    model.add(Reply(tool_calls=[ToolCall("run_command", {"command": "sh -c 'sleep 30' & sleep 30"})]))
+    root = await slack.mention("U0ALICE1", "run something slow")
+    session = await until(lambda: sandboxed.sessions.find_by_thread("C0000001", root))
+    await until(lambda: _running_command(sandboxed, session.id), timeout=60, what="the command to start")
+    status = slack.bot_messages(thread_ts=root)[0]
+    await slack.wait_for(lambda: "stop_turn" in status.buttons())
+    await slack.click("U0BOB001", status, "stop_turn")
+    await slack.wait_for(lambda: "Stopped by <@U0BOB001>" in status.rendered(), timeout=5)
+
+    async def tree_gone() -> bool:
+        return not await _running_command(sandboxed, session.id)
+
+    await until(tree_gone, timeout=3, what="both sleeps to be killed")
