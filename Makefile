@@ -32,6 +32,7 @@ bench: $(STAMP)
 	scripts/test-services.sh
 	$(BIN)/python -m bench.mention_latency
 	$(BIN)/python -m bench.sandbox_latency
+	$(BIN)/python -m bench.classifier
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

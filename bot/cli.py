@@ -91,6 +91,45 @@ def _pool_status(_: argparse.Namespace) -> int:
     return asyncio.run(_with_sandboxes(show))
 
 
+def _classify(args: argparse.Namespace) -> int:
+    """For operators tuning the catalog: the decision alone on the first line, then why."""
+    from bot.agent.model import ModelNotConfigured, make_client
+    from bot.repos import load_repos
+    from classifier.classify import Classifier, RequestContext
+    from classifier.model import ModelClassifier
+
+    settings = load_settings()
+    _logging("WARNING")
+    catalog = load_repos(settings.repos_config, settings.git_clone_url)
+    if not len(catalog):
+        raise ConfigError("REPOS_CONFIG: no repositories are configured")
+
+    async def run() -> int:
+        client = make_client(settings) if settings.model_configured else None
+
+        def model_client():  # type: ignore[no-untyped-def]
+            if client is None:
+                raise ModelNotConfigured()
+            return client
+
+        vote = ModelClassifier(model_client, settings.classifier_model, catalog, settings.classifier_timeout)
+        classifier = Classifier(catalog, vote if client else None, settings.classifier_min_confidence)
+        result = await classifier.classify(
+            RequestContext(args.text, args.thread or [], args.channel.lstrip("#") if args.channel else None, args.topic)
+        )
+        if client is not None:
+            await client.close()
+        print(result.repo or "unknown")
+        print(f"source: {result.source}")
+        print(f"confidence: {result.confidence:.2f}")
+        print(f"alternatives: {', '.join(result.alternatives) or '-'}")
+        print(f"reason: {result.reason}")
+        print(f"took: {result.elapsed_ms:.1f} ms")
+        return 0
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hosted-agents", description="A Slack-first background coding agent.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     listing = images.add_parser("list", help="recent image builds")
     listing.add_argument("repo", nargs="?", help="owner/repo")
     listing.set_defaults(run=_images_list)
+    classify = commands.add_parser("classify", help="which repository a request is about (first line: the decision)")
+    classify.add_argument("text")
+    classify.add_argument("--channel", help="channel name, e.g. eng-api")
+    classify.add_argument("--topic", help="channel topic")
+    classify.add_argument("--thread", action="append", help="an earlier message of the thread (repeatable)")
+    classify.set_defaults(run=_classify)
     pool = commands.add_parser("pool", help="warm pool").add_subparsers(dest="pool_command", required=True)
     pool.add_parser("status", help="warm containers per repo").set_defaults(run=_pool_status)
     args = parser.parse_args(argv)

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     model_timeout: float = Field(60.0, gt=0)
     """Seconds the model may stay silent (connect, or between two streamed chunks)."""
     model_max_retries: int = Field(2, ge=0, le=10)
+    classifier_timeout: float = Field(3.0, gt=0)
+    """Seconds the classifier model may take before the bot asks the person instead."""
+    classifier_min_confidence: float = Field(0.6, ge=0, le=1)
+    pending_request_ttl: float = Field(3600.0, gt=0)
+    """Seconds a request waits for someone to pick its repository."""
     max_tool_steps: int = Field(40, ge=1, le=500)
     """Model calls one turn may make before it is ended, so a looping model cannot run forever."""
     max_prompt_chars: int = Field(20_000, ge=100)
@@ -51,6 +56,8 @@ class Settings(BaseSettings):
     """YAML file of repositories (format in DESIGN.md)."""
     git_clone_url: str = "https://github.com/{repo}.git"
 
+    sandbox_backend: Literal["docker", "none"] = "docker"
+    """`none` runs without sandboxes: sessions keep their repo but the agent cannot touch code."""
     sandbox_network: str = "bridge"
     """Docker network mode of sandboxes: `bridge` in production, `host` or `none` where there is no bridge."""
     sandbox_memory: str = "2g"

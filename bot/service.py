@@ -19,8 +19,11 @@ from bot.repos import RepoCatalog, load_repos
 from bot.sessions.service import SessionService
 from bot.slack.app import SlackClient
 from bot.store.db import Database
+from bot.store.pending import PendingRequests
 from bot.store.processed_events import ProcessedEvents
 from bot.web.server import build_app
+from classifier.classify import Classifier
+from classifier.model import ModelClassifier
 from sandbox.stack import SandboxStack
 
 log = logging.getLogger("hosted_agents")
@@ -31,7 +34,8 @@ class Service:
         self.settings = settings
         self.catalog: RepoCatalog = load_repos(settings.repos_config, settings.git_clone_url)
         self.db = Database(settings.database_url)  # type: ignore[arg-type]
-        self.sandbox: SandboxStack | None = SandboxStack(settings, self.db, self.catalog) if len(self.catalog) else None
+        with_sandboxes = len(self.catalog) > 0 and settings.sandbox_backend == "docker"
+        self.sandbox: SandboxStack | None = SandboxStack(settings, self.db, self.catalog) if with_sandboxes else None
         manager = self.sandbox.manager if self.sandbox else None
         self.hooks = plugin_manager(settings.plugins, builtins=[GitSyncGate(), SandboxContext(manager)])
         self._model: AsyncOpenAI | None = make_client(settings) if settings.model_configured else None
@@ -39,9 +43,15 @@ class Service:
         self.agent = Agent(self._model_client, settings.agent_model, tools, settings.max_tool_steps)
         self.sessions = SessionService(settings, self.db, self.agent, self.catalog, manager, self.hooks)
         self.processed = ProcessedEvents(self.db)
+        self.pending = PendingRequests(self.db, settings.pending_request_ttl)
+        self.classifier = self._classifier() if len(self.catalog) else None
         self.slack: SlackClient | None = None
         self._web: web.AppRunner | None = None
         self.web_port: int | None = None
+
+    def _classifier(self) -> Classifier:
+        vote = ModelClassifier(self._model_client, self.settings.classifier_model, self.catalog, self.settings.classifier_timeout)
+        return Classifier(self.catalog, vote, self.settings.classifier_min_confidence)
 
     def _model_client(self) -> AsyncOpenAI:
         if self._model is None:
@@ -59,7 +69,7 @@ class Service:
             await self.sandbox.start()
         await self._start_web()
         if self.settings.slack_enabled:
-            self.slack = SlackClient(self.settings, self.sessions, self.processed)
+            self.slack = SlackClient(self.settings, self.sessions, self.processed, self.classifier, self.pending)
         await self.sessions.recover()  # after the Slack renderer observes, so it reports interruptions
         if self.slack is not None:
             await self._connect_slack()

@@ -9,12 +9,14 @@ import yaml
 from tests.fakes.openai import Reply
 
 MANIFEST = yaml.safe_load((Path(__file__).parents[1] / "manifest.yml").read_text())
-METHOD_SCOPES = {
-    "auth.test": None,
-    "apps.connections.open": None,  # the app-level token's connections:write
-    "chat.postMessage": "chat:write",
-    "chat.update": "chat:write",
-    "chat.postEphemeral": "chat:write",
+METHOD_SCOPES: dict[str, set[str]] = {
+    "auth.test": set(),
+    "apps.connections.open": set(),  # the app-level token's connections:write
+    "chat.postMessage": {"chat:write"},
+    "chat.update": {"chat:write"},
+    "chat.postEphemeral": {"chat:write"},
+    "conversations.info": {"channels:read", "groups:read"},
+    "conversations.replies": {"channels:history", "groups:history"},
 }
 EVENT_SCOPES = {
     "app_mention": "app_mentions:read",
@@ -24,11 +26,39 @@ EVENT_SCOPES = {
 }
 
 
-async def test_manifest_scopes_match_the_calls_and_events_the_service_uses(service, slack, model):
+async def test_manifest_scopes_match_the_calls_and_events_the_service_uses(tmp_path, slack, model):
+    import asyncio
     import copy
+    import json
 
+    from bot.service import Service
+    from tests.conftest import make_settings, service_env
+
+    env = service_env(tmp_path, slack, model, repos_config=Path(__file__).parent / "data" / "acme_repos.yml",
+                      sandbox_backend="none")
+    service = Service(make_settings(env))
+    await service.start()
+    await asyncio.wait_for(slack.connected.wait(), 10)
+    try:
+        await exercise(slack, model, copy, json)
+    finally:
+        await service.stop()
+
+    used = {c.method for c in slack.calls}
+    unknown = used - METHOD_SCOPES.keys()
+    assert not unknown, f"add these methods and their scopes to METHOD_SCOPES and manifest.yml: {unknown}"
+    events = set(MANIFEST["settings"]["event_subscriptions"]["bot_events"])
+    assert events == set(EVENT_SCOPES)
+    needed = set().union(*(METHOD_SCOPES[m] for m in used)) | {EVENT_SCOPES[e] for e in events}
+    assert set(MANIFEST["oauth_config"]["scopes"]["bot"]) == needed
+    assert MANIFEST["settings"]["socket_mode_enabled"] is True
+    assert MANIFEST["settings"]["interactivity"]["is_enabled"] is True
+
+
+async def exercise(slack, model, copy, json) -> None:  # type: ignore[no-untyped-def]
+    """Every kind of thing the service does in Slack: answer, stop, queue, ask, pick, DM."""
     model.add(Reply(text="x " * 100, chunk_delay=0.01), Reply(text="ok"), Reply(text="dm"))
-    root = await slack.mention("U0ALICE1", "go")
+    root = await slack.mention("U0ALICE1", "in acme/api go")
     status = (await slack.wait_for(lambda: slack.bot_messages(thread_ts=root)))[0]
     stale = copy.deepcopy(status)
     await slack.user_message("U0BOB001", "next", thread_ts=root)
@@ -36,15 +66,12 @@ async def test_manifest_scopes_match_the_calls_and_events_the_service_uses(servi
     await slack.wait_for(lambda: len(slack.bot_messages(thread_ts=root)) == 2 and "Done" in slack.bot_messages(thread_ts=root)[1].rendered())
     await slack.click("U0ALICE1", stale, "stop_turn")
     await slack.wait_for(lambda: slack.calls_to("chat.postEphemeral"))
-    await slack.user_message("U0ALICE1", "hi", channel="D0000001")
+    await slack.user_message("U0ALICE1", "in acme/api hi", channel="D0000001")
     await slack.wait_for(lambda: slack.bot_messages(channel="D0000001"))
-
-    used = {c.method for c in slack.calls}
-    unknown = used - METHOD_SCOPES.keys()
-    assert not unknown, f"add these methods and their scopes to METHOD_SCOPES and manifest.yml: {unknown}"
-    events = set(MANIFEST["settings"]["event_subscriptions"]["bot_events"])
-    assert events == set(EVENT_SCOPES)
-    needed = {METHOD_SCOPES[m] for m in used if METHOD_SCOPES[m]} | {EVENT_SCOPES[e] for e in events}
-    assert set(MANIFEST["oauth_config"]["scopes"]["bot"]) == needed
-    assert MANIFEST["settings"]["socket_mode_enabled"] is True
-    assert MANIFEST["settings"]["interactivity"]["is_enabled"] is True
+    # a mention in someone else's thread that the rules cannot place: the bot asks, someone picks
+    chatter = await slack.user_message("U0BOB001", "the numbers look odd today")
+    model.add(Reply(text=json.dumps({"repo": "unknown", "confidence": 0.1, "alternatives": [], "reason": ""})))
+    await slack.mention("U0CAROL1", "can you check?", thread_ts=chatter)
+    ask = (await slack.wait_for(lambda: slack.bot_messages(thread_ts=chatter)))[0]
+    await slack.choose("U0BOB001", ask, "pick_repo", "acme/data-pipeline")
+    await slack.wait_for(lambda: len(slack.bot_messages(thread_ts=chatter)) == 2)

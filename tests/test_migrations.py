@@ -28,7 +28,7 @@ async def check_upgrade_downgrade_upgrade(database_url: str) -> None:
     db = Database(database_url)
     try:
         await db.upgrade()
-        assert {"sessions", "slack_events", "turns", "images", "pool_entries", "alembic_version"} <= await tables(db)
+        assert {"sessions", "slack_events", "turns", "images", "pool_entries", "pending_requests", "alembic_version"} <= await tables(db)
         assert await schema_diff(db) == []
         await db.upgrade()  # idempotent, as at every start
         await db.downgrade("base")

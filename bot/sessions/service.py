@@ -125,7 +125,7 @@ class SessionService:
 
     # -- writing ------------------------------------------------------------------------
 
-    async def open_slack_session(self, channel: str, thread_ts: str, creator: str) -> SessionInfo:
+    async def open_slack_session(self, channel: str, thread_ts: str, creator: str, repo: str | None = None) -> SessionInfo:
         """The session bound to this thread, created if there is none (once, even if raced)."""
         row = SessionRow(
             id=secrets.token_hex(8),
@@ -135,7 +135,7 @@ class SessionService:
             slack_channel=channel,
             slack_thread_ts=thread_ts,
             creator=creator,
-            repo=self._default_repo(),
+            repo=repo or self._default_repo(),
         )
         try:
             async with self.db.session() as db, db.begin():
@@ -271,6 +271,20 @@ class SessionService:
                 )
 
         self.background(write())
+
+    async def recent_repos(self, user: str, limit: int = 3) -> list[str]:
+        """The repos of a person's latest sessions, most recent first (a classification hint)."""
+        async with self.db.session() as db:
+            rows = (await db.execute(
+                select(SessionRow.repo).where(SessionRow.creator == user, SessionRow.repo.is_not(None))
+                .order_by(SessionRow.created_at.desc()).limit(20)
+            )).scalars().all()
+        return list(dict.fromkeys(rows))[:limit]
+
+    def warm(self, repo: str | None) -> None:
+        """Predictive warm-up: a sandbox of this repo is likely needed soon."""
+        if repo and self.sandboxes is not None:
+            self.sandboxes.pool.warm(repo)
 
     def system_prompt(self, session_id: str, repo: str | None) -> str:
         """The base prompt plus what plugins add for this session (`session_context`)."""

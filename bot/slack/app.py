@@ -3,6 +3,7 @@ sessions layer; the renderer turns session events back into messages."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -22,6 +23,9 @@ from bot.sessions.service import SessionService
 from bot.slack.format import CLEAR_QUEUE_ACTION, STOP_ACTION, VIEW_ACTION
 from bot.slack.messages import IncomingMessage, parse_message, prompt_text
 from bot.slack.renderer import SlackRenderer
+from bot.slack.repo_picker import PICK_ACTION, ask_blocks, expired_blocks, picked_blocks
+from bot.store.pending import PendingRequests
+from classifier.classify import Classification, Classifier, RequestContext
 from bot.store.processed_events import ProcessedEvents
 from bot.util.keyed_locks import KeyedLocks
 
@@ -62,10 +66,15 @@ class _TokenSkippedFilter(logging.Filter):
 
 
 class SlackClient:
-    def __init__(self, settings: Settings, sessions: SessionService, processed: ProcessedEvents):
+    def __init__(self, settings: Settings, sessions: SessionService, processed: ProcessedEvents,
+                 classifier: Classifier | None = None, pending: PendingRequests | None = None):
         self.settings = settings
         self.sessions = sessions
         self.processed = processed
+        self.classifier = classifier
+        self.pending = pending
+        self._channel_info: dict[str, tuple[str | None, str | None]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         self.web = web_client(settings)
         self.app = AsyncApp(client=self.web, process_before_response=False, logger=_bolt_logger())
         self.renderer = SlackRenderer(self.web, sessions, settings)
@@ -78,8 +87,13 @@ class SlackClient:
         assert self.settings.slack_app_token is not None
         self._socket = AsyncSocketModeHandler(self.app, self.settings.slack_app_token.get_secret_value(), web_client=self.web)
         await self._socket.connect_async()
+        if self.pending is not None:
+            self._sweeper = asyncio.create_task(self._expire_loop(), name="slack-pending-expiry")
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         if self._socket is not None:
             await self._socket.close_async()
         await self.renderer.close()
@@ -93,6 +107,7 @@ class SlackClient:
         app.action(STOP_ACTION)(self.on_stop)
         app.action(CLEAR_QUEUE_ACTION)(self.on_clear_queue)
         app.action(VIEW_ACTION)(self.on_view)
+        app.action(PICK_ACTION)(self.on_pick)
         app.event(re.compile(".*"))(self.on_other_event)
 
     async def on_message(self, event: dict[str, Any], context: Any) -> None:
@@ -123,7 +138,14 @@ class SlackClient:
             )
             return
         if session is None:
-            session = await self.sessions.open_slack_session(msg.channel, msg.root, msg.user)
+            repo = None
+            if self.classifier is not None:
+                decision = await self._classify(msg, text)
+                if decision.repo is None:
+                    await self._ask_for_repo(msg, text, decision.alternatives)
+                    return
+                repo = decision.repo
+            session = await self.sessions.open_slack_session(msg.channel, msg.root, msg.user, repo)
         await self.sessions.submit(session.id, text, Author(msg.user), order_key=float(msg.ts))
 
     async def on_stop(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -138,11 +160,104 @@ class SlackClient:
         if session_id and not self.sessions.clear_queue(session_id, by=user):
             await self._ephemeral(channel, user, "The queue is already empty.")
 
+    async def on_pick(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        """Someone picked the repository of a held request: start its session with the original text."""
+        await ack()
+        user = str((body.get("user") or {}).get("id", ""))
+        channel = str((body.get("channel") or {}).get("id", ""))
+        pending_id = str(action.get("block_id", "")).removeprefix("pick:")
+        repo = str((action.get("selected_option") or {}).get("value", ""))
+        if self.pending is None or self.classifier is None or self.classifier.catalog.get(repo) is None:
+            await self._ephemeral(channel, user, "I don't know that repository.")
+            return
+        row = await self.pending.pick(pending_id, repo, user) if _SESSION_ID.match(pending_id) else None
+        if row is None:
+            current = await self.pending.get(pending_id) if _SESSION_ID.match(pending_id) else None
+            if current is None:
+                await self._ephemeral(channel, user, "I can't find that request any more.")
+            elif current.status == "started":
+                await self._ephemeral(channel, user, f"Someone already picked {current.repo} for this request.")
+            else:
+                await self._show_expired([current] if current.status == "expired" else await self.pending.expire_due())
+                await self._ephemeral(channel, user, "That request expired before anyone picked a repository; mention me again.")
+            return
+        await self._update(row.channel, row.prompt_ts, f"Working on {repo}", picked_blocks(repo, user))
+        session = await self.sessions.open_slack_session(row.channel, row.thread_ts, row.user, repo)
+        await self.sessions.submit(session.id, row.text, Author(row.user), order_key=float(row.message_ts))
+
     async def on_view(self, ack: Any) -> None:
         await ack()  # a link button: Slack opens the URL, we only acknowledge
 
     async def on_other_event(self) -> None:
         """Events we do not use are acknowledged and ignored."""
+
+    # -- classification -----------------------------------------------------------------
+
+    async def _classify(self, msg: IncomingMessage, text: str) -> Classification:
+        assert self.classifier is not None
+        if len(self.classifier.catalog) == 1:  # nothing to decide: skip gathering context
+            return await self.classifier.classify(RequestContext(text))
+        name, topic = (None, None) if msg.direct else await self._channel(msg.channel)
+        thread = await self._thread_before(msg) if msg.thread_ts else []
+        ctx = RequestContext(text, thread, name, topic, await self.sessions.recent_repos(msg.user))
+        self.sessions.warm(self.classifier.likeliest(ctx))  # warm while the model thinks
+        return await self.classifier.classify(ctx)
+
+    async def _channel(self, channel: str) -> tuple[str | None, str | None]:
+        if channel not in self._channel_info:
+            try:
+                info = (await self.web.conversations_info(channel=channel))["channel"]
+                self._channel_info[channel] = (info.get("name"), (info.get("topic") or {}).get("value") or None)
+            except Exception as exc:
+                log.info("no channel info for %s: %r", channel, exc)
+                return None, None
+        return self._channel_info[channel]
+
+    async def _thread_before(self, msg: IncomingMessage) -> list[str]:
+        """The thread's earlier human messages, oldest first (context for the classifier)."""
+        try:
+            replies = (await self.web.conversations_replies(channel=msg.channel, ts=msg.root, limit=50))["messages"]
+        except Exception as exc:
+            log.info("no thread history for %s/%s: %r", msg.channel, msg.root, exc)
+            return []
+        return [str(m.get("text", "")) for m in replies
+                if not m.get("bot_id") and float(m.get("ts", "0")) < float(msg.ts)][-20:]
+
+    async def _ask_for_repo(self, msg: IncomingMessage, text: str, likely: tuple[str, ...]) -> None:
+        assert self.pending is not None and self.classifier is not None
+        held = await self.pending.hold(msg.channel, msg.root, msg.ts, msg.user, text)
+        minutes = max(1, round(self.pending.ttl / 60))
+        blocks = ask_blocks(held.id, msg.user, list(likely), [r.name for r in self.classifier.catalog.repos], minutes)
+        try:
+            resp = await self.web.chat_postMessage(channel=msg.channel, thread_ts=msg.root,
+                                                   text="Which repository is this about?", blocks=blocks)
+            await self.pending.set_prompt(held.id, resp["ts"])
+        except Exception as exc:
+            log.warning("asking for a repository in %s failed: %r", msg.channel, exc)
+
+    async def _expire_loop(self) -> None:
+        assert self.pending is not None
+        every = max(0.2, min(60.0, self.pending.ttl / 4))
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self._show_expired(await self.pending.expire_due())
+            except Exception as exc:
+                log.warning("expiring held requests failed: %r", exc)
+
+    async def _show_expired(self, rows: list[Any]) -> None:
+        assert self.pending is not None
+        minutes = max(1, round(self.pending.ttl / 60))
+        for row in rows:
+            await self._update(row.channel, row.prompt_ts, "This request expired.", expired_blocks(minutes))
+
+    async def _update(self, channel: str, ts: str | None, text: str, blocks: list[dict[str, Any]]) -> None:
+        if not ts:
+            return
+        try:
+            await self.web.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
+        except Exception as exc:
+            log.warning("updating %s/%s failed: %r", channel, ts, exc)
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -95,3 +95,24 @@ class PoolEntryRow(Base):
     """`warm` or `claimed`."""
     session_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class PendingRequestRow(Base):
+    """A request held until someone picks its repository (the classifier could not tell)."""
+
+    __tablename__ = "pending_requests"
+    __table_args__ = (Index("ix_pending_status", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    thread_ts: Mapped[str] = mapped_column(String(32))
+    message_ts: Mapped[str] = mapped_column(String(32))
+    user: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    """`waiting`, `started` or `expired`."""
+    prompt_ts: Mapped[str | None] = mapped_column(String(32))
+    """The message with the repository select."""
+    repo: Mapped[str | None] = mapped_column(String(200))
+    picked_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)

@@ -102,6 +102,9 @@ class FakeOpenAI:
         if reply.status != 200:
             return web.json_response({"error": {"message": reply.error, "type": "server_error", "code": None}}, status=reply.status)
         if not body.get("stream"):
+            if reply.hang:
+                await asyncio.sleep(3600)
+            await asyncio.sleep(reply.ttft)
             return web.json_response(self._whole(body, reply))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)

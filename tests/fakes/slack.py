@@ -50,7 +50,8 @@ class Message:
             elif block.get("type") == "context":
                 parts.extend(e.get("text", "") for e in block.get("elements", []))
             elif block.get("type") == "actions":
-                parts.extend("[" + e["text"]["text"] + "]" for e in block.get("elements", []))
+                parts.extend("[" + (e.get("text") or e.get("placeholder") or {}).get("text", "") + "]"
+                             for e in block.get("elements", []))
         return "\n".join(parts)
 
     def buttons(self) -> dict[str, dict[str, Any]]:
@@ -90,12 +91,14 @@ class FakeSlack:
         self.port = 0
         self.connected = asyncio.Event()
         self.connections = 0
+        self.channels: dict[str, dict[str, str]] = {"C0000001": {"name": "general", "topic": "Company-wide"}}
+        """channel id -> name and topic, for conversations.info"""
 
     # -- server ---------------------------------------------------------------------------
 
     async def start(self) -> str:
         app = web.Application()
-        app.router.add_post("/api/{method}", self._api)
+        app.router.add_route("*", "/api/{method}", self._api)  # slack-sdk sends some methods as GET
         app.router.add_get("/link/", self._socket)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1)
         await self._runner.setup()
@@ -128,7 +131,7 @@ class FakeSlack:
                 params.update(await request.json())
             except json.JSONDecodeError:
                 return web.json_response({"ok": False, "error": "invalid_json"})
-        else:
+        elif request.method == "POST":
             params.update(await request.post())
         for key in ("blocks", "attachments"):
             if isinstance(params.get(key), str):
@@ -191,6 +194,13 @@ class FakeSlack:
 
     async def _m_chat_postEphemeral(self, p: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "message_ts": self.next_ts()}
+
+    async def _m_conversations_info(self, p: dict[str, Any]) -> dict[str, Any]:
+        info = self.channels.get(p.get("channel", ""))
+        if info is None:
+            return {"ok": False, "error": "channel_not_found"}
+        return {"ok": True, "channel": {"id": p["channel"], "name": info["name"], "is_channel": True,
+                                        "topic": {"value": info.get("topic", ""), "creator": "", "last_set": 0}}}
 
     async def _m_conversations_replies(self, p: dict[str, Any]) -> dict[str, Any]:
         root = p.get("ts")
@@ -299,6 +309,23 @@ class FakeSlack:
             "response_url": f"http://127.0.0.1:{self.port}/actions/{uuid.uuid4().hex}",
             "actions": [{"action_id": action_id, "block_id": "controls", "value": button.get("value", ""),
                          "type": "button", "action_ts": f"{time.time():.6f}", "text": button["text"]}],
+        }
+        return await self.send_envelope("interactive", payload)
+
+    async def choose(self, user: str, message: Message, action_id: str, value: str) -> str:
+        """Pick `value` in the message's select (`static_select`), as a person would."""
+        block = next(b for b in message.blocks if b.get("type") == "actions"
+                     and any(e.get("action_id") == action_id for e in b["elements"]))
+        payload = {
+            "type": "block_actions", "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": self.team_id},
+            "api_app_id": "A0000001", "token": "verification-token-unused",
+            "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel, "is_ephemeral": False},
+            "trigger_id": f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:8]}", "team": {"id": self.team_id, "domain": "fake"},
+            "channel": {"id": message.channel, "name": self.channels.get(message.channel, {}).get("name", "x")},
+            "message": self._as_event(message),
+            "actions": [{"action_id": action_id, "block_id": block.get("block_id", ""), "type": "static_select",
+                         "selected_option": {"text": {"type": "plain_text", "text": value}, "value": value},
+                         "action_ts": f"{time.time():.6f}"}],
         }
         return await self.send_envelope("interactive", payload)
 
