@@ -51,10 +51,8 @@ class Classifier:
         self.min_confidence = min_confidence
 
     def likeliest(self, ctx: RequestContext) -> str | None:
-        """A cheap first guess to start warming a sandbox while the full decision is made."""
-        decided = self.decide_by_rules(ctx)
-        if decided and decided.repo:
-            return decided.repo
+        """A cheap guess, when the rules cannot decide, to warm a sandbox while the model thinks:
+        the channel's repo, else the person's last one."""
         channel = self.rules.channel(ctx.channel)
         if channel and len(channel.repos) == 1:
             return channel.repos[0]

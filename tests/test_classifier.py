@@ -185,3 +185,9 @@ async def test_the_cli_asks_the_model_when_one_is_configured(tmp_path, model):
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err
     assert out.decode().splitlines()[:3] == ["acme/mobile", "source: model", "confidence: 0.80"]
+
+
+def test_the_likeliest_repo_for_warming_is_the_channels_then_the_persons_last():
+    assert RULES.likeliest(RequestContext("hm", [], "eng-web", recent_repos=["acme/api"])) == "acme/web"
+    assert RULES.likeliest(RequestContext("hm", [], "general", recent_repos=["acme/nope", "acme/api"])) == "acme/api"
+    assert RULES.likeliest(RequestContext("hm", [], "general")) is None

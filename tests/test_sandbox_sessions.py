@@ -203,3 +203,32 @@ async def test_stop_during_a_command_kills_its_whole_process_tree(sandboxed, sla
         return not await _running_command(sandboxed, session.id)
 
     await until(tree_gone, timeout=3, what="both sleeps to be killed")
+
+
+async def test_the_likeliest_repo_warms_while_the_model_classifies(tmp_path, slack, model, git_remote):
+    import json
+
+    repos = tmp_path / "two.yml"
+    repos.write_text(
+        "defaults:\n  pool_size: 0\n  image: {base: 'hosted-agents/base:bookworm'}\n"
+        f"repos:\n  - name: acme/api\n    clone_url: {git_remote.url}\n"
+        f"  - name: acme/web\n    clone_url: {git_remote.url}\n"
+    )
+    env = service_env(tmp_path / "data", slack, model, repos_config=repos, sandbox_network="host", image_rebuild_interval=0)
+    svc = Service(make_settings(env))
+    await svc.start()
+    try:
+        await asyncio.wait_for(slack.connected.wait(), 10)
+        await until(lambda: svc.sandbox.images.latest("acme/api"), what="the image")  # type: ignore[union-attr]
+        first = await slack.mention("U0ALICE1", "in acme/api say hi")
+        await slack.wait_for(lambda: finished(slack, first), timeout=60)
+        assert svc.sandbox.pool.warm_count("acme/api") == 0  # type: ignore[union-attr]
+
+        model.add(Reply(ttft=3.0, text=json.dumps({"repo": "unknown", "confidence": 0.1, "alternatives": [], "reason": ""})))
+        started = time.monotonic()
+        vague = await slack.mention("U0ALICE1", "the numbers look odd, can you check?")
+        await until(lambda: _warm(svc, 1), timeout=10, what="a warm container of the likeliest repo")
+        assert time.monotonic() - started < 3.0, "it warmed while the model was still thinking"
+        await slack.wait_for(lambda: slack.bot_messages(thread_ts=vague), timeout=10)  # then the bot asks
+    finally:
+        await svc.stop()

@@ -200,6 +200,9 @@ class SlackClient:
         name, topic = (None, None) if msg.direct else await self._channel(msg.channel)
         thread = await self._thread_before(msg) if msg.thread_ts else []
         ctx = RequestContext(text, thread, name, topic, await self.sessions.recent_repos(msg.user))
+        decided = self.classifier.decide_by_rules(ctx)
+        if decided is not None:
+            return decided  # the session acquires its own sandbox: nothing extra to warm
         self.sessions.warm(self.classifier.likeliest(ctx))  # warm while the model thinks
         return await self.classifier.classify(ctx)
 
