@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 import yaml
@@ -64,6 +65,16 @@ class Repo(BaseModel):
     def _owner_repo(cls, v: str) -> str:
         if not REPO_NAME.match(v):
             raise ValueError("must be owner/repo")
+        return v
+
+    @field_validator("clone_url")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        # A token in the URL would land in build logs and in every sandbox's .git/config.
+        # (`ssh://git@host/...` names a user, not a secret.)
+        parts = urlsplit(v or "")
+        if parts.password or (parts.scheme in ("http", "https") and parts.username):
+            raise ValueError("must not contain credentials (they would be readable inside every sandbox)")
         return v
 
     @field_validator("channels")
