@@ -53,25 +53,21 @@ MAX_OUTPUT_CHARS = 30_000
 class ToolRegistry:
     def __init__(self, tools: list[Tool] | None = None, hooks: pluggy.PluginManager | None = None):
         self._tools: dict[str, Tool] = {}
+        self._specs: list[dict[str, Any]] = []
         self.hooks = hooks
         for tool in tools or []:
             self.register(tool)
 
     def register(self, tool: Tool) -> None:
         self._tools[tool.name] = tool
-
-    def specs(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.name,
-                    "description": t.description,
-                    "parameters": t.Args.model_json_schema(),
-                },
-            }
+        # Built once: generating JSON schemas costs milliseconds, and every model call sends them.
+        self._specs = [
+            {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.Args.model_json_schema()}}
             for t in self._tools.values()
         ]
+
+    def specs(self) -> list[dict[str, Any]]:
+        return self._specs
 
     async def call(self, name: str, raw_arguments: str, ctx: ToolContext) -> ToolOutcome:
         tool = self._tools.get(name)
