@@ -29,7 +29,7 @@ from sandbox.docker import DockerBackend
 from tests.conftest import service_env
 from tests.fakes.openai import FakeOpenAI, Reply, Request, ToolCall
 from tests.fakes.slack import FakeSlack
-from tests.sandbox_fixtures import BASE_IMAGE, repos_yaml, serve_git_remote
+from tests.sandbox_fixtures import BASE_IMAGE, remove_created_since, repos_yaml, serve_git_remote
 
 
 def scripted(request: Request) -> Reply:
@@ -138,6 +138,16 @@ def line(label: str, values: list[float]) -> str:
 
 
 async def main(sessions: int, calls: int) -> None:
+    import docker
+
+    since = time.time()
+    try:
+        await report(sessions, calls)
+    finally:
+        remove_created_since(docker.from_env(), since)  # what the run made, nothing else
+
+
+async def report(sessions: int, calls: int) -> None:
     figures = await sessions_figures(sessions)
     baseline = statistics.median(figures["no sandbox (baseline)"][0]) * 1000
     print(f"mention → first model request ({sessions} sessions each; serve in its own process):")

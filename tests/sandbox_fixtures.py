@@ -45,16 +45,30 @@ def docker_engine():  # type: ignore[no-untyped-def]
     return client
 
 
+def remove_created_since(client, since: float) -> None:  # type: ignore[no-untyped-def]
+    """Remove the hosted-agents containers and images created after `since` (and only those:
+    a real deployment on the same engine keeps its sandboxes)."""
+    from datetime import datetime
+
+    def created(attrs: dict) -> float:  # type: ignore[type-arg]
+        return datetime.fromisoformat(attrs["Created"].replace("Z", "+00:00")[:26] + "+00:00").timestamp()
+
+    for container in client.containers.list(all=True, filters={"label": "hosted-agents.managed=1"}):
+        if created(container.attrs) >= since - 1:
+            container.remove(force=True)
+    for image in client.images.list(filters={"label": "hosted-agents.managed=1"}):
+        if created(image.attrs) >= since - 1:
+            try:
+                client.images.remove(image.id, force=True)
+            except Exception:
+                pass
+
+
 @pytest.fixture
 def docker_cleanup(docker_engine) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    since = time.time()
     yield
-    for container in docker_engine.containers.list(all=True, filters={"label": "hosted-agents.managed=1"}):
-        container.remove(force=True)
-    for image in docker_engine.images.list(filters={"label": "hosted-agents.managed=1"}):
-        try:
-            docker_engine.images.remove(image.id, force=True)
-        except Exception:
-            pass
+    remove_created_since(docker_engine, since)
 
 
 def _git(cwd: Path, *args: str) -> str:
