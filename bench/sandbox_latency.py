@@ -29,7 +29,12 @@ from sandbox.docker import DockerBackend
 from tests.conftest import service_env
 from tests.fakes.openai import FakeOpenAI, Reply, Request, ToolCall
 from tests.fakes.slack import FakeSlack
-from tests.sandbox_fixtures import BASE_IMAGE, remove_created_since, repos_yaml, serve_git_remote
+from tests.sandbox_fixtures import (
+    BASE_IMAGE,
+    remove_created_since,
+    repos_yaml,
+    serve_git_remote,
+)
 
 
 def scripted(request: Request) -> Reply:

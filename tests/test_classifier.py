@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bot.agent.model import make_client
 from bot.config import load_settings
 from bot.repos import load_repos
-from bot.agent.model import make_client
 from classifier.classify import Classifier, RequestContext
 from classifier.model import ModelClassifier
 from tests.fakes.openai import FakeOpenAI, Reply

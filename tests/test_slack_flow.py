@@ -188,8 +188,8 @@ async def test_model_errors_become_a_clear_message_and_the_session_lives_on(serv
 
 
 async def test_a_silent_model_times_out_with_a_clear_message(tmp_path, slack, model):
-    from tests.conftest import make_settings, service_env
     from bot.service import Service
+    from tests.conftest import make_settings, service_env
 
     svc = Service(make_settings(service_env(tmp_path, slack, model, model_timeout=0.5)))
     await svc.start()

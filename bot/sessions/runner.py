@@ -12,9 +12,11 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+import openai
+
 from bot.agent.conversation import HISTORY_KINDS, messages_from_events
-from bot.agent.loop import TurnStats
-from bot.agent.model import describe_error
+from bot.agent.loop import StepLimitReached, TurnStats
+from bot.agent.model import BadModelOutput, ModelNotConfigured, describe_error
 from bot.agent.tools import ToolContext
 from bot.sessions.events import Kind, Outcome, Prompt
 from bot.sessions.log import RUNNING
@@ -112,9 +114,5 @@ class Runner:
 
 
 def _expected(exc: Exception) -> bool:
-    import openai
-
-    from bot.agent.loop import StepLimitReached
-    from bot.agent.model import BadModelOutput, ModelNotConfigured
-
+    """Failures with a known cause are logged in one line; anything else with its traceback."""
     return isinstance(exc, openai.APIError | StepLimitReached | BadModelOutput | ModelNotConfigured | SandboxLost)

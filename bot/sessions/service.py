@@ -11,16 +11,15 @@ import asyncio
 import logging
 import secrets
 import time
-from datetime import UTC, datetime
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import pluggy
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-
-import pluggy
 
 from bot.agent.conversation import SYSTEM_PROMPT
 from bot.agent.loop import Agent

@@ -25,9 +25,9 @@ from bot.slack.messages import IncomingMessage, parse_message, prompt_text
 from bot.slack.renderer import SlackRenderer
 from bot.slack.repo_picker import PICK_ACTION, ask_blocks, expired_blocks, picked_blocks
 from bot.store.pending import PendingRequests
-from classifier.classify import Classification, Classifier, RequestContext
 from bot.store.processed_events import ProcessedEvents
 from bot.util.keyed_locks import KeyedLocks
+from classifier.classify import Classification, Classifier, RequestContext
 
 log = logging.getLogger(__name__)
 
