@@ -17,7 +17,8 @@ import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from sandbox.backend import LABEL, ContainerRef, SandboxLimits
-from sandbox.executor import SCRIPT, Executor
+from sandbox.executor import START, Executor, NoPython
+from sandbox.shell_executor import LOOP, ShellExecutor
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +69,37 @@ class DockerBackend:
         return ContainerRef(await self._run(create_and_start), image, labels)
 
     async def executor(self, ref: ContainerRef) -> Executor:
-        async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-            raw = await self._run(self._start_executor, ref.id)
-            return await asyncio.open_connection(sock=raw)
+        """The python3 executor, or the shell executor when the image has no python3."""
+        def connector(argv: list[str]):  # type: ignore[no-untyped-def]
+            async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+                raw = await self._run(self._start_executor, ref.id, argv)
+                return await asyncio.open_connection(sock=raw)
+            return connect
 
-        executor = Executor(connect, lambda: self.is_running(ref), ref.id[:12])
+        async def kill_group(pid: int) -> None:
+            # `pid` runs `timeout`, which passes a TERM on to its whole process group (and KILLs
+            # it a second later); a plain positive pid, because dash's kill takes no group.
+            await self.docker_exec(ref, ["sh", "-c", f"kill -TERM {int(pid)}"])
+
+        executor: Executor = Executor(connector(START), lambda: self.is_running(ref), ref.id[:12])
         try:
             await executor.request("ping")
+            return executor
+        except NoPython:
+            await executor.close()
+            executor = ShellExecutor(connector(["sh", "-c", LOOP]), lambda: self.is_running(ref), ref.id[:12], kill_group)
+            try:
+                await executor.request("ping")
+            except BaseException:
+                await executor.close()
+                raise
+            return executor
         except BaseException:
             await executor.close()
             raise
-        return executor
 
-    def _start_executor(self, container_id: str) -> socket.socket:
-        exec_id = self.api.exec_create(
-            container_id, ["python3", "-u", "-c", SCRIPT, WORKSPACE], stdin=True, stdout=True, stderr=True, tty=False
-        )["Id"]
+    def _start_executor(self, container_id: str, argv: list[str]) -> socket.socket:
+        exec_id = self.api.exec_create(container_id, argv, stdin=True, stdout=True, stderr=True, tty=False)["Id"]
         hijacked = self.api.exec_start(exec_id, socket=True)
         inner = getattr(hijacked, "_sock", hijacked)
         # Our own descriptor for the connection, so docker-py's objects can be let go.

@@ -35,6 +35,16 @@ class ExecutorGone(Exception):
     """The connection to the executor closed."""
 
 
+class NoPython(Exception):
+    """The image has no python3: the shell executor is the way in."""
+
+
+NO_PYTHON = b"no-python3"
+START = ["sh", "-c", f'if command -v python3 >/dev/null 2>&1; then exec python3 -u -c "$1" /workspace; '
+         f'else echo {NO_PYTHON.decode()}; fi', "sh", SCRIPT]
+"""Starts the executor with python3, or says there is none (sh is the only thing assumed)."""
+
+
 Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
@@ -51,6 +61,7 @@ class Executor:
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._buffer = b""
 
     async def start(self) -> None:
         async with self._lock:
@@ -77,13 +88,15 @@ class Executor:
                 self._send({"id": rid, "op": op, **args})
                 reply = await future
             except ExecutorGone:
+                if self._buffer.startswith(NO_PYTHON):
+                    raise NoPython() from None
                 if not await self._container_survived():
                     raise SandboxLost("the container stopped") from None
                 if attempt == 2 or op not in ("ping", "read", "list", "search"):
                     raise ExecutorError("the sandbox's executor restarted during this call; run it again") from None
                 continue  # a read is safe to repeat on a fresh executor
             except asyncio.CancelledError:
-                if op == "exec" and self._writer is not None and not self._writer.is_closing():
+                if op in ("exec", "search", "sh") and self._writer is not None and not self._writer.is_closing():
                     self._send({"id": next(self._ids), "op": "cancel", "target": rid})  # kill its process group
                 raise
             finally:
@@ -109,8 +122,8 @@ class Executor:
         self._writer.write(str(len(data)).encode() + b"\n" + data)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
-        """Demultiplex Docker's stream frames, then split the executor's own frames."""
-        buffer = b""
+        """Demultiplex Docker's stream frames; stdout goes to the protocol's parser."""
+        self._buffer = b""
         try:
             while True:
                 header = await reader.readexactly(8)
@@ -119,14 +132,8 @@ class Executor:
                 if stream == 2:
                     log.warning("executor %s: %s", self.name, payload.decode("utf-8", "replace").rstrip()[:2000])
                     continue
-                buffer += payload
-                while b"\n" in buffer:
-                    length_text, rest = buffer.split(b"\n", 1)
-                    length = int(length_text)
-                    if len(rest) < length:
-                        break
-                    self._dispatch(json.loads(rest[:length]))
-                    buffer = rest[length:]
+                self._buffer += payload
+                self._parse()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, OSError):
             pass
         finally:
@@ -136,6 +143,18 @@ class Executor:
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(ExecutorGone())
+
+    def _parse(self) -> None:
+        """Take the complete frames (`length\n` + JSON) off the buffer."""
+        if self._buffer.startswith(NO_PYTHON):
+            return
+        while b"\n" in self._buffer:
+            length_text, rest = self._buffer.split(b"\n", 1)
+            length = int(length_text)
+            if len(rest) < length:
+                return
+            self._dispatch(json.loads(rest[:length]))
+            self._buffer = rest[length:]
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         rid = message.get("id")

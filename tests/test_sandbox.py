@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,57 @@ async def test_only_the_last_few_images_are_kept_and_old_snapshots_are_collected
     manager.snapshot_retention = 0
     assert await manager.collect_snapshots() == 1
     assert not await docker.image_exists(snapshot)
+
+
+@pytest.fixture
+async def no_python_image() -> str:
+    """The base image with python3 deleted: only a shell and the usual tools are left."""
+    docker = backend()
+    ref = await docker.create("hosted-agents/base:bookworm", {f"{LABEL}.role": "test"})
+    code, _ = await docker.docker_exec(ref, ["sh", "-c", "rm -f /usr/bin/python3* && ! command -v python3"])
+    assert code == 0
+    image = await docker.snapshot(ref, "hosted-agents/test-no-python", "1", {f"{LABEL}.role": "test"})
+    await docker.remove(ref)
+    return image
+
+
+async def test_an_image_without_python3_gets_the_shell_executor_with_the_same_guarantees(no_python_image):
+    from sandbox.executor import ExecutorError
+    from sandbox.shell_executor import ShellExecutor
+
+    docker = backend()
+    ref = await docker.create(no_python_image, {f"{LABEL}.role": "test"})
+    ex = await docker.executor(ref)
+    assert isinstance(ex, ShellExecutor)
+
+    result = await ex.request("exec", cmd="echo out; echo err >&2; printf 'R 99 0 3\\nfoo'; exit 3")
+    assert result["exit_code"] == 3 and result["output"] == "out\nerr\nR 99 0 3\nfoo", "output cannot forge a reply"
+    assert (await ex.request("write", path="src/a.txt", content="héllo\nwörld\n"))["bytes"] == len("héllo\nwörld\n".encode())
+    assert (await ex.request("read", path="src/a.txt"))["content"] == "héllo\nwörld\n"
+    assert (await ex.request("edit", path="src/a.txt", old="wörld", new="there"))["replacements"] == 1
+    assert (await ex.request("read", path="src/a.txt"))["content"] == "héllo\nthere\n"
+    assert {"name": "src", "type": "dir", "size": None} in (await ex.request("list", path="."))["entries"]
+    found = await ex.request("search", pattern="th.re", path="src")
+    assert found["exit_code"] == 0 and "src/a.txt:2:there" in found["output"]
+
+    await ex.request("exec", cmd="ln -s /etc outside")
+    for bad, message in (("../etc/passwd", "outside the repository"), ("/etc/passwd", "is absolute"),
+                         ("outside/passwd", "through a symbolic link")):
+        with pytest.raises(ExecutorError, match=message):
+            await ex.request("read", path=bad)
+
+    slow = await ex.request("exec", cmd="sh -c 'sleep 30' & sleep 30", timeout=1)
+    assert slow["timed_out"]
+    left = await ex.request("exec", cmd="ps -eo args | grep -c '^sleep 30' || true")
+    assert left["output"].strip() == "0", "the timeout killed the whole tree"
+
+    task = asyncio.create_task(ex.request("exec", cmd="sh -c 'sleep 30' & sleep 30"))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    started = time.monotonic()
+    left = await ex.request("exec", cmd="ps -eo args | grep -c '^sleep 30' || true")
+    assert left["output"].strip() == "0", "a cancel (Stop) killed the whole tree"
+    assert time.monotonic() - started < 5, "at once, not when the sleeps ran out"
+    await ex.close()
+    await docker.remove(ref)
