@@ -32,7 +32,7 @@ def _docker_client():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def docker_engine():  # type: ignore[no-untyped-def]
+def docker_engine():  # type: ignore[no-untyped-def]  # noqa: ANN201
     """The real engine with the base image; loud failure under CI, a skip elsewhere."""
     try:
         client = _docker_client()
@@ -42,7 +42,12 @@ def docker_engine():  # type: ignore[no-untyped-def]
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    return client
+    started = time.time()
+    yield client
+    # A `docker commit` running in a worker thread cannot be cancelled and may land after its
+    # test's cleanup: sweep once more when the whole session is done.
+    time.sleep(1)
+    remove_created_since(client, started)
 
 
 def remove_created_since(client, since: float) -> None:  # type: ignore[no-untyped-def]
