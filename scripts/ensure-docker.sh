@@ -15,11 +15,21 @@ if ! command -v dockerd >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
 fi
+# A daemon that was killed (e.g. with the session that started it) leaves pid files behind,
+# and dockerd refuses to start over them: remove those whose process is gone.
+for pidfile in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
+  if [ -f "$pidfile" ] && ! kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null; then
+    echo "removing stale $pidfile"
+    rm -f "$pidfile"
+  fi
+done
 echo "starting dockerd"
 mkdir -p /var/log
 nohup dockerd --bridge=none --iptables=false --ip-masq=false >/var/log/dockerd.log 2>&1 &
+daemon=$!
 for _ in $(seq 1 60); do
   engine_up && { echo "Docker engine is up"; exit 0; }
+  kill -0 "$daemon" 2>/dev/null || break  # it exited: no point waiting
   sleep 1
 done
 echo "dockerd did not come up; see /var/log/dockerd.log" >&2
