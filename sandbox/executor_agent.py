@@ -89,8 +89,9 @@ def op_exec(req):
                 send({"id": req["id"], "chunk": chunk.decode("utf-8", "replace")})
     finally:
         _kill_group(proc)
+        code = proc.wait()
+        _sweep_group(proc.pid)
         _running.pop(req["id"], None)
-    code = proc.wait()
     return {
         "exit_code": None if timed_out else code,
         "signal": -code if code < 0 and not timed_out else None,
@@ -107,6 +108,17 @@ def _kill_group(proc):
         os.killpg(proc.pid, signal.SIGKILL)  # the command and everything it started
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _sweep_group(pgid):
+    """Kill the group until it is empty: a process forked while the last signal went out (a fork
+    bomb) survives one killpg. Bounded, in case PID 1 is slow to reap."""
+    for _ in range(200):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.005)
 
 
 def op_cancel(req):
