@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 
@@ -223,8 +222,6 @@ class SandboxManager:
 
     async def collect_snapshots(self) -> int:
         """Remove snapshots of sessions idle longer than the retention."""
-        from datetime import UTC, datetime, timedelta
-
         cutoff = datetime.now(UTC) - timedelta(seconds=self.snapshot_retention)
         async with self.db.session() as s:
             rows = (
@@ -253,11 +250,9 @@ class SandboxManager:
 
     async def close(self) -> None:
         for sb in list(self._sandboxes.values()):
-            tasks: list[Awaitable[Any]] = [t for t in (sb.task, sb.snapshotting) if t is not None]
-            for task in tasks:
-                if isinstance(task, asyncio.Task) and task is sb.task:
-                    task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if sb.task is not None:
+                sb.task.cancel()  # an acquisition in progress; a snapshot in progress may finish
+            await asyncio.gather(*(t for t in (sb.task, sb.snapshotting) if t is not None), return_exceptions=True)
             if sb.ready:
                 await (await sb.executor()).close()
             if sb.ref is not None:

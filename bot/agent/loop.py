@@ -25,7 +25,6 @@ from bot.sessions.events import Kind
 class TurnStats:
     started: float = field(default_factory=time.monotonic)
     first_token_ms: float | None = None
-    model_calls: int = 0
 
     def token(self) -> None:
         if self.first_token_ms is None:
@@ -73,7 +72,6 @@ class Agent:
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         finished = False
-        stats.model_calls += 1
         try:
             specs = self.tools.specs()
             stream = await self._client().chat.completions.create(

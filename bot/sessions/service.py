@@ -118,10 +118,6 @@ class SessionService:
         """The text the model streamed in a turn so far (all its steps)."""
         return "".join(e.data.get("text", "") for e in self.logs.get(session_id).turn_events(turn, Kind.TEXT_DELTA))
 
-    def is_turn_running(self, session_id: str) -> bool:
-        runner = self._runners.get(session_id)
-        return runner is not None and runner.turn_running
-
     # -- writing ------------------------------------------------------------------------
 
     async def open_slack_session(self, channel: str, thread_ts: str, creator: str, repo: str | None = None) -> SessionInfo:

@@ -35,7 +35,8 @@ HELP = (
     "Hi! Tell me what you need in the same message, for example "
     "`@hosted-agents why is the login page slow?`. Replies in the thread are queued for me."
 )
-_SESSION_ID = re.compile(r"^[0-9a-f]{16}$")
+_HEX_ID = re.compile(r"^[0-9a-f]{16}$")
+"""The shape of session and held-request ids (secrets.token_hex(8))."""
 
 
 def web_client(settings: Settings) -> AsyncWebClient:
@@ -170,9 +171,9 @@ class SlackClient:
         if self.pending is None or self.classifier is None or self.classifier.catalog.get(repo) is None:
             await self._ephemeral(channel, user, "I don't know that repository.")
             return
-        row = await self.pending.pick(pending_id, repo, user) if _SESSION_ID.match(pending_id) else None
+        row = await self.pending.pick(pending_id, repo, user) if _HEX_ID.match(pending_id) else None
         if row is None:
-            current = await self.pending.get(pending_id) if _SESSION_ID.match(pending_id) else None
+            current = await self.pending.get(pending_id) if _HEX_ID.match(pending_id) else None
             if current is None:
                 await self._ephemeral(channel, user, "I can't find that request any more.")
             elif current.status == "started":
@@ -199,10 +200,10 @@ class SlackClient:
             return await self.classifier.classify(RequestContext(text))
         name, topic = (None, None) if msg.direct else await self._channel(msg.channel)
         thread = await self._thread_before(msg) if msg.thread_ts else []
-        ctx = RequestContext(text, thread, name, topic, await self.sessions.recent_repos(msg.user))
-        decided = self.classifier.decide_by_rules(ctx)
+        decided = self.classifier.decide_by_rules(RequestContext(text, thread, name, topic))
         if decided is not None:
             return decided  # the session acquires its own sandbox: nothing extra to warm
+        ctx = RequestContext(text, thread, name, topic, await self.sessions.recent_repos(msg.user))
         self.sessions.warm(self.classifier.likeliest(ctx))  # warm while the model thinks
         return await self.classifier.classify(ctx)
 
@@ -268,7 +269,7 @@ class SlackClient:
         user = str((body.get("user") or {}).get("id", ""))
         channel = str((body.get("channel") or {}).get("id", ""))
         value = action.get("value")
-        info = await self.sessions.get(value) if isinstance(value, str) and _SESSION_ID.match(value) else None
+        info = await self.sessions.get(value) if isinstance(value, str) and _HEX_ID.match(value) else None
         if info is None or info.slack_channel != channel:
             await self._ephemeral(channel, user, "I can't find that session any more.")
             return None, user, channel
