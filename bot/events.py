@@ -1,0 +1,235 @@
+"""The session event contract: every kind of event a session's log holds, one typed model each.
+
+The log is the source of truth for every client (Slack, the web page, stats), so this module is
+the one place that says what an event means. Payloads are validated when appended; when read,
+old shapes are upgraded (`_UPGRADES`) and unknown or malformed events are skipped with a warning,
+never a crash. It sits below every layer that emits or reads events (agent, sessions, clients).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+log = logging.getLogger(__name__)
+
+VERSION = 2
+"""Version of the payload shapes below; a stored event without `v` is version 1."""
+
+
+class Origin(StrEnum):
+    """Where a request came from; the session row keeps its origin, prompts keep theirs."""
+
+    SLACK_THREAD = "slack_thread"
+    SLACK_DM = "slack_dm"
+    WEB = "web"
+    APP_HOME = "app_home"
+    SHORTCUT = "shortcut"
+    PARENT_SESSION = "parent_session"
+    GITHUB = "github"
+
+
+class Outcome(StrEnum):
+    DONE = "done"
+    STOPPED = "stopped"
+    ERROR = "error"
+    INTERRUPTED = "interrupted"
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Author(_Payload):
+    """Who asked: an id in the origin's namespace (a Slack user id) and how to show them."""
+
+    id: str = Field(min_length=1, max_length=128)
+    name: str | None = None
+    email: str | None = None
+    origin: Origin = Origin.SLACK_THREAD
+
+
+class PromptQueued(_Payload):
+    kind: Literal["prompt_queued"] = "prompt_queued"
+    prompt_id: int
+    text: str
+    author: Author
+    queued_ahead: int = 0
+
+
+class TurnStarted(_Payload):
+    kind: Literal["turn_started"] = "turn_started"
+    prompt_id: int
+    text: str
+    author: Author
+
+
+class TextDelta(_Payload):
+    kind: Literal["text_delta"] = "text_delta"
+    text: str
+
+
+class ToolCallSpec(_Payload):
+    id: str
+    name: str
+    arguments: str = ""
+
+
+class AssistantMessage(_Payload):
+    """One finished (or cut) model step, as the model's conversation needs it again."""
+
+    kind: Literal["assistant_message"] = "assistant_message"
+    content: str = ""
+    tool_calls: list[ToolCallSpec] = Field(default_factory=list)
+    complete: bool = True
+
+
+class ToolCalled(_Payload):
+    kind: Literal["tool_call"] = "tool_call"
+    id: str
+    name: str
+    arguments: str = ""
+
+
+class ToolResult(_Payload):
+    kind: Literal["tool_result"] = "tool_result"
+    id: str
+    name: str
+    ok: bool
+    output: str
+
+
+class FileChanged(_Payload):
+    kind: Literal["file_changed"] = "file_changed"
+    path: str
+    action: str
+
+
+class Note(_Payload):
+    """A milestone the agent posts to the people following the session."""
+
+    kind: Literal["note"] = "note"
+    text: str
+
+
+class TurnEnded(_Payload):
+    """A turn is over: done, stopped (by whom), failed (error) or interrupted by a restart."""
+
+    kind: Literal["turn_ended"] = "turn_ended"
+    prompt_id: int
+    outcome: Outcome
+    error: str | None = None
+    by: str | None = None
+    first_token_ms: float | None = None
+    duration_ms: float | None = None
+
+
+class QueueChanged(_Payload):
+    """The queue of waiting prompts changed other than by a prompt queued or started (a clear)."""
+
+    kind: Literal["queue_changed"] = "queue_changed"
+    queued: int
+    cleared: int = 0
+    by: str | None = None
+
+
+class Status(_Payload):
+    """The session started working (a prompt arrived) or went idle (its queue is empty).
+
+    Followers of a working period stop at `idle`."""
+
+    kind: Literal["status"] = "status"
+    state: Literal["working", "idle"]
+
+
+class SandboxReady(_Payload):
+    kind: Literal["sandbox_ready"] = "sandbox_ready"
+    source: str
+    """pool, snapshot, image or build."""
+    wait_ms: float | None = None
+
+
+class GitSynced(_Payload):
+    kind: Literal["git_synced"] = "git_synced"
+    branch: str
+    note: str | None = None
+
+
+class ErrorRaised(_Payload):
+    """Something went wrong outside a turn's own outcome (e.g. the sandbox could not start)."""
+
+    kind: Literal["error"] = "error"
+    message: str
+
+
+EventData = Annotated[
+    PromptQueued | TurnStarted | TextDelta | AssistantMessage | ToolCalled | ToolResult | FileChanged | Note
+    | TurnEnded | QueueChanged | Status | SandboxReady | GitSynced | ErrorRaised,
+    Field(discriminator="kind"),
+]
+_adapter: TypeAdapter[EventData] = TypeAdapter(EventData)
+KINDS: frozenset[str] = frozenset(
+    m.model_fields["kind"].default
+    for m in (PromptQueued, TurnStarted, TextDelta, AssistantMessage, ToolCalled, ToolResult, FileChanged, Note,
+              TurnEnded, QueueChanged, Status, SandboxReady, GitSynced, ErrorRaised)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a session's log: its place (seq), time, the turn (prompt id) it belongs to."""
+
+    seq: int
+    ts: float
+    turn: int | None
+    data: EventData
+
+    @property
+    def kind(self) -> str:
+        return self.data.kind
+
+
+def dump(data: EventData) -> dict[str, Any]:
+    """The stored form of a payload (without `kind`, which has its own column), with its version."""
+    return {**data.model_dump(mode="json", exclude={"kind"}, exclude_none=True), "v": VERSION}
+
+
+def load(kind: str, raw: dict[str, Any]) -> EventData | None:
+    """The typed payload of a stored event, or None (logged) when it is unknown or malformed."""
+    version = raw.get("v", 1)
+    if kind in _UPGRADES and version < VERSION:
+        kind, raw = _UPGRADES[kind](raw)
+    if kind not in KINDS:
+        log.warning("skipping an event of unknown kind %r (version %s)", kind, version)
+        return None
+    try:
+        return _adapter.validate_python({**raw, "kind": kind})
+    except ValidationError as exc:
+        log.warning("skipping a malformed %s event: %s", kind, exc.errors()[0].get("msg"))
+        return None
+
+
+# -- version 1 → 2 --------------------------------------------------------------------------
+
+
+def _v1_author(raw: dict[str, Any]) -> dict[str, Any]:
+    author = dict(raw.get("author") or {})
+    if author.pop("source", "slack") == "slack":
+        author["origin"] = Origin.SLACK_THREAD.value
+    return {**raw, "author": author}
+
+
+def _v1_queue_cleared(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return "queue_changed", {"queued": 0, "cleared": raw.get("count", 0), "by": raw.get("by")}
+
+
+_UPGRADES: dict[str, Any] = {
+    "prompt_queued": lambda raw: ("prompt_queued", _v1_author(raw)),
+    "turn_started": lambda raw: ("turn_started", _v1_author(raw)),
+    "queue_cleared": _v1_queue_cleared,
+    "session_idle": lambda raw: ("status", {"state": "idle"}),
+}

@@ -1,0 +1,180 @@
+"""One projection of a session's events: the view every client renders (Slack, web, stats).
+
+`SessionView.apply` folds events in log order; it is pure (no I/O), so a client can build a
+view from a replay and keep it current from the live tail with the same code. Clients never
+read the log's storage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bot.events import (
+    AssistantMessage,
+    Author,
+    ErrorRaised,
+    Event,
+    FileChanged,
+    GitSynced,
+    Note,
+    Outcome,
+    PromptQueued,
+    QueueChanged,
+    SandboxReady,
+    Status,
+    TextDelta,
+    ToolCalled,
+    ToolResult,
+    TurnEnded,
+    TurnStarted,
+)
+
+
+@dataclass
+class ToolCallView:
+    id: str
+    name: str
+    arguments: str
+    ok: bool | None = None
+    """None while it runs."""
+    output: str | None = None
+
+
+@dataclass
+class TurnView:
+    """One prompt and what the agent did with it."""
+
+    prompt_id: int
+    author: Author
+    prompt: str
+    text: str = ""
+    """The model's streamed answer so far (all steps)."""
+    tools: list[ToolCallView] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    """Changed paths and what happened to them, in order of first change."""
+    notes: list[str] = field(default_factory=list)
+    outcome: Outcome | None = None
+    error: str | None = None
+    stopped_by: str | None = None
+    first_token_ms: float | None = None
+    duration_ms: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.outcome is None
+
+    @property
+    def activity(self) -> str | None:
+        """What the agent is doing right now, if it is running a tool."""
+        running = [t.name for t in self.tools if t.ok is None]
+        return f"Running {running[-1]}…" if running and self.running else None
+
+
+@dataclass
+class QueuedPrompt:
+    prompt_id: int
+    author: Author
+    text: str
+
+
+@dataclass
+class Totals:
+    turns: int = 0
+    tool_calls: int = 0
+    files_changed: int = 0
+    errors: int = 0
+
+
+@dataclass
+class SessionView:
+    turns: dict[int, TurnView] = field(default_factory=dict)
+    queue: list[QueuedPrompt] = field(default_factory=list)
+    state: str = "idle"
+    """`working` or `idle`."""
+    sandbox: str | None = None
+    """How the sandbox was acquired, once it is ready."""
+    branch: str | None = None
+    errors: list[str] = field(default_factory=list)
+    totals: Totals = field(default_factory=Totals)
+    last_seq: int = 0
+
+    @property
+    def current(self) -> TurnView | None:
+        """The running turn, if any."""
+        for turn in reversed(self.turns.values()):
+            if turn.running:
+                return turn
+        return None
+
+    def apply(self, event: Event) -> TurnView | None:
+        """Fold one event in; returns the turn it changed, if any. Replays are idempotent by seq."""
+        if event.seq <= self.last_seq:
+            return None
+        self.last_seq = event.seq
+        data = event.data
+        turn = self.turns.get(event.turn) if event.turn is not None else None
+        match data:
+            case PromptQueued():
+                self.queue.append(QueuedPrompt(data.prompt_id, data.author, data.text))
+                return None
+            case TurnStarted():
+                self.queue = [q for q in self.queue if q.prompt_id != data.prompt_id]
+                turn = self.turns[data.prompt_id] = TurnView(data.prompt_id, data.author, data.text)
+                self.totals.turns += 1
+                self.state = "working"
+                return turn
+            case QueueChanged():
+                if data.cleared:
+                    self.queue.clear()
+                return self.current
+            case Status():
+                self.state = data.state
+                if data.state == "idle":
+                    self.queue.clear()
+                return None
+            case SandboxReady():
+                self.sandbox = data.source
+                return None
+            case GitSynced():
+                self.branch = data.branch
+                return None
+            case ErrorRaised():
+                self.errors.append(data.message)
+                return None
+        if turn is None:
+            return None
+        match data:
+            case TextDelta():
+                turn.text += data.text
+            case ToolCalled():
+                turn.tools.append(ToolCallView(data.id, data.name, data.arguments))
+                self.totals.tool_calls += 1
+            case ToolResult():
+                for call in reversed(turn.tools):
+                    if call.id == data.id:
+                        call.ok, call.output = data.ok, data.output
+                        break
+            case FileChanged():
+                if data.path not in turn.files:
+                    self.totals.files_changed += 1
+                turn.files[data.path] = data.action
+            case Note():
+                turn.notes.append(data.text)
+            case TurnEnded():
+                turn.outcome, turn.error, turn.stopped_by = data.outcome, data.error, data.by
+                turn.first_token_ms, turn.duration_ms = data.first_token_ms, data.duration_ms
+                for call in turn.tools:
+                    if call.ok is None:
+                        call.ok, call.output = False, "(not finished: the turn ended)"
+                if data.outcome is Outcome.ERROR:
+                    self.totals.errors += 1
+            case AssistantMessage():
+                pass  # the model's own record; the deltas already carried its text
+        return turn
+
+
+def project(events: list[Event], view: SessionView | None = None) -> SessionView:
+    view = view or SessionView()
+    for event in events:
+        view.apply(event)
+    return view
