@@ -52,6 +52,17 @@ class Author(_Payload):
     email: str | None = None
     origin: Origin = Origin.SLACK_THREAD
 
+    @property
+    def handle(self) -> str:
+        """How text addressed to people names this author: a Slack mention for Slack ids, else the name."""
+        if self.origin in SLACK_ORIGINS:
+            return f"<@{self.id}>"
+        return self.name or self.id
+
+
+SLACK_ORIGINS = frozenset({Origin.SLACK_THREAD, Origin.SLACK_DM, Origin.APP_HOME, Origin.SHORTCUT})
+"""Origins whose author ids are Slack user ids."""
+
 
 class PromptQueued(_Payload):
     kind: Literal["prompt_queued"] = "prompt_queued"

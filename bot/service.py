@@ -7,6 +7,7 @@ import logging
 import signal
 
 from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from openai import AsyncOpenAI
 from slack_sdk.errors import SlackApiError
 
@@ -16,8 +17,9 @@ from bot.agent.plugins import GitSyncGate, SandboxContext, plugin_manager
 from bot.agent.tools import default_tools
 from bot.config import ConfigError, Settings
 from bot.repos import RepoCatalog, load_repos
+from bot.sessions.intake import Intake
 from bot.sessions.service import SessionService
-from bot.slack.app import SlackClient
+from bot.slack.app import SlackClient, SlackContext
 from bot.store.db import Database
 from bot.store.pending import PendingRequests
 from bot.store.processed_events import ProcessedEvents
@@ -43,8 +45,10 @@ class Service:
         self.agent = Agent(self._model_client, settings.agent_model, tools, settings.max_tool_steps)
         self.sessions = SessionService(settings, self.db, self.agent, self.catalog, manager, self.hooks)
         self.processed = ProcessedEvents(self.db)
-        self.pending = PendingRequests(self.db, settings.pending_request_ttl)
         self.classifier = self._classifier() if len(self.catalog) else None
+        self.intake = Intake(self.sessions, self.classifier, PendingRequests(self.db, settings.pending_request_ttl),
+                             settings.max_prompt_chars)
+        self.scheduler = AsyncIOScheduler()
         self.slack: SlackClient | None = None
         self._web: web.AppRunner | None = None
         self.web_port: int | None = None
@@ -69,10 +73,21 @@ class Service:
             await self.sandbox.start()
         await self._start_web()
         if self.settings.slack_enabled:
-            self.slack = SlackClient(self.settings, self.sessions, self.processed, self.classifier, self.pending)
+            self.hooks.register(SlackContext())
+            self.slack = SlackClient(self.settings, self.sessions, self.intake, self.processed)
+        self._schedule()
         await self.sessions.recover()  # after the Slack renderer observes, so it reports interruptions
         if self.slack is not None:
             await self._connect_slack()
+
+    def _schedule(self) -> None:
+        """Housekeeping: held requests expire on time; the processed-events table stays small."""
+        every = max(0.2, min(60.0, self.settings.pending_request_ttl / 4))
+        self.scheduler.add_job(self.intake.expire_due, "interval", seconds=every, max_instances=1, coalesce=True,
+                               name="expire held requests")
+        self.scheduler.add_job(self.processed.prune, "interval", seconds=3600, max_instances=1, coalesce=True,
+                               name="prune processed Slack events")
+        self.scheduler.start()
 
     async def _start_web(self) -> None:
         runner = web.AppRunner(build_app(self.sessions, self.settings.slack_enabled), access_log=None)
@@ -103,6 +118,8 @@ class Service:
             raise ConfigError(f"SLACK_APP_TOKEN: Slack refused it ({exc.response.get('error')})") from None
 
     async def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         if self.slack is not None:
             await self.slack.close()
         await self.sessions.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.service import Service
+from bot.slack.messages import thread_surface
 from tests.conftest import make_settings, service_env
 from tests.fakes.openai import FakeOpenAI, Reply
 from tests.fakes.slack import FakeSlack
@@ -46,7 +47,7 @@ async def test_the_channel_decides_and_the_session_gets_the_repo(classified, sla
     root = await slack.mention("U0ALICE1", "the exports are slow for big accounts", channel="C0000API")
     await slack.wait_for(lambda: slack.bot_messages(channel="C0000API", thread_ts=root)
                          and "Done" in slack.bot_messages(channel="C0000API", thread_ts=root)[0].rendered())
-    session = await classified.sessions.find_by_thread("C0000API", root)
+    session = await classified.sessions.find_by_surface(thread_surface("C0000API", root))
     assert session.repo == "acme/api"
     assert len(model.requests) == 1 and model.requests[0].body.get("stream"), "no classifier model call was needed"
     assert "checkout of acme/api" in model.requests[0].body["messages"][0]["content"]
@@ -56,7 +57,7 @@ async def test_a_confident_model_decides_when_the_rules_cannot(classified, slack
     model.add(vote("acme/mobile", 0.85))
     root = await slack.mention("U0ALICE1", "the camera permission prompt appears twice on first launch")
     await slack.wait_for(lambda: done(slack, root))
-    assert (await classified.sessions.find_by_thread("C0000001", root)).repo == "acme/mobile"
+    assert (await classified.sessions.find_by_surface(thread_surface("C0000001", root))).repo == "acme/mobile"
     assert "response_format" in model.requests[0].body and model.requests[1].body["stream"]
 
 
@@ -75,7 +76,7 @@ async def test_an_undecided_request_is_held_and_starts_with_its_text_when_someon
     await slack.choose("U0BOB001", ask, "pick_repo", "acme/web")
     await slack.wait_for(lambda: "picked by <@U0BOB001>" in ask.rendered(), what="the pick to show")
     await slack.wait_for(lambda: done(slack, root, 1), what="the session to answer")
-    session = await classified.sessions.find_by_thread("C0000001", root)
+    session = await classified.sessions.find_by_surface(thread_surface("C0000001", root))
     assert session.repo == "acme/web" and session.creator == "U0ALICE1"
     assert model.requests[-1].last_user_text == "From <@U0ALICE1>:\nthe dashboard shows invoices twice after a refund"
     assert "<@U0ALICE1> asked:" in slack.bot_messages(thread_ts=root)[1].rendered()
@@ -96,7 +97,7 @@ async def test_a_held_request_survives_a_restart(tmp_path, slack, model):
     try:
         await slack.choose("U0ALICE1", ask, "pick_repo", "acme/search")
         await slack.wait_for(lambda: done(slack, root, 1))
-        assert (await svc.sessions.find_by_thread("C0000001", root)).repo == "acme/search"
+        assert (await svc.sessions.find_by_surface(thread_surface("C0000001", root))).repo == "acme/search"
     finally:
         await svc.stop()
 
@@ -113,7 +114,7 @@ async def test_an_expired_request_says_so_and_a_late_pick_is_refused(tmp_path, s
         await slack.choose("U0BOB001", ask, "pick_repo", "acme/docs")
         await slack.wait_for(lambda: slack.calls_to("chat.postEphemeral"))
         assert "expired" in slack.calls_to("chat.postEphemeral")[-1].params["text"]
-        assert await svc.sessions.find_by_thread("C0000001", root) is None
+        assert await svc.sessions.find_by_surface(thread_surface("C0000001", root)) is None
         assert len(model.requests) == 1
     finally:
         await svc.stop()
@@ -123,4 +124,4 @@ async def test_in_owner_repo_overrides_the_channel(classified, slack, model):
     root = await slack.mention("U0ALICE1", "in acme/web make the invoices table sortable", channel="C0000API")
     await slack.wait_for(lambda: slack.bot_messages(channel="C0000API", thread_ts=root))
     await asyncio.sleep(0.2)
-    assert (await classified.sessions.find_by_thread("C0000API", root)).repo == "acme/web"
+    assert (await classified.sessions.find_by_surface(thread_surface("C0000API", root))).repo == "acme/web"

@@ -10,6 +10,7 @@ from sqlalchemy import inspect, select
 
 from bot.store.db import Database
 from bot.store.tables import Base, TurnRow
+from bot.slack.messages import thread_surface
 from tests.conftest import make_settings, service_env
 from tests.fakes.openai import Reply
 
@@ -57,7 +58,7 @@ async def test_a_whole_session_runs_on_postgresql(tmp_path, pg_url, slack, model
         model.add(Reply(text="hello from postgres"))
         root = await slack.mention("U0ALICE1", "hi")
         await slack.wait_for(lambda: slack.bot_messages(thread_ts=root) and "Done" in slack.bot_messages(thread_ts=root)[0].rendered())
-        session = await svc.sessions.find_by_thread("C0000001", root)
+        session = await svc.sessions.find_by_surface(thread_surface("C0000001", root))
         assert session is not None and session.creator == "U0ALICE1"
         await asyncio.sleep(0.3)  # the turn metric is written in the background
         async with svc.db.session() as s:

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.sessions.events import Event, Kind
+from bot.events import AssistantMessage, Author, Event, ToolResult, TurnStarted
 
-HISTORY_KINDS = (Kind.TURN_STARTED, Kind.ASSISTANT_MESSAGE, Kind.TOOL_RESULT)
+HISTORY_KINDS = ("turn_started", "assistant_message", "tool_result")
 
 SYSTEM_PROMPT = """\
-You are hosted-agents, a background coding agent that works for an engineering team in Slack.
-People ask you things in a Slack thread; several people may take part, and each request says who
-asked. Answer in Markdown, concisely: lead with the answer, then the reasoning that matters.
-Use the tools you are given when they help; never claim to have done something you did not do."""
+You are hosted-agents, a background coding agent that works for an engineering team.
+Several people may take part in a session, and each request says who asked. Answer in Markdown,
+concisely: lead with the answer, then the reasoning that matters. Use the tools you are given
+when they help; never claim to have done something you did not do."""
 
 
-def user_text(author_id: str, text: str) -> str:
-    return f"From <@{author_id}>:\n{text}"
+def user_text(author: Author, text: str) -> str:
+    return f"From {author.handle}:\n{text}"
 
 
 def messages_from_events(events: list[Event], system: str = SYSTEM_PROMPT) -> list[dict[str, Any]]:
@@ -34,23 +34,22 @@ def messages_from_events(events: list[Event], system: str = SYSTEM_PROMPT) -> li
         pending.clear()
 
     for event in events:
-        if event.kind is Kind.TURN_STARTED:
+        data = event.data
+        if isinstance(data, TurnStarted):
             close_pending()
-            author = event.data.get("author", {}).get("id", "someone")
-            messages.append({"role": "user", "content": user_text(author, event.data.get("text", ""))})
-        elif event.kind is Kind.ASSISTANT_MESSAGE:
+            messages.append({"role": "user", "content": user_text(data.author, data.text)})
+        elif isinstance(data, AssistantMessage):
             close_pending()
-            message: dict[str, Any] = {"role": "assistant", "content": event.data.get("content") or ""}
-            calls = event.data.get("tool_calls") or []
-            if calls:
+            message: dict[str, Any] = {"role": "assistant", "content": data.content}
+            if data.tool_calls:
                 message["tool_calls"] = [
-                    {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
-                    for c in calls
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in data.tool_calls
                 ]
-                pending.update({c["id"]: c["name"] for c in calls})
+                pending.update({c.id: c.name for c in data.tool_calls})
             messages.append(message)
-        elif event.kind is Kind.TOOL_RESULT and event.data.get("id") in pending:
-            pending.pop(event.data["id"])
-            messages.append({"role": "tool", "tool_call_id": event.data["id"], "content": event.data.get("output", "")})
+        elif isinstance(data, ToolResult) and data.id in pending:
+            pending.pop(data.id)
+            messages.append({"role": "tool", "tool_call_id": data.id, "content": data.output})
     close_pending()
     return messages

@@ -51,5 +51,15 @@ def tool_execute_after(call: ToolCall, ctx: ToolContext, outcome: ToolOutcome) -
 
 
 @hookspec
-def session_context(session_id: str, repo: str | None) -> str | None:
-    """Text to add to the system prompt of a session's turns (one paragraph, or None)."""
+def session_context(session_id: str, repo: str | None, surfaces: tuple[str, ...]) -> str | None:
+    """Text to add to the system prompt of a session's turns (one paragraph, or None).
+
+    `surfaces` are the kinds of place the session is shown in (e.g. `slack_thread`), so a
+    surface can tell the model how its answers are read there."""
+
+
+@hookspec
+def turn_ended(session_id: str, prompt_id: int) -> Awaitable[None] | None:
+    """Called when the agent's work on a prompt is over, before the turn's end is announced.
+
+    May be async. Raising marks the turn as failed (the error is shown), never leaves it running."""

@@ -55,6 +55,14 @@ def describe_error(exc: BaseException, timeout: float) -> str:
     return "Something went wrong on our side while running this turn; it is in the service log."
 
 
+def is_expected(exc: BaseException) -> bool:
+    """Failures with a known cause are logged in one line; anything else with its traceback."""
+    from bot.agent.loop import StepLimitReached
+    from sandbox.executor import SandboxLost
+
+    return isinstance(exc, openai.APIError | StepLimitReached | BadModelOutput | ModelNotConfigured | SandboxLost)
+
+
 def _short(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"

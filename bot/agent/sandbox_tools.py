@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, Field
 
 from bot.agent.tools import ToolContext, ToolError
-from bot.sessions.events import Kind
+from bot.events import FileChanged
 from sandbox.executor import Executor, ExecutorError
 from sandbox.sessions import SandboxUnavailable
 
@@ -120,7 +120,7 @@ class EditFile:
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
         result = await _request(ctx, "edit", path=args.path, old=args.old_text, new=args.new_text, replace_all=args.replace_all)
-        ctx.emit(Kind.FILE_CHANGED, {"path": args.path, "action": "edited"})
+        ctx.emit(FileChanged(path=args.path, action="edited"))
         return f"Replaced {result['replacements']} occurrence(s) in {args.path}."
 
 
@@ -135,7 +135,7 @@ class WriteFile:
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
         result = await _request(ctx, "write", path=args.path, content=args.content)
-        ctx.emit(Kind.FILE_CHANGED, {"path": args.path, "action": "written"})
+        ctx.emit(FileChanged(path=args.path, action="written"))
         return f"Wrote {result['bytes']} bytes to {args.path}."
 
 

@@ -14,9 +14,9 @@ import pluggy
 from pydantic import BaseModel, Field, ValidationError
 
 from bot.agent.hookspecs import Block, ToolCall
-from bot.sessions.events import Event, Kind
+from bot.events import Event, EventData, Note
 
-Emit = Callable[[Kind, dict[str, Any]], Event]
+Emit = Callable[[EventData], Event]
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class PostNote:
         text: str = Field(min_length=1, max_length=3000, description="The note, in Markdown.")
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
-        ctx.emit(Kind.NOTE, {"text": args.text})
+        ctx.emit(Note(text=args.text))
         return "Posted."
 
 

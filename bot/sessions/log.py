@@ -3,19 +3,22 @@
 One file per session so no session's load touches another's. Writes are a few tens of
 microseconds in WAL mode, so they run inline on the event loop: no thread hop on the hot path.
 WAL with synchronous=NORMAL survives a killed process (not a power cut), which is what restart
-recovery needs.
+recovery needs. Payloads are typed (`bot.events`); what cannot be read back is skipped.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from bot.sessions.events import Author, Event, Kind, Prompt
+from bot.events import Author, Event, EventData, Origin, PromptQueued, dump, load
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -39,7 +42,31 @@ CREATE INDEX IF NOT EXISTS prompts_pending ON prompts(status, order_key, id);
 CREATE TABLE IF NOT EXISTS refs (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+log = logging.getLogger(__name__)
+
 QUEUED, RUNNING = "queued", "running"
+PAGE = 1000
+"""Events per read when replaying a log."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A queued request of one person; its turn's events carry its id as `turn`."""
+
+    id: int
+    text: str
+    author: Author
+    status: str
+    order_key: float
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    events: list[Event]
+    last_seq: int
+    """The highest seq this page looked at, skipped (unreadable) events included: where the next page starts."""
+    full: bool
+    """True when the page was full, so more may follow."""
 
 
 class SessionLog:
@@ -67,46 +94,49 @@ class SessionLog:
 
     # -- events ---------------------------------------------------------------------------
 
-    def append(self, kind: Kind, data: dict[str, Any] | None = None, turn: int | None = None) -> Event:
-        data = data or {}
+    def append(self, data: EventData, turn: int | None = None) -> Event:
         ts = time.time()
         cur = self.conn.execute(
             "INSERT INTO events (ts, kind, turn, data) VALUES (?, ?, ?, ?)",
-            (ts, kind.value, turn, json.dumps(data, ensure_ascii=False)),
+            (ts, data.kind, turn, json.dumps(dump(data), ensure_ascii=False)),
         )
         assert cur.lastrowid is not None
-        return Event(cur.lastrowid, ts, kind, turn, data)
+        return Event(cur.lastrowid, ts, turn, data)
 
-    def read(self, after_seq: int = 0, limit: int = 1000) -> list[Event]:
+    def page(self, after_seq: int = 0, limit: int = PAGE, upto_seq: int | None = None) -> Page:
+        """Events with seq > after_seq (and ≤ upto_seq), oldest first; unreadable ones are skipped."""
         rows = self.conn.execute(
-            "SELECT seq, ts, kind, turn, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, limit),
+            "SELECT seq, ts, kind, turn, data FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (after_seq, upto_seq if upto_seq is not None else 2**62, limit),
         ).fetchall()
-        return [Event(seq, ts, Kind(kind), turn, json.loads(data)) for seq, ts, kind, turn, data in rows]
+        return Page(_events(rows), rows[-1][0] if rows else after_seq, len(rows) == limit)
 
-    def read_kinds(self, kinds: tuple[Kind, ...]) -> list[Event]:
+    def read(self, after_seq: int = 0, upto_seq: int | None = None) -> Iterator[Event]:
+        """Every event after a seq, page by page."""
+        while True:
+            page = self.page(after_seq, upto_seq=upto_seq)
+            yield from page.events
+            if not page.full:
+                return
+            after_seq = page.last_seq
+
+    def read_kinds(self, kinds: tuple[str, ...]) -> list[Event]:
         """All events of these kinds: what rebuilding a conversation needs, without the deltas."""
         marks = ",".join("?" * len(kinds))
         rows = self.conn.execute(
-            f"SELECT seq, ts, kind, turn, data FROM events WHERE kind IN ({marks}) ORDER BY seq",
-            [k.value for k in kinds],
+            f"SELECT seq, ts, kind, turn, data FROM events WHERE kind IN ({marks}) ORDER BY seq", kinds
         ).fetchall()
-        return [Event(seq, ts, Kind(kind), turn, json.loads(data)) for seq, ts, kind, turn, data in rows]
-
-    def turn_events(self, turn: int, kind: Kind) -> list[Event]:
-        rows = self.conn.execute(
-            "SELECT seq, ts, kind, turn, data FROM events WHERE turn = ? AND kind = ? ORDER BY seq", (turn, kind.value)
-        ).fetchall()
-        return [Event(seq, ts, Kind(k), t, json.loads(data)) for seq, ts, k, t, data in rows]
+        return _events(rows)
 
     def unfinished_step_text(self, turn: int) -> str:
         """Text streamed in a turn's last model step that never got its assistant_message."""
         rows = self.conn.execute(
-            "SELECT data FROM events WHERE turn = ? AND kind = ? AND seq > ("
-            " SELECT COALESCE(MAX(seq), 0) FROM events WHERE turn = ? AND kind IN (?, ?)) ORDER BY seq",
-            (turn, Kind.TEXT_DELTA.value, turn, Kind.ASSISTANT_MESSAGE.value, Kind.TOOL_RESULT.value),
+            "SELECT data FROM events WHERE turn = ? AND kind = 'text_delta' AND seq > ("
+            " SELECT COALESCE(MAX(seq), 0) FROM events WHERE turn = ? AND kind IN ('assistant_message', 'tool_result'))"
+            " ORDER BY seq",
+            (turn, turn),
         ).fetchall()
-        return "".join(json.loads(r[0]).get("text", "") for r in rows)
+        return "".join(str(json.loads(r[0]).get("text", "")) for r in rows)
 
     def last_seq(self) -> int:
         row = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
@@ -120,23 +150,15 @@ class SessionLog:
             cur = self.conn.execute(
                 "INSERT INTO prompts (order_key, text, author_id, author_name, source, status, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (order_key, text, author.id, author.name, author.source, QUEUED, time.time()),
+                (order_key, text, author.id, author.name, author.origin.value, QUEUED, time.time()),
             )
             assert cur.lastrowid is not None
             prompt = Prompt(cur.lastrowid, text, author, QUEUED, order_key)
             ahead = self.conn.execute(
                 "SELECT COUNT(*) FROM prompts WHERE status IN (?, ?) AND id != ?", (QUEUED, RUNNING, prompt.id)
             ).fetchone()[0]
-            event = self.append(
-                Kind.PROMPT_QUEUED,
-                {
-                    "prompt_id": prompt.id,
-                    "text": text,
-                    "author": {"id": author.id, "name": author.name, "source": author.source},
-                    "queued_ahead": ahead,
-                },
-                turn=prompt.id,
-            )
+            event = self.append(PromptQueued(prompt_id=prompt.id, text=text, author=author, queued_ahead=ahead),
+                                turn=prompt.id)
         return prompt, event
 
     def next_prompt(self) -> Prompt | None:
@@ -148,14 +170,15 @@ class SessionLog:
         if row is None:
             return None
         pid, text, author_id, author_name, source, status, order_key = row
-        return Prompt(pid, text, Author(author_id, author_name, source), status, order_key)
+        origin = Origin.SLACK_THREAD if source == "slack" else Origin(source)  # "slack": before version 2
+        return Prompt(pid, text, Author(id=author_id, name=author_name, origin=origin), status, order_key)
 
     def set_prompt_status(self, prompt_id: int, status: str) -> None:
         self.conn.execute("UPDATE prompts SET status = ? WHERE id = ?", (status, prompt_id))
 
     def prompts_with_status(self, status: str) -> list[int]:
         rows = self.conn.execute("SELECT id FROM prompts WHERE status = ? ORDER BY id", (status,)).fetchall()
-        return [r[0] for r in rows]
+        return [int(r[0]) for r in rows]
 
     def queued_count(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM prompts WHERE status = ?", (QUEUED,)).fetchone()[0])
@@ -164,28 +187,40 @@ class SessionLog:
         cur = self.conn.execute("UPDATE prompts SET status = 'cleared' WHERE status = ?", (QUEUED,))
         return cur.rowcount
 
-    # -- refs: small values clients keep with the session (e.g. a Slack message ts) -------
+    # -- refs: small values surfaces keep with the session (e.g. a Slack message ts) ------
 
     def set_ref(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO refs (key, value) VALUES (?, ?)", (key, value))
 
     def get_ref(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM refs WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        return str(row[0]) if row else None
 
-    def _transaction(self):  # type: ignore[no-untyped-def]
-        return _Transaction(self.conn)
-
-
-class _Transaction:
-    def __init__(self, conn: sqlite3.Connection):
-        self.conn = conn
-
-    def __enter__(self) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
         self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
 
-    def __exit__(self, exc_type, exc, tb) -> None:  # type: ignore[no-untyped-def]
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+def _events(rows: list[tuple[int, float, str, int | None, str]]) -> list[Event]:
+    events = []
+    for seq, ts, kind, turn, text in rows:
+        try:
+            raw = json.loads(text)
+        except ValueError:
+            raw = None
+        if not isinstance(raw, dict):
+            log.warning("skipping event %d (%s): its data is not a JSON object", seq, kind)
+            continue
+        data = load(kind, raw)
+        if data is not None:
+            events.append(Event(seq, ts, turn, data))
+    return events
 
 
 class SessionLogs:
@@ -197,18 +232,18 @@ class SessionLogs:
         self._open: OrderedDict[str, SessionLog] = OrderedDict()
 
     def get(self, session_id: str) -> SessionLog:
-        log = self._open.get(session_id)
-        if log is None:
-            log = SessionLog(self.directory / f"{session_id}.sqlite3")
-            self._open[session_id] = log
+        slog = self._open.get(session_id)
+        if slog is None:
+            slog = SessionLog(self.directory / f"{session_id}.sqlite3")
+            self._open[session_id] = slog
             while len(self._open) > self.keep_open:
                 _, evicted = self._open.popitem(last=False)
                 evicted.close()  # holders may keep it: it reopens itself on next use
         else:
             self._open.move_to_end(session_id)
-        return log
+        return slog
 
     def close_all(self) -> None:
-        for log in self._open.values():
-            log.close()
+        for slog in self._open.values():
+            slog.close()
         self._open.clear()

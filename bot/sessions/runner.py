@@ -1,8 +1,10 @@
 """Runs a session's queued prompts one turn at a time, in queue order, during a working period.
 
 A working period starts when a prompt arrives at an idle session and ends, with a
-`session_idle` event, when the queue is empty. Stop cancels the running turn only: the model
-stream is closed by the cancellation and the queued prompts stay queued.
+`Status(idle)` event, when the queue is empty. Stop cancels the running turn only: the model
+stream is closed by the cancellation and the queued prompts stay queued. Whatever fails inside
+a turn, or while ending it, the turn ends with a `TurnEnded` event: nobody is left looking at
+"Working…" forever.
 """
 
 from __future__ import annotations
@@ -10,27 +12,39 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
-
-import openai
+from typing import Any, Protocol
 
 from bot.agent.conversation import HISTORY_KINDS, messages_from_events
-from bot.agent.loop import StepLimitReached, TurnStats
-from bot.agent.model import BadModelOutput, ModelNotConfigured, describe_error
+from bot.agent.loop import Agent, TurnStats
+from bot.agent.model import describe_error, is_expected
 from bot.agent.tools import ToolContext
-from bot.sessions.events import Kind, Outcome, Prompt
-from bot.sessions.log import RUNNING
+from bot.events import Event, EventData, Outcome, TurnEnded, TurnStarted
+from bot.sessions.log import RUNNING, Prompt, SessionLog
 from sandbox.executor import SandboxLost
-
-if TYPE_CHECKING:
-    from bot.sessions.service import SessionService
 
 log = logging.getLogger(__name__)
 
 
+class TurnHost(Protocol):
+    """What a runner needs from the sessions layer (the service implements it)."""
+
+    agent: Agent
+    model_timeout: float
+
+    def log_of(self, session_id: str) -> SessionLog: ...
+    def emit(self, session_id: str, data: EventData, turn: int | None = None) -> Event: ...
+    async def prepare_turn(self, session_id: str) -> tuple[str, Any]:
+        """The system prompt and the workspace (or None) for a starting turn; acquisition runs on in parallel."""
+    async def end_turn(self, session_id: str, prompt: Prompt, lost_workspace: bool) -> None:
+        """Per-turn cleanup after the agent stopped (snapshot, plugins); may raise."""
+    def record_turn(self, session_id: str, prompt: Prompt, started: float, stats: TurnStats, ended: TurnEnded) -> None: ...
+    def runner_finished(self, runner: Runner) -> None: ...
+    async def persist_status(self, session_id: str) -> None: ...
+
+
 class Runner:
-    def __init__(self, service: SessionService, session_id: str):
-        self.service = service
+    def __init__(self, host: TurnHost, session_id: str):
+        self.host = host
         self.session_id = session_id
         self.task: asyncio.Task[None] | None = None
         self._turn: asyncio.Task[None] | None = None
@@ -52,38 +66,33 @@ class Runner:
         return True
 
     async def _run(self) -> None:
-        slog = self.service.logs.get(self.session_id)
+        slog = self.host.log_of(self.session_id)
         try:
             while (prompt := slog.next_prompt()) is not None:
-                await self._run_turn(prompt)
+                await self._run_turn(slog, prompt)
         except Exception:
             log.exception("runner of session %s failed; its queue waits for the next prompt", self.session_id)
-        # No await between the empty queue and leaving: a prompt submitted after this
-        # starts a new working period instead of waiting on a runner that is gone.
-        self.service.runner_finished(self)
-        await self.service.persist_status(self.session_id)
+        finally:
+            # No await between the empty queue and leaving: a prompt submitted after this
+            # starts a new working period instead of waiting on a runner that is gone.
+            self.host.runner_finished(self)
+        await self.host.persist_status(self.session_id)
 
-    async def _run_turn(self, prompt: Prompt) -> None:
-        svc, slog = self.service, self.service.logs.get(self.session_id)
+    async def _run_turn(self, slog: SessionLog, prompt: Prompt) -> None:
+        host = self.host
         slog.set_prompt_status(prompt.id, RUNNING)
-        author = {"id": prompt.author.id, "name": prompt.author.name, "source": prompt.author.source}
-        svc.emit(self.session_id, Kind.TURN_STARTED, {"prompt_id": prompt.id, "text": prompt.text, "author": author}, turn=prompt.id)
-        stats = TurnStats()
-        wall_start = time.time()
-        info = await svc.get(self.session_id)
-        repo = info.repo if info else None
-        # The sandbox is acquired in parallel: the first model call does not wait for it.
-        sandbox = svc.sandboxes.for_turn(self.session_id, repo) if svc.sandboxes else None
-        messages = messages_from_events(slog.read_kinds(HISTORY_KINDS), svc.system_prompt(self.session_id, repo))
-
-        def emit(kind: Kind, data: dict) -> object:  # type: ignore[type-arg]
-            return svc.emit(self.session_id, kind, data, turn=prompt.id)
-
-        ctx = ToolContext(self.session_id, emit, sandbox)  # type: ignore[arg-type]
-        self._stopped_by = None
-        self._turn = asyncio.create_task(svc.agent.run_turn(messages, ctx, stats))
+        host.emit(self.session_id, TurnStarted(prompt_id=prompt.id, text=prompt.text, author=prompt.author), turn=prompt.id)
+        stats, wall_start = TurnStats(), time.time()
         outcome, error, lost = Outcome.DONE, None, False
+        self._stopped_by = None
         try:
+            system, workspace = await host.prepare_turn(self.session_id)
+            messages = messages_from_events(slog.read_kinds(HISTORY_KINDS), system)
+
+            def emit(data: EventData) -> Event:
+                return host.emit(self.session_id, data, turn=prompt.id)
+
+            self._turn = asyncio.create_task(host.agent.run_turn(messages, ToolContext(self.session_id, emit, workspace), stats))
             await self._turn
         except asyncio.CancelledError:
             current = asyncio.current_task()
@@ -91,28 +100,26 @@ class Runner:
                 raise  # the service is shutting down: the turn stays `running`, recovery reports it
             outcome = Outcome.STOPPED
         except Exception as exc:  # every failure ends the turn with a message, never the session
-            outcome, error = Outcome.ERROR, describe_error(exc, svc.settings.model_timeout)
+            outcome, error = Outcome.ERROR, describe_error(exc, host.model_timeout)
             lost = isinstance(exc, SandboxLost)
-            log.warning("turn %s/%s failed: %r", self.session_id, prompt.id, exc, exc_info=not _expected(exc))
+            log.warning("turn %s/%s failed: %r", self.session_id, prompt.id, exc, exc_info=not is_expected(exc))
         finally:
             self._turn = None
-        if sandbox is not None and svc.sandboxes is not None:
-            await svc.sandboxes.turn_ended(self.session_id, lost=lost)
+        try:
+            await host.end_turn(self.session_id, prompt, lost)
+        except Exception as exc:
+            log.exception("ending turn %s/%s failed", self.session_id, prompt.id)
+            if outcome is Outcome.DONE:
+                outcome, error = Outcome.ERROR, f"The turn could not be finished cleanly: {describe_error(exc, host.model_timeout)}"
+        self._end(slog, prompt, stats, wall_start, outcome, error)
+
+    def _end(self, slog: SessionLog, prompt: Prompt, stats: TurnStats, wall_start: float,
+             outcome: Outcome, error: str | None) -> None:
+        ended = TurnEnded(
+            prompt_id=prompt.id, outcome=outcome, error=error,
+            by=self._stopped_by if outcome is Outcome.STOPPED else None,
+            first_token_ms=stats.first_token_ms, duration_ms=(time.monotonic() - stats.started) * 1000,
+        )
         slog.set_prompt_status(prompt.id, outcome.value)
-        data = {
-            "prompt_id": prompt.id,
-            "outcome": outcome.value,
-            "first_token_ms": stats.first_token_ms,
-            "duration_ms": (time.monotonic() - stats.started) * 1000,
-        }
-        if error:
-            data["error"] = error
-        if outcome is Outcome.STOPPED:
-            data["by"] = self._stopped_by
-        svc.emit(self.session_id, Kind.TURN_ENDED, data, turn=prompt.id)
-        svc.record_turn(self.session_id, prompt, wall_start, stats.first_token_ms, outcome, error)
-
-
-def _expected(exc: Exception) -> bool:
-    """Failures with a known cause are logged in one line; anything else with its traceback."""
-    return isinstance(exc, openai.APIError | StepLimitReached | BadModelOutput | ModelNotConfigured | SandboxLost)
+        self.host.emit(self.session_id, ended, turn=prompt.id)
+        self.host.record_turn(self.session_id, prompt, wall_start, stats, ended)

@@ -1,8 +1,8 @@
-"""The sessions layer's front door: clients call this, never the runner or the logs directly.
+"""The sessions layer's front door: intake and clients call this, never the runner or the logs.
 
-It owns session state: the central index row, the per-session log and queue, the runners, and
-restart recovery. Clients learn about work through observers (a working period started) and
-follow events through the bus.
+It owns session state: the central index row and the surfaces a session is bound to, the
+per-session log and queue, the runners, and restart recovery. Clients learn about work through
+observers (a working period started), follow events through the bus and render the projection.
 """
 
 from __future__ import annotations
@@ -11,46 +11,57 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pluggy
+from cachetools import LRUCache
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from bot.agent.conversation import SYSTEM_PROMPT
-from bot.agent.loop import Agent
+from bot.agent.loop import Agent, TurnStats
 from bot.config import Settings
+from bot.events import AssistantMessage, Author, Event, EventData, Origin, Outcome, QueueChanged, Status, TurnEnded
 from bot.repos import RepoCatalog
 from bot.sessions.bus import EventBus
-from bot.sessions.events import Author, Event, Kind, Outcome, Prompt
-from bot.sessions.log import RUNNING, SessionLogs
+from bot.sessions.log import RUNNING, Prompt, SessionLog, SessionLogs
+from bot.sessions.projection import SessionView, project
 from bot.sessions.runner import Runner
 from bot.store.db import Database
-from bot.store.tables import SessionRow, TurnRow
+from bot.store.tables import SessionRow, SurfaceRow, TurnRow
+from bot.util.keyed_locks import KeyedLocks
 from sandbox.sessions import SandboxManager
 
 log = logging.getLogger(__name__)
 
 WORKING, IDLE = "working", "idle"
+CACHE_SIZE = 4096
+"""Sessions remembered in memory (by id and by surface); the database has the rest."""
+
+
+@dataclass(frozen=True, slots=True)
+class Surface:
+    """A place a session is shown and prompted from: `slack_thread` + `C123:1700000000.000100`, ..."""
+
+    kind: str
+    key: str
 
 
 @dataclass(frozen=True)
 class SessionInfo:
     id: str
     share_token: str
-    origin: str
-    slack_channel: str | None
-    slack_thread_ts: str | None
+    origin: Origin
     creator: str | None
     repo: str | None
+    surfaces: tuple[Surface, ...] = ()
+    parent_id: str | None = None
 
-    @classmethod
-    def from_row(cls, row: SessionRow) -> SessionInfo:
-        return cls(row.id, row.share_token, row.origin, row.slack_channel, row.slack_thread_ts, row.creator, row.repo)
+    def surface(self, kind: str) -> Surface | None:
+        return next((s for s in self.surfaces if s.kind == kind), None)
 
 
 Observer = Callable[[SessionInfo, int], None]
@@ -63,17 +74,18 @@ class SessionService:
         self.settings = settings
         self.db = db
         self.agent = agent
+        self.model_timeout = settings.model_timeout
         self.catalog = catalog or RepoCatalog([])
         self.sandboxes = sandboxes
         self.hooks = hooks
-        self.logs = SessionLogs(settings.data_dir / "sessions")
-        self.bus = EventBus(lambda sid, after: self.logs.get(sid).read(after))
+        self._logs = SessionLogs(settings.data_dir / "sessions")
+        self.bus = EventBus(lambda sid, after: self._logs.get(sid).page(after))
         self._runners: dict[str, Runner] = {}
         self._observers: list[Observer] = []
-        self._by_thread: dict[tuple[str, str], SessionInfo] = {}
-        self._by_id: dict[str, SessionInfo] = {}
-        self._status_written: dict[str, str] = {}
-        self._status_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._by_id: LRUCache[str, SessionInfo] = LRUCache(CACHE_SIZE)
+        self._by_surface: LRUCache[Surface, SessionInfo] = LRUCache(CACHE_SIZE)
+        self._status_written: LRUCache[str, str] = LRUCache(CACHE_SIZE)
+        self._status_locks = KeyedLocks()
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- reading ------------------------------------------------------------------------
@@ -82,66 +94,105 @@ class SessionService:
         self._observers.append(observer)
 
     async def get(self, session_id: str) -> SessionInfo | None:
-        if session_id in self._by_id:
-            return self._by_id[session_id]
+        if (info := self._by_id.get(session_id)) is not None:
+            return info
         async with self.db.session() as db:
             row = await db.get(SessionRow, session_id)
-        return self._remember(row) if row else None
+            surfaces = await self._surfaces_of(db, session_id) if row else ()
+        return self._remember(row, surfaces) if row else None
 
     async def by_share_token(self, token: str) -> SessionInfo | None:
         async with self.db.session() as db:
-            row = (await db.execute(select(SessionRow).where(SessionRow.share_token == token))).scalar_one_or_none()
-        return self._remember(row) if row else None
+            session_id = (await db.execute(select(SessionRow.id).where(SessionRow.share_token == token))).scalar_one_or_none()
+        info = await self.get(session_id) if session_id else None
+        return info if info is not None and secrets.compare_digest(info.share_token, token) else None
 
-    async def find_by_thread(self, channel: str, thread_ts: str) -> SessionInfo | None:
-        if (channel, thread_ts) in self._by_thread:
-            return self._by_thread[(channel, thread_ts)]
+    async def find_by_surface(self, surface: Surface) -> SessionInfo | None:
+        """The session bound to this place, if any."""
+        if (info := self._by_surface.get(surface)) is not None:
+            return info
         async with self.db.session() as db:
-            row = (
-                await db.execute(
-                    select(SessionRow).where(SessionRow.slack_channel == channel, SessionRow.slack_thread_ts == thread_ts)
-                )
-            ).scalar_one_or_none()
-        return self._remember(row) if row else None
+            session_id = (await db.execute(
+                select(SurfaceRow.session_id).where(SurfaceRow.kind == surface.kind, SurfaceRow.key == surface.key)
+            )).scalar_one_or_none()
+        return await self.get(session_id) if session_id else None
 
     def follow(self, session_id: str, after_seq: int = 0) -> AsyncIterator[Event]:
+        """Every event after `after_seq`, replayed in pages, then live: no gap, no duplicate."""
         return self.bus.follow(session_id, after_seq)
 
+    async def view(self, session_id: str, upto_seq: int | None = None) -> SessionView:
+        """The projection of the session's log (up to a seq), built off the event loop."""
+        path = self._logs.get(session_id).path
+
+        def build() -> SessionView:
+            reader = SessionLog(path)  # its own connection: the loop's keeps writing
+            try:
+                return project(reader.read(0, upto_seq))
+            finally:
+                reader.close()
+
+        return await asyncio.to_thread(build)
+
     def queued_count(self, session_id: str) -> int:
-        return self.logs.get(session_id).queued_count()
+        return self._logs.get(session_id).queued_count()
 
-    def turn_started(self, session_id: str, turn: int) -> Event | None:
-        events = self.logs.get(session_id).turn_events(turn, Kind.TURN_STARTED)
-        return events[0] if events else None
+    def get_ref(self, session_id: str, key: str) -> str | None:
+        """A small value a surface keeps with the session (e.g. the Slack message of a turn)."""
+        return self._logs.get(session_id).get_ref(key)
 
-    def turn_text(self, session_id: str, turn: int) -> str:
-        """The text the model streamed in a turn so far (all its steps)."""
-        return "".join(e.data.get("text", "") for e in self.logs.get(session_id).turn_events(turn, Kind.TEXT_DELTA))
+    def set_ref(self, session_id: str, key: str, value: str) -> None:
+        self._logs.get(session_id).set_ref(key, value)
+
+    async def recent_repos(self, user: str, limit: int = 3) -> list[str]:
+        """The repos of a person's latest sessions, most recent first (a classification hint)."""
+        async with self.db.session() as db:
+            rows = (await db.execute(
+                select(SessionRow.repo).where(SessionRow.creator == user, SessionRow.repo.is_not(None))
+                .order_by(SessionRow.created_at.desc()).limit(20)
+            )).scalars().all()
+        return [r for r in dict.fromkeys(rows) if r][:limit]
 
     # -- writing ------------------------------------------------------------------------
 
-    async def open_slack_session(self, channel: str, thread_ts: str, creator: str, repo: str | None = None) -> SessionInfo:
-        """The session bound to this thread, created if there is none (once, even if raced)."""
+    async def open(self, origin: Origin, creator: Author, repo: str | None, surface: Surface | None = None,
+                   parent_id: str | None = None) -> SessionInfo:
+        """A new session, bound to `surface` if given; if that place already has one, that one (once, even if raced)."""
         row = SessionRow(
             id=secrets.token_hex(8),
             share_token=secrets.token_urlsafe(24),
             status=WORKING,  # a prompt follows at once; recovery sets it idle if none does
-            origin="slack",
-            slack_channel=channel,
-            slack_thread_ts=thread_ts,
-            creator=creator,
+            origin=origin.value,
+            creator=creator.id,
             repo=repo or self._default_repo(),
+            parent_id=parent_id,
         )
         try:
             async with self.db.session() as db, db.begin():
                 db.add(row)
+                await db.flush()
+                if surface is not None:
+                    db.add(SurfaceRow(session_id=row.id, kind=surface.kind, key=surface.key))
         except IntegrityError:
-            existing = await self.find_by_thread(channel, thread_ts)
+            existing = await self.find_by_surface(surface) if surface is not None else None
             if existing is None:
                 raise
             return existing
         self._status_written[row.id] = WORKING
-        return self._remember(row)
+        return self._remember(row, (surface,) if surface else ())
+
+    async def bind(self, session_id: str, surface: Surface) -> SessionInfo:
+        """Bind one more place to a session (a web page, a second thread); idempotent."""
+        try:
+            async with self.db.session() as db, db.begin():
+                db.add(SurfaceRow(session_id=session_id, kind=surface.kind, key=surface.key))
+        except IntegrityError:
+            pass
+        self._by_id.pop(session_id, None)
+        info = await self.get(session_id)
+        if info is None:
+            raise KeyError(session_id)
+        return info
 
     async def submit(self, session_id: str, text: str, author: Author, order_key: float | None = None) -> Prompt:
         """Queue a prompt; it runs after the ones queued before it (by order_key, e.g. Slack ts)."""
@@ -153,7 +204,7 @@ class SessionService:
         if runner is None:
             runner = self._begin_working(info)
             await self.persist_status(session_id)  # before the prompt exists: a crash after it recovers it
-        prompt, event = self.logs.get(session_id).enqueue(text, author, order_key or time.time())
+        prompt, event = self._logs.get(session_id).enqueue(text, author, order_key or time.time())
         self.bus.publish(session_id, event)
         if started:
             runner.start()
@@ -165,13 +216,13 @@ class SessionService:
         return runner.stop_turn(by) if runner else False
 
     def clear_queue(self, session_id: str, by: str) -> int:
-        count = self.logs.get(session_id).clear_queue()
+        count = self._logs.get(session_id).clear_queue()
         if count:
-            self.emit(session_id, Kind.QUEUE_CLEARED, {"count": count, "by": by})
+            self.emit(session_id, QueueChanged(queued=0, cleared=count, by=by))
         return count
 
-    def emit(self, session_id: str, kind: Kind, data: dict[str, Any], turn: int | None = None) -> Event:
-        event = self.logs.get(session_id).append(kind, data, turn)
+    def emit(self, session_id: str, data: EventData, turn: int | None = None) -> Event:
+        event = self._logs.get(session_id).append(data, turn)
         self.bus.publish(session_id, event)
         return event
 
@@ -180,32 +231,26 @@ class SessionService:
     async def recover(self) -> int:
         """After a restart: report interrupted turns and run what was queued. Returns sessions resumed."""
         async with self.db.session() as db:
-            rows = (await db.execute(select(SessionRow).where(SessionRow.status == WORKING))).scalars().all()
-        for row in rows:
-            info = self._remember(row)
+            ids = (await db.execute(select(SessionRow.id).where(SessionRow.status == WORKING))).scalars().all()
+        for session_id in ids:
+            info = await self.get(session_id)
+            if info is None:
+                continue
             self._status_written[info.id] = WORKING
-            slog = self.logs.get(info.id)
+            slog = self._logs.get(info.id)
             runner = self._begin_working(info)
             for prompt_id in slog.prompts_with_status(RUNNING):
                 slog.set_prompt_status(prompt_id, Outcome.INTERRUPTED.value)
                 partial = slog.unfinished_step_text(prompt_id)
                 if partial:  # the model's words so far stay part of the conversation
-                    self.emit(info.id, Kind.ASSISTANT_MESSAGE, {"content": partial, "tool_calls": [], "complete": False},
-                              turn=prompt_id)
-                self.emit(
-                    info.id,
-                    Kind.TURN_ENDED,
-                    {
-                        "prompt_id": prompt_id,
-                        "outcome": Outcome.INTERRUPTED.value,
-                        "error": "The service restarted while this was running, so it was interrupted.",
-                    },
-                    turn=prompt_id,
-                )
+                    self.emit(info.id, AssistantMessage(content=partial, complete=False), turn=prompt_id)
+                self.emit(info.id, TurnEnded(prompt_id=prompt_id, outcome=Outcome.INTERRUPTED,
+                                             error="The service restarted while this was running, so it was interrupted."),
+                          turn=prompt_id)
             runner.start()
-        if rows:
-            log.info("recovered %d session(s) that were working when the service stopped", len(rows))
-        return len(rows)
+        if ids:
+            log.info("recovered %d session(s) that were working when the service stopped", len(ids))
+        return len(ids)
 
     async def close(self) -> None:
         runners = [r.task for r in self._runners.values() if r.task]
@@ -215,29 +260,36 @@ class SessionService:
         self._runners.clear()
         if self._background:
             await asyncio.wait(self._background, timeout=5)
-        self.logs.close_all()
+        self._logs.close_all()
 
-    # -- internals ------------------------------------------------------------------------
+    # -- what a runner needs (runner.TurnHost) ---------------------------------------------
 
-    def _begin_working(self, info: SessionInfo) -> Runner:
-        runner = Runner(self, info.id)
-        self._runners[info.id] = runner
-        after = self.logs.get(info.id).last_seq()
-        for observer in self._observers:
-            try:
-                observer(info, after)
-            except Exception:
-                log.exception("session observer failed")
-        return runner
+    def log_of(self, session_id: str) -> SessionLog:
+        return self._logs.get(session_id)
+
+    async def prepare_turn(self, session_id: str) -> tuple[str, Any]:
+        info = await self.get(session_id)
+        repo = info.repo if info else None
+        # The sandbox is acquired in parallel: the first model call does not wait for it.
+        workspace = self.sandboxes.for_turn(session_id, repo) if self.sandboxes else None
+        return self.system_prompt(session_id, info), workspace
+
+    async def end_turn(self, session_id: str, prompt: Prompt, lost_workspace: bool) -> None:
+        if self.sandboxes is not None:
+            await self.sandboxes.turn_ended(session_id, lost=lost_workspace)
+        if self.hooks is not None:
+            for result in self.hooks.hook.turn_ended(session_id=session_id, prompt_id=prompt.id):
+                if asyncio.iscoroutine(result):
+                    await result
 
     def runner_finished(self, runner: Runner) -> None:
         if self._runners.get(runner.session_id) is runner:
             del self._runners[runner.session_id]
-            self.emit(runner.session_id, Kind.SESSION_IDLE, {})
+            self.emit(runner.session_id, Status(state="idle"))
 
     async def persist_status(self, session_id: str) -> None:
         """Write the session's current status; serialised so the last write is the truth."""
-        async with self._status_locks[session_id]:
+        async with self._status_locks.hold(session_id):
             status = WORKING if session_id in self._runners else IDLE
             if self._status_written.get(session_id) == status:
                 return
@@ -247,59 +299,65 @@ class SessionService:
                 )
             self._status_written[session_id] = status
 
-    def record_turn(
-        self, session_id: str, prompt: Prompt, started: float, first_token_ms: float | None, outcome: Outcome, error: str | None
-    ) -> None:
+    def record_turn(self, session_id: str, prompt: Prompt, started: float, stats: TurnStats, ended: TurnEnded) -> None:
         async def write() -> None:
             async with self.db.session() as db, db.begin():
-                db.add(
-                    TurnRow(
-                        session_id=session_id,
-                        prompt_id=prompt.id,
-                        author=prompt.author.id,
-                        started_at=started,
-                        ended_at=time.time(),
-                        first_token_ms=first_token_ms,
-                        outcome=outcome.value,
-                        error=error,
-                    )
-                )
+                db.add(TurnRow(session_id=session_id, prompt_id=prompt.id, author=prompt.author.id, started_at=started,
+                               ended_at=time.time(), first_token_ms=stats.first_token_ms, outcome=ended.outcome.value,
+                               error=ended.error))
 
         self.background(write())
 
-    async def recent_repos(self, user: str, limit: int = 3) -> list[str]:
-        """The repos of a person's latest sessions, most recent first (a classification hint)."""
-        async with self.db.session() as db:
-            rows = (await db.execute(
-                select(SessionRow.repo).where(SessionRow.creator == user, SessionRow.repo.is_not(None))
-                .order_by(SessionRow.created_at.desc()).limit(20)
-            )).scalars().all()
-        return list(dict.fromkeys(rows))[:limit]
+    # -- helpers --------------------------------------------------------------------------
 
     def warm(self, repo: str | None) -> None:
         """Predictive warm-up: a sandbox of this repo is likely needed soon."""
         if repo and self.sandboxes is not None:
             self.sandboxes.pool.warm(repo)
 
-    def system_prompt(self, session_id: str, repo: str | None) -> str:
+    def system_prompt(self, session_id: str, info: SessionInfo | None) -> str:
         """The base prompt plus what plugins add for this session (`session_context`)."""
-        extra = self.hooks.hook.session_context(session_id=session_id, repo=repo) if self.hooks else []
+        if self.hooks is None:
+            return SYSTEM_PROMPT
+        extra = self.hooks.hook.session_context(
+            session_id=session_id, repo=info.repo if info else None,
+            surfaces=tuple(s.kind for s in info.surfaces) if info else (),
+        )
         return "\n\n".join([SYSTEM_PROMPT, *[e for e in extra if e]])
+
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(_finish_background(self._background))
+
+    def _begin_working(self, info: SessionInfo) -> Runner:
+        runner = Runner(self, info.id)
+        self._runners[info.id] = runner
+        after = self._logs.get(info.id).last_seq()
+        for observer in self._observers:
+            try:
+                observer(info, after)
+            except Exception:
+                log.exception("session observer failed")
+        self.emit(info.id, Status(state="working"))
+        return runner
 
     def _default_repo(self) -> str | None:
         """With one configured repo every session is about it (the classifier decides otherwise)."""
         return self.catalog.repos[0].name if len(self.catalog) == 1 else None
 
-    def background(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(_finish_background(self._background))
+    async def _surfaces_of(self, db: Any, session_id: str) -> tuple[Surface, ...]:
+        rows = (await db.execute(
+            select(SurfaceRow.kind, SurfaceRow.key).where(SurfaceRow.session_id == session_id).order_by(SurfaceRow.id)
+        )).all()
+        return tuple(Surface(kind, key) for kind, key in rows)
 
-    def _remember(self, row: SessionRow) -> SessionInfo:
-        info = SessionInfo.from_row(row)
+    def _remember(self, row: SessionRow, surfaces: tuple[Surface, ...]) -> SessionInfo:
+        origin = Origin(row.origin) if row.origin in Origin.__members__.values() else Origin.SLACK_THREAD
+        info = SessionInfo(row.id, row.share_token, origin, row.creator, row.repo, surfaces, row.parent_id)
         self._by_id[info.id] = info
-        if info.slack_channel and info.slack_thread_ts:
-            self._by_thread[(info.slack_channel, info.slack_thread_ts)] = info
+        for surface in surfaces:
+            self._by_surface[surface] = info
         return info
 
 

@@ -1,15 +1,23 @@
-"""The Slack client: Socket Mode in, Web API out. Listeners are a few lines each and call the
-sessions layer; the renderer turns session events back into messages."""
+"""The Slack client: Socket Mode in, Web API out. Only Slack lives here: parsing events,
+rendering, buttons. Every request goes through the sessions layer's intake; the renderer
+turns the session projection back into messages.
+
+Cross-cutting checks are bolt middleware (bots and junk are dropped, a message is handled
+once however often Slack delivers it); one error handler logs a failure and tells the person.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from cachetools import TTLCache
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.response import BoltResponse
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -17,17 +25,25 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.agent.hookspecs import hookimpl
 from bot.config import Settings
-from bot.sessions.events import Author
+from bot.events import Author, Origin
+from bot.sessions.intake import Held, HeldRequest, Hints, Intake, Refused, Request, Started
 from bot.sessions.service import SessionService
 from bot.slack.format import CLEAR_QUEUE_ACTION, STOP_ACTION, VIEW_ACTION
-from bot.slack.messages import IncomingMessage, parse_message, prompt_text
+from bot.slack.messages import (
+    THREAD,
+    IncomingMessage,
+    author_of,
+    parse_message,
+    prompt_text,
+    thread_of,
+    thread_surface,
+)
 from bot.slack.renderer import SlackRenderer
 from bot.slack.repo_picker import PICK_ACTION, ask_blocks, expired_blocks, picked_blocks
-from bot.store.pending import PendingRequests
 from bot.store.processed_events import ProcessedEvents
 from bot.util.keyed_locks import KeyedLocks
-from classifier.classify import Classification, Classifier, RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +51,11 @@ HELP = (
     "Hi! Tell me what you need in the same message, for example "
     "`@hosted-agents why is the login page slow?`. Replies in the thread are queued for me."
 )
+FAILED = "Sorry, I could not take that request because something went wrong on my side; please send it again."
 _HEX_ID = re.compile(r"^[0-9a-f]{16}$")
-"""The shape of session and held-request ids (secrets.token_hex(8))."""
+"""The shape of session ids (secrets.token_hex(8))."""
+MESSAGE = "hosted_agents_message"
+"""Where the middleware leaves the parsed message in bolt's context."""
 
 
 def web_client(settings: Settings) -> AsyncWebClient:
@@ -66,20 +85,29 @@ class _TokenSkippedFilter(logging.Filter):
         return "`token` will be unused" not in record.getMessage()
 
 
+class SlackContext:
+    """A plugin: tells the model how its answers are read when a session lives in a Slack thread."""
+
+    @hookimpl
+    def session_context(self, surfaces: tuple[str, ...]) -> str | None:
+        if THREAD not in surfaces:
+            return None
+        return ("People follow this session in a Slack thread, where your answers are shown as Markdown. "
+                "Mention a person as <@USERID> only if they already take part in the session.")
+
+
 class SlackClient:
-    def __init__(self, settings: Settings, sessions: SessionService, processed: ProcessedEvents,
-                 classifier: Classifier | None = None, pending: PendingRequests | None = None):
+    def __init__(self, settings: Settings, sessions: SessionService, intake: Intake, processed: ProcessedEvents):
         self.settings = settings
         self.sessions = sessions
+        self.intake = intake
         self.processed = processed
-        self.classifier = classifier
-        self.pending = pending
-        self._channel_info: dict[str, tuple[str | None, str | None]] = {}
-        self._sweeper: asyncio.Task[None] | None = None
+        self._channel_info: TTLCache[str, tuple[str | None, str | None]] = TTLCache(maxsize=2048, ttl=3600)
         self.web = web_client(settings)
         self.app = AsyncApp(client=self.web, process_before_response=False, logger=_bolt_logger())
         self.renderer = SlackRenderer(self.web, sessions, settings)
         sessions.add_observer(self.renderer.on_working)
+        intake.on_expired(self._show_expired)
         self._register()
         self._socket: AsyncSocketModeHandler | None = None
         self._thread_locks = KeyedLocks()
@@ -88,21 +116,18 @@ class SlackClient:
         assert self.settings.slack_app_token is not None
         self._socket = AsyncSocketModeHandler(self.app, self.settings.slack_app_token.get_secret_value(), web_client=self.web)
         await self._socket.connect_async()
-        if self.pending is not None:
-            self._sweeper = asyncio.create_task(self._expire_loop(), name="slack-pending-expiry")
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
         if self._socket is not None:
             await self._socket.close_async()
         await self.renderer.close()
 
-    # -- listeners ----------------------------------------------------------------------
+    # -- wiring -------------------------------------------------------------------------
 
     def _register(self) -> None:
         app = self.app
+        app.use(self._messages_once)
+        app.error(self.on_error)
         app.event("app_mention")(self.on_message)
         app.event("message")(self.on_message)
         app.action(STOP_ACTION)(self.on_stop)
@@ -111,43 +136,61 @@ class SlackClient:
         app.action(PICK_ACTION)(self.on_pick)
         app.event(re.compile(".*"))(self.on_other_event)
 
-    async def on_message(self, event: dict[str, Any], context: Any) -> None:
-        bot = context.get("bot_user_id")
-        msg = parse_message(event, bot)
+    async def _messages_once(self, body: dict[str, Any], context: AsyncBoltContext,
+                             next: Callable[[], Awaitable[None]]) -> BoltResponse | None:
+        """Middleware: a message event reaches the listeners only if a person wrote it, it is for us
+        (a mention, a DM, or a reply in one of our threads), and it was not handled before (Slack
+        redelivers, and sends a mention both as `app_mention` and as `message`).
+
+        Envelopes are handled concurrently: the thread's lock is taken here, before any I/O, and
+        released by the listener, so one thread's messages are handled in the order Slack sent them
+        (a reply that follows a mention at once finds the session the mention opened)."""
+        event = body.get("event") if body.get("type") == "event_callback" else None
+        if not isinstance(event, dict) or event.get("type") not in ("app_mention", "message"):
+            await next()
+            return None
+        msg = parse_message(event, context.bot_user_id)
+        if msg is None or not (msg.mentioned or msg.direct or msg.thread_ts):
+            return BoltResponse(status=200, body="")
+        key = (msg.channel, msg.root)
+        await self._thread_locks.acquire(key)
+        try:
+            ours = msg.mentioned or msg.direct or await self.intake.find(thread_surface(msg.channel, msg.root)) is not None
+            new = ours and await self.processed.first_time(msg.dedupe_key)
+        except BaseException:
+            self._thread_locks.release(key)
+            raise
+        if not new:
+            self._thread_locks.release(key)
+            return BoltResponse(status=200, body="")
+        context[MESSAGE] = msg
+        await next()
+        return None
+
+    # -- listeners ----------------------------------------------------------------------
+
+    async def on_message(self, context: AsyncBoltContext) -> None:
+        msg: IncomingMessage | None = context.get(MESSAGE)
         if msg is None:
             return
-        # Envelopes are handled concurrently; the lock is taken before any I/O, so one thread's
-        # messages are queued in the order Slack sent them.
-        async with self._thread_locks.hold((msg.channel, msg.root)):
-            await self._handle_message(msg, bot)
+        try:
+            await self._handle_message(msg, context.bot_user_id)
+        except Exception:
+            await self.processed.forget(msg.dedupe_key)  # a redelivery is handled again
+            raise
+        finally:
+            self._thread_locks.release((msg.channel, msg.root))  # taken by the middleware
 
     async def _handle_message(self, msg: IncomingMessage, bot: str | None) -> None:
-        session = await self.sessions.find_by_thread(msg.channel, msg.thread_ts) if msg.thread_ts else None
-        if session is None and not (msg.mentioned or msg.direct):
-            return  # chatter in a thread that is not ours
-        if not await self.processed.first_time(msg.dedupe_key):
-            return
-        text = prompt_text(msg, bot)
-        if not text:
-            await self._reply(msg, HELP)
-            return
-        if len(text) > self.settings.max_prompt_chars:
-            await self._reply(
-                msg,
-                f"That message is {len(text):,} characters long; I take up to {self.settings.max_prompt_chars:,}. "
-                "Please shorten it (a link to a file or a gist works well) and send it again.",
-            )
-            return
-        if session is None:
-            repo = None
-            if self.classifier is not None:
-                decision = await self._classify(msg, text)
-                if decision.repo is None:
-                    await self._ask_for_repo(msg, text, decision.alternatives)
-                    return
-                repo = decision.repo
-            session = await self.sessions.open_slack_session(msg.channel, msg.root, msg.user, repo)
-        await self.sessions.submit(session.id, text, Author(msg.user), order_key=float(msg.ts))
+        request = Request(
+            text=prompt_text(msg, bot), author=author_of(msg), surface=thread_surface(msg.channel, msg.root),
+            more_hints=lambda: self._hints(msg), order_key=float(msg.ts),
+        )
+        result = await self.intake.submit(request)
+        if isinstance(result, Refused):
+            await self._reply(msg.channel, msg.root, HELP if result.reason == "empty" else result.message)
+        elif isinstance(result, Held):
+            await self._ask_for_repo(msg, result)
 
     async def on_stop(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
@@ -162,29 +205,18 @@ class SlackClient:
             await self._ephemeral(channel, user, "The queue is already empty.")
 
     async def on_pick(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        """Someone picked the repository of a held request: start its session with the original text."""
+        """Someone picked the repository of a held request: intake starts its session."""
         await ack()
-        user = str((body.get("user") or {}).get("id", ""))
-        channel = str((body.get("channel") or {}).get("id", ""))
-        pending_id = str(action.get("block_id", "")).removeprefix("pick:")
+        user, channel = _actor(body)
+        held_id = str(action.get("block_id", "")).removeprefix("pick:")
         repo = str((action.get("selected_option") or {}).get("value", ""))
-        if self.pending is None or self.classifier is None or self.classifier.catalog.get(repo) is None:
-            await self._ephemeral(channel, user, "I don't know that repository.")
+        result = await self.intake.pick(held_id, repo, Author(id=user, origin=Origin.SLACK_THREAD))
+        if isinstance(result, Refused):
+            await self._ephemeral(channel, user, result.message)
             return
-        row = await self.pending.pick(pending_id, repo, user) if _HEX_ID.match(pending_id) else None
-        if row is None:
-            current = await self.pending.get(pending_id) if _HEX_ID.match(pending_id) else None
-            if current is None:
-                await self._ephemeral(channel, user, "I can't find that request any more.")
-            elif current.status == "started":
-                await self._ephemeral(channel, user, f"Someone already picked {current.repo} for this request.")
-            else:
-                await self._show_expired([current] if current.status == "expired" else await self.pending.expire_due())
-                await self._ephemeral(channel, user, "That request expired before anyone picked a repository; mention me again.")
-            return
-        await self._update(row.channel, row.prompt_ts, f"Working on {repo}", picked_blocks(repo, user))
-        session = await self.sessions.open_slack_session(row.channel, row.thread_ts, row.user, repo)
-        await self.sessions.submit(session.id, row.text, Author(row.user), order_key=float(row.message_ts))
+        message_ts = (body.get("message") or {}).get("ts") or (body.get("container") or {}).get("message_ts")
+        if isinstance(message_ts, str):
+            await self._update(channel, message_ts, f"Working on {repo}", picked_blocks(repo, user))
 
     async def on_view(self, ack: Any) -> None:
         await ack()  # a link button: Slack opens the URL, we only acknowledge
@@ -192,20 +224,39 @@ class SlackClient:
     async def on_other_event(self) -> None:
         """Events we do not use are acknowledged and ignored."""
 
-    # -- classification -----------------------------------------------------------------
+    async def on_error(self, error: Exception, body: dict[str, Any]) -> None:
+        """Any listener failure: logged with its traceback, and the person is told, privately."""
+        log.error("handling a Slack %s failed", body.get("type", "request"), exc_info=error)
+        event = body.get("event") or {}
+        user, channel = (event.get("user"), event.get("channel")) if event else _actor(body)
+        if isinstance(user, str) and isinstance(channel, str):
+            await self._ephemeral(channel, user, FAILED)
 
-    async def _classify(self, msg: IncomingMessage, text: str) -> Classification:
-        assert self.classifier is not None
-        if len(self.classifier.catalog) == 1:  # nothing to decide: skip gathering context
-            return await self.classifier.classify(RequestContext(text))
+    # -- held requests ------------------------------------------------------------------
+
+    async def _hints(self, msg: IncomingMessage) -> Hints:
         name, topic = (None, None) if msg.direct else await self._channel(msg.channel)
-        thread = await self._thread_before(msg) if msg.thread_ts else []
-        decided = self.classifier.decide_by_rules(RequestContext(text, thread, name, topic))
-        if decided is not None:
-            return decided  # the session acquires its own sandbox: nothing extra to warm
-        ctx = RequestContext(text, thread, name, topic, await self.sessions.recent_repos(msg.user))
-        self.sessions.warm(self.classifier.likeliest(ctx))  # warm while the model thinks
-        return await self.classifier.classify(ctx)
+        thread = await self._thread_before(msg) if msg.thread_ts else ()
+        return Hints(channel=name, topic=topic, thread=thread)
+
+    async def _ask_for_repo(self, msg: IncomingMessage, held: Held) -> None:
+        minutes = max(1, round(held.ttl / 60))
+        blocks = ask_blocks(held.id, msg.user, list(held.likely), list(held.repos), minutes)
+        try:
+            resp = await self.web.chat_postMessage(channel=msg.channel, thread_ts=msg.root,
+                                                   text="Which repository is this about?", blocks=blocks)
+            await self.intake.set_ui_ref(held.id, str(resp["ts"]))
+        except Exception as exc:
+            log.warning("asking for a repository in %s failed: %r", msg.channel, exc)
+
+    async def _show_expired(self, held: HeldRequest) -> None:
+        if held.surface is None or held.surface.kind != THREAD or not held.ui_ref:
+            return
+        channel = held.surface.key.partition(":")[0]
+        minutes = max(1, round(self.intake.ttl / 60))
+        await self._update(channel, held.ui_ref, "This request expired.", expired_blocks(minutes))
+
+    # -- Slack reads ----------------------------------------------------------------------
 
     async def _channel(self, channel: str) -> tuple[str | None, str | None]:
         if channel not in self._channel_info:
@@ -217,69 +268,39 @@ class SlackClient:
                 return None, None
         return self._channel_info[channel]
 
-    async def _thread_before(self, msg: IncomingMessage) -> list[str]:
+    async def _thread_before(self, msg: IncomingMessage) -> tuple[str, ...]:
         """The thread's earlier human messages, oldest first (context for the classifier)."""
         try:
             replies = (await self.web.conversations_replies(channel=msg.channel, ts=msg.root, limit=50))["messages"]
         except Exception as exc:
             log.info("no thread history for %s/%s: %r", msg.channel, msg.root, exc)
-            return []
-        return [str(m.get("text", "")) for m in replies
-                if not m.get("bot_id") and float(m.get("ts", "0")) < float(msg.ts)][-20:]
+            return ()
+        return tuple(str(m.get("text", "")) for m in replies
+                     if not m.get("bot_id") and float(m.get("ts", "0")) < float(msg.ts))[-20:]
 
-    async def _ask_for_repo(self, msg: IncomingMessage, text: str, likely: tuple[str, ...]) -> None:
-        assert self.pending is not None and self.classifier is not None
-        held = await self.pending.hold(msg.channel, msg.root, msg.ts, msg.user, text)
-        minutes = max(1, round(self.pending.ttl / 60))
-        blocks = ask_blocks(held.id, msg.user, list(likely), [r.name for r in self.classifier.catalog.repos], minutes)
-        try:
-            resp = await self.web.chat_postMessage(channel=msg.channel, thread_ts=msg.root,
-                                                   text="Which repository is this about?", blocks=blocks)
-            await self.pending.set_prompt(held.id, resp["ts"])
-        except Exception as exc:
-            log.warning("asking for a repository in %s failed: %r", msg.channel, exc)
+    # -- Slack writes -----------------------------------------------------------------------
 
-    async def _expire_loop(self) -> None:
-        assert self.pending is not None
-        every = max(0.2, min(60.0, self.pending.ttl / 4))
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await self._show_expired(await self.pending.expire_due())
-            except Exception as exc:
-                log.warning("expiring held requests failed: %r", exc)
+    async def _action_target(self, body: dict[str, Any], action: dict[str, Any]) -> tuple[str | None, str, str]:
+        user, channel = _actor(body)
+        value = action.get("value")
+        info = await self.sessions.get(value) if isinstance(value, str) and _HEX_ID.match(value) else None
+        thread = thread_of(info) if info else None
+        if info is None or thread is None or thread[0] != channel:
+            await self._ephemeral(channel, user, "I can't find that session any more.")
+            return None, user, channel
+        return info.id, user, channel
 
-    async def _show_expired(self, rows: list[Any]) -> None:
-        assert self.pending is not None
-        minutes = max(1, round(self.pending.ttl / 60))
-        for row in rows:
-            await self._update(row.channel, row.prompt_ts, "This request expired.", expired_blocks(minutes))
-
-    async def _update(self, channel: str, ts: str | None, text: str, blocks: list[dict[str, Any]]) -> None:
-        if not ts:
-            return
+    async def _update(self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]]) -> None:
         try:
             await self.web.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
         except Exception as exc:
             log.warning("updating %s/%s failed: %r", channel, ts, exc)
 
-    # -- helpers ------------------------------------------------------------------------
-
-    async def _action_target(self, body: dict[str, Any], action: dict[str, Any]) -> tuple[str | None, str, str]:
-        user = str((body.get("user") or {}).get("id", ""))
-        channel = str((body.get("channel") or {}).get("id", ""))
-        value = action.get("value")
-        info = await self.sessions.get(value) if isinstance(value, str) and _HEX_ID.match(value) else None
-        if info is None or info.slack_channel != channel:
-            await self._ephemeral(channel, user, "I can't find that session any more.")
-            return None, user, channel
-        return info.id, user, channel
-
-    async def _reply(self, msg: IncomingMessage, text: str) -> None:
+    async def _reply(self, channel: str, thread_ts: str, text: str) -> None:
         try:
-            await self.web.chat_postMessage(channel=msg.channel, thread_ts=msg.root, text=text)
+            await self.web.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text)
         except Exception as exc:
-            log.warning("replying in %s failed: %r", msg.channel, exc)
+            log.warning("replying in %s failed: %r", channel, exc)
 
     async def _ephemeral(self, channel: str, user: str, text: str) -> None:
         if not channel or not user:
@@ -288,3 +309,8 @@ class SlackClient:
             await self.web.chat_postEphemeral(channel=channel, user=user, text=text)
         except Exception as exc:
             log.warning("ephemeral reply in %s failed: %r", channel, exc)
+
+
+def _actor(body: dict[str, Any]) -> tuple[str, str]:
+    """Who clicked, and in which channel (interactive payloads)."""
+    return str((body.get("user") or {}).get("id", "")), str((body.get("channel") or {}).get("id", ""))

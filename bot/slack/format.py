@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from bot.sessions.projection import SessionView, TurnView
+
 SECTION_LIMIT = 2900
 MAX_SECTIONS = 40
 FALLBACK_LIMIT = 3000
@@ -84,47 +86,47 @@ def _push(parts: list[str], current: str, in_fence: bool) -> list[str]:
 
 @dataclass
 class TurnState:
-    """What one turn's status message shows."""
+    """What one turn's status message shows: the turn, and the session's queue."""
 
-    author: str
-    prompt: str
+    turn: TurnView
+    view: SessionView
     session_id: str
     session_url: str
-    text: str = ""
-    activity: str | None = None
-    queued: int = 0
-    outcome: str | None = None
-    detail: str | None = None
-    duration_ms: float | None = None
 
     @property
     def running(self) -> bool:
-        return self.outcome is None
+        return self.turn.running
+
+    @property
+    def queued(self) -> int:
+        return len(self.view.queue)
 
 
 def status_line(state: TurnState) -> str:
-    queued = f" · {state.queued} more queued" if state.queued else ""
-    if state.outcome is None:
-        return f":hourglass_flowing_sand: {escape(state.activity or 'Working…')}{queued}"
-    took = f" in {state.duration_ms / 1000:.1f} s" if state.duration_ms is not None else ""
-    if state.outcome == "done":
-        return f":white_check_mark: Done{took}{queued}"
-    if state.outcome == "stopped":
-        who = f" by <@{state.detail}>" if state.detail else ""
-        return f":black_square_for_stop: Stopped{who}{took}{queued}"
-    if state.outcome == "interrupted":
-        return f":warning: {escape(state.detail or 'Interrupted.')}{queued}"
-    return f":warning: {escape(state.detail or 'This turn failed.')}{queued}"
+    turn = state.turn
+    queued = f" · {state.queued} more queued" if state.queued and turn.running else ""
+    if turn.outcome is None:
+        return f":hourglass_flowing_sand: {escape(turn.activity or 'Working…')}{queued}"
+    took = f" in {turn.duration_ms / 1000:.1f} s" if turn.duration_ms is not None else ""
+    if turn.outcome == "done":
+        return f":white_check_mark: Done{took}"
+    if turn.outcome == "stopped":
+        who = f" by <@{turn.stopped_by}>" if turn.stopped_by else ""
+        return f":black_square_for_stop: Stopped{who}{took}"
+    if turn.outcome == "interrupted":
+        return f":warning: {escape(turn.error or 'Interrupted.')}"
+    return f":warning: {escape(turn.error or 'This turn failed.')}"
 
 
 def render_turn(state: TurnState) -> tuple[str, list[dict]]:
     """The status message of a turn: who asked, the answer so far, its status, its controls."""
-    quoted = " ".join(state.prompt.split())
+    turn = state.turn
+    quoted = " ".join(turn.prompt.split())
     quoted = quoted if len(quoted) <= 150 else quoted[:149] + "…"
     blocks: list[dict] = [
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"<@{state.author}> asked: {escape(quoted)}"}]}
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"<@{turn.author.id}> asked: {escape(quoted)}"}]}
     ]
-    body = markdown_to_mrkdwn(state.text) if state.text else ("_Thinking…_" if state.running else "_No answer._")
+    body = markdown_to_mrkdwn(turn.text) if turn.text else ("_Thinking…_" if state.running else "_No answer._")
     sections = split_sections(body)
     if len(sections) > MAX_SECTIONS:
         sections = sections[:MAX_SECTIONS] + ["_…the rest is in the session view._"]
@@ -138,7 +140,7 @@ def render_turn(state: TurnState) -> tuple[str, list[dict]]:
             {"type": "button", "action_id": STOP_ACTION, "style": "danger", "value": state.session_id,
              "text": {"type": "plain_text", "text": "Stop"}}
         )
-    if state.queued:
+    if state.queued and state.running:
         buttons.append(
             {"type": "button", "action_id": CLEAR_QUEUE_ACTION, "value": state.session_id,
              "text": {"type": "plain_text", "text": f"Clear queue ({state.queued})"},
@@ -148,7 +150,7 @@ def render_turn(state: TurnState) -> tuple[str, list[dict]]:
                          "deny": {"type": "plain_text", "text": "Keep"}}}
         )
     blocks.append({"type": "actions", "block_id": "controls", "elements": buttons})
-    fallback = state.text or status_line(state)
+    fallback = turn.text or status_line(state)
     if len(fallback) > FALLBACK_LIMIT:
         fallback = fallback[: FALLBACK_LIMIT - 1] + "…"
     return fallback, blocks

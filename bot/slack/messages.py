@@ -11,6 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from bot.events import Author, Origin
+from bot.sessions.service import SessionInfo, Surface
+
 ACCEPTED_SUBTYPES = {None, "file_share", "thread_broadcast"}
 _MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
 _TS = re.compile(r"^\d{1,12}\.\d{1,8}$")
@@ -68,3 +71,24 @@ def prompt_text(message: IncomingMessage, bot_user_id: str | None) -> str:
     if bot_user_id:
         text = re.sub(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>", " ", text)
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()
+
+
+THREAD = "slack_thread"
+"""The surface kind of a Slack thread; its key is `channel:thread_ts`."""
+
+
+def thread_surface(channel: str, thread_ts: str) -> Surface:
+    return Surface(THREAD, f"{channel}:{thread_ts}")
+
+
+def thread_of(info: SessionInfo) -> tuple[str, str] | None:
+    """The (channel, thread_ts) a session is bound to in Slack, if any."""
+    surface = info.surface(THREAD)
+    if surface is None:
+        return None
+    channel, _, ts = surface.key.partition(":")
+    return channel, ts
+
+
+def author_of(message: IncomingMessage) -> Author:
+    return Author(id=message.user, origin=Origin.SLACK_DM if message.direct else Origin.SLACK_THREAD)

@@ -16,9 +16,11 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
-from bot.sessions.events import Event, Kind
+from bot.events import Event, Note, PromptQueued, QueueChanged, Status
+from bot.sessions.projection import SessionView, TurnView
 from bot.sessions.service import SessionInfo, SessionService
 from bot.slack.format import TurnState, markdown_to_mrkdwn, render_turn
+from bot.slack.messages import thread_of
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ class SlackRenderer:
 
     def on_working(self, info: SessionInfo, after_seq: int) -> None:
         """Observer: a session started working; follow it until it is idle again."""
-        if info.origin != "slack" or not info.slack_channel or not info.slack_thread_ts:
+        if thread_of(info) is None:
             return
         task = asyncio.create_task(self._follow(info, after_seq), name=f"slack-render-{info.id}")
         self._tasks.add(task)
@@ -101,9 +103,10 @@ class SlackRenderer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _follow(self, info: SessionInfo, after_seq: int) -> None:
-        thread = _ThreadRenderer(self, info)
-        async for event in self.sessions.follow(info.id, after_seq):
-            if event.kind is Kind.SESSION_IDLE:
+        view = await self.sessions.view(info.id, after_seq)
+        thread = _ThreadRenderer(self, info, view)
+        async for event in self.sessions.follow(info.id, view.last_seq):
+            if isinstance(event.data, Status) and event.data.state == "idle":
                 break
             try:
                 thread.apply(event)
@@ -112,86 +115,61 @@ class SlackRenderer:
         await thread.finish()
 
     async def post_note(self, info: SessionInfo, text: str) -> None:
+        where = thread_of(info)
+        assert where is not None
         try:
             await self.client.chat_postMessage(
-                channel=info.slack_channel,  # type: ignore[arg-type]
-                thread_ts=info.slack_thread_ts,
+                channel=where[0],
+                thread_ts=where[1],
                 text=text[:3000],
                 blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": ":memo: " + markdown_to_mrkdwn(text)[:2900]}}],
                 unfurl_links=False,
             )
         except Exception as exc:
-            log.warning("posting a note to %s failed: %r", info.slack_channel, exc)
+            log.warning("posting a note to %s failed: %r", where[0], exc)
 
 
 class _ThreadRenderer:
     """The Slack side of one working period of one session."""
 
-    def __init__(self, renderer: SlackRenderer, info: SessionInfo):
+    def __init__(self, renderer: SlackRenderer, info: SessionInfo, view: SessionView):
         self.r = renderer
         self.info = info
-        self.views: dict[int, MessageView] = {}
-        self.current: int | None = None
+        self.view = view
+        self.messages: dict[int, MessageView] = {}
         self.pending: list[asyncio.Task[Any]] = []
 
     def apply(self, event: Event) -> None:
-        data, view = event.data, self.views.get(self.current) if self.current is not None else None
-        if event.kind is Kind.TURN_STARTED and event.turn is not None:
-            self.current = event.turn
-            self.views[event.turn] = self._view(event.turn, data["author"]["id"], data["text"])
-            self.views[event.turn].changed()
-        elif event.kind in (Kind.PROMPT_QUEUED, Kind.QUEUE_CLEARED):
-            if view is not None:
-                view.state.queued = self.r.sessions.queued_count(self.info.id)
-                view.changed()
-        elif event.kind is Kind.NOTE:
-            self.pending.append(asyncio.create_task(self.r.post_note(self.info, data["text"])))
-        elif event.kind is Kind.TURN_ENDED and event.turn is not None:
-            self._end(event)
-        elif view is not None and event.turn == self.current:
-            if event.kind is Kind.TEXT_DELTA:
-                view.state.text += data["text"]
-            elif event.kind is Kind.TOOL_CALL:
-                view.state.activity = f"Running {data.get('name') or 'a tool'}…"
-            elif event.kind is Kind.TOOL_RESULT:
-                view.state.activity = None
-            view.changed()
+        turn = self.view.apply(event)
+        if isinstance(event.data, Note):
+            self.pending.append(asyncio.create_task(self.r.post_note(self.info, event.data.text)))
+        current = self.view.current
+        if isinstance(event.data, PromptQueued | QueueChanged) and current is not None:
+            self._message(current).changed()
+        if turn is None:
+            return
+        message = self._message(turn)
+        if turn.running:
+            message.changed()
+        else:
+            self.pending.append(asyncio.create_task(message.finish()))
 
-    def _end(self, event: Event) -> None:
-        turn, data = event.turn, event.data
-        assert turn is not None
-        view = self.views.get(turn)
-        if view is None:  # it started before a restart: pick up its message and text from the log
-            started = self.r.sessions.turn_started(self.info.id, turn)
-            author = started.data["author"]["id"] if started else "unknown"
-            view = self._view(turn, author, started.data["text"] if started else "")
-            view.state.text = self.r.sessions.turn_text(self.info.id, turn)
-            self.views[turn] = view
-        view.state.outcome = data["outcome"]
-        view.state.detail = data.get("by") or data.get("error")
-        view.state.duration_ms = data.get("duration_ms")
-        view.state.queued = 0
-        self.pending.append(asyncio.create_task(view.finish()))
-        if turn == self.current:
-            self.current = None
-
-    def _view(self, turn: int, author: str, prompt: str) -> MessageView:
-        info, ref = self.info, f"slack.turn.{turn}"
-        slog = self.r.sessions.logs.get(info.id)
-        state = TurnState(
-            author=author,
-            prompt=prompt,
-            session_id=info.id,
-            session_url=self.r.settings.session_url(info.share_token),
-            queued=slog.queued_count(),
-        )
-        return MessageView(
-            self.r.client, info.slack_channel, info.slack_thread_ts, state,  # type: ignore[arg-type]
-            self.r.settings.slack_update_interval,
-            ts=slog.get_ref(ref),
-            on_posted=lambda ts: slog.set_ref(ref, ts),
-        )
+    def _message(self, turn: TurnView) -> MessageView:
+        message = self.messages.get(turn.prompt_id)
+        if message is None:
+            ref = f"slack.turn.{turn.prompt_id}"
+            where = thread_of(self.info)
+            assert where is not None
+            state = TurnState(turn=turn, view=self.view, session_id=self.info.id,
+                              session_url=self.r.settings.session_url(self.info.share_token))
+            message = MessageView(
+                self.r.client, where[0], where[1], state, self.r.settings.slack_update_interval,
+                ts=self.r.sessions.get_ref(self.info.id, ref),
+                on_posted=lambda ts: self.r.sessions.set_ref(self.info.id, ref, ts),
+            )
+            self.messages[turn.prompt_id] = message
+        return message
 
     async def finish(self) -> None:
-        unfinished = [v.finish() for v in self.views.values() if v.state.running]
+        unfinished = [m.finish() for m in self.messages.values() if m.state.turn.running]
         await asyncio.gather(*unfinished, *self.pending, return_exceptions=True)

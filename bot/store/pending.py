@@ -18,16 +18,18 @@ class PendingRequests:
         self.db = db
         self.ttl = ttl
 
-    async def hold(self, channel: str, thread_ts: str, message_ts: str, user: str, text: str) -> PendingRequestRow:
-        row = PendingRequestRow(id=secrets.token_hex(8), channel=channel, thread_ts=thread_ts, message_ts=message_ts,
-                                user=user, text=text, status=WAITING, created_at=time.time())
+    async def hold(self, *, origin: str, author_id: str, author_name: str | None, text: str,
+                   surface_kind: str | None, surface_key: str | None, order_key: float | None) -> PendingRequestRow:
+        row = PendingRequestRow(id=secrets.token_hex(8), origin=origin, author_id=author_id, author_name=author_name,
+                                text=text, surface_kind=surface_kind, surface_key=surface_key, order_key=order_key,
+                                status=WAITING, created_at=time.time())
         async with self.db.session() as s, s.begin():
             s.add(row)
         return row
 
-    async def set_prompt(self, pending_id: str, prompt_ts: str) -> None:
+    async def set_ui_ref(self, pending_id: str, ref: str) -> None:
         async with self.db.session() as s, s.begin():
-            await s.execute(update(PendingRequestRow).where(PendingRequestRow.id == pending_id).values(prompt_ts=prompt_ts))
+            await s.execute(update(PendingRequestRow).where(PendingRequestRow.id == pending_id).values(ui_ref=ref))
 
     async def get(self, pending_id: str) -> PendingRequestRow | None:
         async with self.db.session() as s:
@@ -59,5 +61,6 @@ class PendingRequests:
                     .values(status=EXPIRED)
                 )
             if result.rowcount == 1:
+                row.status = EXPIRED
                 expired.append(row)
         return expired

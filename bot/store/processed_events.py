@@ -31,3 +31,8 @@ class ProcessedEvents:
         async with self.db.session() as s, s.begin():
             result = await s.execute(delete(SlackEventRow).where(SlackEventRow.received_at < time.time() - KEEP_SECONDS))
         return result.rowcount or 0
+
+    async def forget(self, key: str) -> None:
+        """Handling failed: a redelivery of the same message is handled again."""
+        async with self.db.session() as s, s.begin():
+            await s.execute(delete(SlackEventRow).where(SlackEventRow.key == key))

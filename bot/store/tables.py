@@ -23,13 +23,13 @@ class Base(DeclarativeBase):
 
 
 class SessionRow(Base):
-    """The index of sessions; each session's events live in its own SQLite file."""
+    """The index of sessions; each session's events live in its own SQLite file.
+
+    A session knows where it came from (`origin`), not how a client shows it: the places it
+    is bound to (a Slack thread, later a web page) are its surfaces."""
 
     __tablename__ = "sessions"
-    __table_args__ = (
-        UniqueConstraint("slack_channel", "slack_thread_ts", name="uq_sessions_slack_thread"),
-        Index("ix_sessions_status", "status"),
-    )
+    __table_args__ = (Index("ix_sessions_status", "status"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     share_token: Mapped[str] = mapped_column(String(64), unique=True)
@@ -39,14 +39,29 @@ class SessionRow(Base):
     base_branch: Mapped[str | None] = mapped_column(String(200))
     work_branch: Mapped[str | None] = mapped_column(String(200))
     origin: Mapped[str] = mapped_column(String(16))
-    slack_channel: Mapped[str | None] = mapped_column(String(32))
-    slack_thread_ts: Mapped[str | None] = mapped_column(String(32))
+    """A `bot.events.Origin`: slack_thread, slack_dm, web, app_home, shortcut, parent_session, github."""
     creator: Mapped[str | None] = mapped_column(String(64))
     snapshot_image: Mapped[str | None] = mapped_column(String(300))
     """The image of the session's workspace as of its last finished turn."""
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("sessions.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class SurfaceRow(Base):
+    """A place a session is bound to, e.g. `slack_thread` + `C123:1700000000.000100`; one session per place."""
+
+    __tablename__ = "session_surfaces"
+    __table_args__ = (
+        UniqueConstraint("kind", "key", name="uq_session_surfaces_kind_key"),
+        Index("ix_session_surfaces_session", "session_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class SlackEventRow(Base):
@@ -114,15 +129,18 @@ class PendingRequestRow(Base):
     __table_args__ = (Index("ix_pending_status", "status", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    channel: Mapped[str] = mapped_column(String(32))
-    thread_ts: Mapped[str] = mapped_column(String(32))
-    message_ts: Mapped[str] = mapped_column(String(32))
-    user: Mapped[str] = mapped_column(String(64))
+    origin: Mapped[str] = mapped_column(String(16))
+    author_id: Mapped[str] = mapped_column(String(128))
+    author_name: Mapped[str | None] = mapped_column(String(200))
     text: Mapped[str] = mapped_column(Text)
+    surface_kind: Mapped[str | None] = mapped_column(String(32))
+    surface_key: Mapped[str | None] = mapped_column(String(200))
+    """Where the session goes once a repository is picked (e.g. the Slack thread)."""
+    order_key: Mapped[float | None] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(16))
     """`waiting`, `started` or `expired`."""
-    prompt_ts: Mapped[str | None] = mapped_column(String(32))
-    """The message with the repository select."""
+    ui_ref: Mapped[str | None] = mapped_column(String(64))
+    """What the surface showed to ask (e.g. the ts of the Slack message with the select)."""
     repo: Mapped[str | None] = mapped_column(String(200))
-    picked_by: Mapped[str | None] = mapped_column(String(64))
+    picked_by: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[float] = mapped_column(Float)

@@ -19,11 +19,28 @@ class KeyedLocks:
             async with lock:  # asyncio.Lock wakes waiters in arrival order
                 yield
         finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+            self._forget(key)
 
     def __len__(self) -> int:
         return len(self._locks)
+
+    async def acquire(self, key: Hashable) -> None:
+        """Take the key's lock; the matching `release` may come from another task."""
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._forget(key)
+            raise
+
+    def release(self, key: Hashable) -> None:
+        self._locks[key][0].release()
+        self._forget(key)
+
+    def _forget(self, key: Hashable) -> None:
+        lock, users = self._locks[key]
+        if users == 1:
+            del self._locks[key]
+        else:
+            self._locks[key] = (lock, users - 1)

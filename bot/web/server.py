@@ -7,28 +7,17 @@ read-only transcript rendered from the session's log.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 from aiohttp import web
 
-from bot.sessions.events import Kind
 from bot.sessions.service import SessionService
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
 _templates = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True
 )
-
-
-@dataclass
-class TurnView:
-    author: str
-    prompt: str
-    text: str = ""
-    outcome: str | None = None
-    error: str | None = None
 
 
 def build_app(sessions: SessionService, slack_enabled: bool) -> web.Application:
@@ -42,16 +31,8 @@ def build_app(sessions: SessionService, slack_enabled: bool) -> web.Application:
         info = await sessions.by_share_token(token) if _TOKEN.match(token) else None
         if info is None:
             raise web.HTTPNotFound(text="No such session.")
-        turns: dict[int, TurnView] = {}
-        for event in sessions.logs.get(info.id).read(0, limit=1_000_000):
-            if event.kind is Kind.TURN_STARTED and event.turn is not None:
-                turns[event.turn] = TurnView(event.data["author"]["id"], event.data["text"])
-            elif event.turn in turns and event.kind is Kind.TEXT_DELTA:
-                turns[event.turn].text += event.data["text"]
-            elif event.turn in turns and event.kind is Kind.TURN_ENDED:
-                turns[event.turn].outcome = event.data["outcome"]
-                turns[event.turn].error = event.data.get("error")
-        html = _templates.get_template("session.html").render(session=info, turns=list(turns.values()))
+        view = await sessions.view(info.id)
+        html = _templates.get_template("session.html").render(session=info, turns=list(view.turns.values()))
         return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
 
     app.router.add_get("/healthz", health)
