@@ -63,8 +63,20 @@ class Database:
             cfg.attributes["connection"] = conn
             action(cfg)
 
-        async with self.engine.begin() as conn:
+        sqlite = self.engine.dialect.name == "sqlite"
+        async with self.engine.connect() as conn:
+            if sqlite:
+                # SQLite rebuilds a table to alter it (batch mode); with foreign keys on, dropping the old
+                # table would cascade to every row that refers to it. Off outside a transaction, checked after.
+                await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             await conn.run_sync(run)
+            if sqlite:
+                problems = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+                if problems:
+                    raise RuntimeError(f"the migration left rows whose references are broken: {problems[:5]}")
+            await conn.commit()
+            if sqlite:
+                await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
 
     async def close(self) -> None:
         await self.engine.dispose()

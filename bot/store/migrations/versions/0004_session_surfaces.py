@@ -23,7 +23,7 @@ def _ts_text(column: str) -> str:
     """A float column as a Slack ts (six decimals)."""
     if op.get_bind().dialect.name == "sqlite":
         return f"printf('%.6f', {column})"
-    return f"to_char({column}, 'FM9999999999990.000000')"
+    return f"round(CAST({column} AS numeric), 6)::text"
 
 
 def upgrade() -> None:
