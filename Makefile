@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench base-image clean
+.PHONY: run check test bench base-image clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hosted-agents needs Python 3.11 or newer")'
@@ -17,9 +17,19 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/hosted-agents serve
 
-## Run the tests: first brings up PostgreSQL, the Docker engine (installed if missing) and the
-## sandbox base image (built locally with debootstrap, cached by tag).
-test: $(STAMP)
+## The static gates, configured in pyproject.toml: lint (ruff), types (mypy --strict) and the
+## layer contracts (import-linter). All three run, then any failure fails the target.
+check: $(STAMP)
+	@status=0; \
+	echo "ruff check"; $(BIN)/ruff check . || status=1; \
+	echo "mypy"; $(BIN)/mypy || status=1; \
+	echo "lint-imports"; $(BIN)/lint-imports --no-logo || status=1; \
+	exit $$status
+
+## Run the tests: the static gates first (seconds), then brings up PostgreSQL, the Docker engine
+## (installed if missing) and the sandbox base image (built locally with debootstrap, cached by
+## tag), then pytest.
+test: check
 	scripts/test-services.sh
 	$(BIN)/pytest $(PYTEST_ARGS)
 
@@ -35,4 +45,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.classifier
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -46,7 +46,7 @@ async def main(model_latency: float) -> None:
     full = Classifier(catalog, ModelClassifier(lambda: client, "fast", catalog, timeout=3.0))
     for ctx in contexts[:3]:
         await full.classify(ctx)  # warm the connection pool
-    timings = {"rules": [], "model": []}
+    timings: dict[str, list[float]] = {"rules": [], "model": []}
     for ctx in contexts:
         result = await full.classify(ctx)
         timings["model" if result.source == "ask" else "rules"].append(result.elapsed_ms)
@@ -61,8 +61,9 @@ async def main(model_latency: float) -> None:
     every = timings["rules"] + timings["model"]
     print(f"classification latency, model fake at {model_latency * 1000:.0f} ms:")
     print(f"  all      p50 {statistics.median(every):7.2f} ms   p95 {pct(every, 95):7.2f} ms")
-    print(f"  rules    p50 {statistics.median(timings['rules']):7.2f} ms   p95 {pct(timings['rules'], 95):7.2f} ms   ({len(timings['rules'])})")
-    print(f"  model    p50 {statistics.median(timings['model']):7.2f} ms   p95 {pct(timings['model'], 95):7.2f} ms   ({len(timings['model'])})")
+    for source in ("rules", "model"):
+        ms = timings[source]
+        print(f"  {source:8} p50 {statistics.median(ms):7.2f} ms   p95 {pct(ms, 95):7.2f} ms   ({len(ms)})")
 
 
 if __name__ == "__main__":

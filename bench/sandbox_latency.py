@@ -158,7 +158,8 @@ async def report(sessions: int, calls: int) -> None:
     print(f"mention → first model request ({sessions} sessions each; serve in its own process):")
     for label, (first, _) in figures.items():
         delta = statistics.median(first) * 1000 - baseline
-        print(line(label, first) + ("" if label.startswith("no sandbox") else f"   ({delta:+.1f} ms vs baseline; goal within 20)"))
+        goal = "" if label.startswith("no sandbox") else f"   ({delta:+.1f} ms vs baseline; goal within 20)"
+        print(line(label, first) + goal)
     print("mention → first tool result (read_file README.md):")
     for label, (_, tool) in figures.items():
         if not label.startswith("no sandbox"):

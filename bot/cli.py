@@ -6,8 +6,18 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from bot.config import ConfigError, load_settings
+
+if TYPE_CHECKING:  # the subcommands import what they need when they run, to keep `--help` fast
+    from openai import AsyncOpenAI
+
+    from bot.repos import RepoCatalog
+    from sandbox.stack import SandboxStack
+
+    StackAction = Callable[[SandboxStack, RepoCatalog], Awaitable[int]]
 
 
 def _logging(level: str) -> None:
@@ -26,7 +36,7 @@ def _serve(_: argparse.Namespace) -> int:
     return 0
 
 
-async def _with_sandboxes(action):  # type: ignore[no-untyped-def]
+async def _with_sandboxes(action: StackAction) -> int:
     """Run `action(stack)` against the configured repos, database and Docker engine."""
     from bot.repos import load_repos
     from bot.store.db import Database
@@ -37,7 +47,7 @@ async def _with_sandboxes(action):  # type: ignore[no-untyped-def]
     catalog = load_repos(settings.repos_config, settings.git_clone_url)
     if not len(catalog):
         raise ConfigError("REPOS_CONFIG: no repositories are configured")
-    db = Database(settings.database_url)  # type: ignore[arg-type]
+    db = Database(settings.database_url)
     try:
         await db.upgrade()
         stack = SandboxStack(settings, db, catalog)
@@ -50,7 +60,7 @@ async def _with_sandboxes(action):  # type: ignore[no-untyped-def]
 def _images_build(args: argparse.Namespace) -> int:
     from sandbox.images import BuildFailed
 
-    async def build(stack, catalog) -> int:  # type: ignore[no-untyped-def]
+    async def build(stack: SandboxStack, catalog: RepoCatalog) -> int:
         names = [args.repo] if args.repo else [r.name for r in catalog.repos]
         failed = 0
         for name in names:
@@ -68,7 +78,7 @@ def _images_build(args: argparse.Namespace) -> int:
 
 
 def _images_list(args: argparse.Namespace) -> int:
-    async def show(stack, catalog) -> int:  # type: ignore[no-untyped-def]
+    async def show(stack: SandboxStack, catalog: RepoCatalog) -> int:
         for row in await stack.images.history(args.repo):
             took = f"{row.duration_s:.1f} s" if row.duration_s is not None else "-"
             print(f"{row.repo:30} {row.status:9} {took:>8}  {row.tag or ''}")
@@ -78,7 +88,7 @@ def _images_list(args: argparse.Namespace) -> int:
 
 
 def _pool_status(_: argparse.Namespace) -> int:
-    async def show(stack, catalog) -> int:  # type: ignore[no-untyped-def]
+    async def show(stack: SandboxStack, catalog: RepoCatalog) -> int:
         rows = await stack.pool.status()
         for repo in catalog.repos:
             mine = [r for r in rows if r.repo == repo.name]
@@ -107,7 +117,7 @@ def _classify(args: argparse.Namespace) -> int:
     async def run() -> int:
         client = make_client(settings) if settings.model_configured else None
 
-        def model_client():  # type: ignore[no-untyped-def]
+        def model_client() -> AsyncOpenAI:
             if client is None:
                 raise ModelNotConfigured()
             return client
@@ -150,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     pool = commands.add_parser("pool", help="warm pool").add_subparsers(dest="pool_command", required=True)
     pool.add_parser("status", help="warm containers per repo").set_defaults(run=_pool_status)
     args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return args.run(args)
+        return run(args)
     except ConfigError as exc:
         for line in str(exc).splitlines():
             print(f"hosted-agents: configuration error: {line}", file=sys.stderr)

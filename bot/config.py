@@ -7,10 +7,18 @@ reported as one line per setting by `describe_errors`, never as a traceback.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SLACK_API_URL = "https://slack.com/api/"
+
+
+def _http_url(v: str) -> str:
+    if not v.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return v
 
 
 class Settings(BaseSettings):
@@ -22,7 +30,7 @@ class Settings(BaseSettings):
     """Bot token (`xoxb-...`). Without it and SLACK_APP_TOKEN, Slack is off."""
     slack_app_token: SecretStr | None = None
     """App-level token (`xapp-...`) with `connections:write`, for Socket Mode."""
-    slack_api_url: str = "https://slack.com/api/"
+    slack_api_url: str = SLACK_API_URL
     """Base of the Slack Web API; tests point it at the fake."""
 
     openai_api_key: SecretStr | None = None
@@ -43,14 +51,14 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(20_000, ge=100)
     """Longer prompts get a clear reply instead of a session."""
 
-    database_url: str | None = None
-    """SQLAlchemy URL; default a SQLite file under DATA_DIR. `postgresql://` is accepted."""
+    database_url: str = ""
+    """SQLAlchemy URL; unset: a SQLite file under DATA_DIR. `postgresql://` is accepted."""
     data_dir: Path = Path("./data")
 
     web_host: str = "127.0.0.1"
     web_port: int = Field(8000, ge=0, le=65535)
-    public_url: str | None = None
-    """Base of session links; default http://WEB_HOST:WEB_PORT."""
+    public_url: str = ""
+    """Base of session links; unset: http://WEB_HOST:WEB_PORT."""
 
     repos_config: Path | None = None
     """YAML file of repositories (format in DESIGN.md)."""
@@ -95,19 +103,20 @@ class Settings(BaseSettings):
             raise ValueError("must be an app-level token starting with xapp- (Socket Mode)")
         return v or None
 
-    @field_validator("slack_api_url", "openai_base_url", "public_url")
+    @field_validator("slack_api_url", "public_url")
     @classmethod
-    def _http_url(cls, v: str | None) -> str | None:
-        if v is None or v == "":
-            return None
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return v
+    def _http_url_or_unset(cls, v: str) -> str:
+        return _http_url(v) if v else ""
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _optional_http_url(cls, v: str | None) -> str | None:
+        return _http_url(v) if v else None
 
     @field_validator("database_url")
     @classmethod
-    def _database_url(cls, v: str | None) -> str | None:
-        return normalise_database_url(v) if v else None
+    def _database_url(cls, v: str) -> str:
+        return normalise_database_url(v) if v else ""
 
     @field_validator("git_clone_url")
     @classmethod
@@ -118,17 +127,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _derived(self) -> Settings:
-        if self.slack_api_url is None:
-            self.slack_api_url = "https://slack.com/api/"
+        if not self.slack_api_url:
+            self.slack_api_url = SLACK_API_URL
         if not self.slack_api_url.endswith("/"):
             self.slack_api_url += "/"
         if (self.slack_bot_token is None) != (self.slack_app_token is None):
             missing = "SLACK_APP_TOKEN" if self.slack_app_token is None else "SLACK_BOT_TOKEN"
             raise ValueError(f"{missing} is missing: Slack needs both SLACK_BOT_TOKEN and SLACK_APP_TOKEN")
-        if self.public_url is None:
+        if not self.public_url:
             self.public_url = f"http://{self.web_host}:{self.web_port}"
         self.public_url = self.public_url.rstrip("/")
-        if self.database_url is None:
+        if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{(self.data_dir / 'hosted-agents.db').resolve()}"
         return self
 
@@ -178,9 +187,10 @@ def describe_errors(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Read settings, raising ConfigError with a readable message."""
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings (`overrides` are field values, or pydantic-settings' `_env_file` and the
+    like), raising ConfigError with a readable message."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc)) from None

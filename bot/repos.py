@@ -139,7 +139,9 @@ def _apply_defaults(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _describe(exc: ValidationError, raw: dict[str, Any]) -> str:
-    repos = raw.get("repos") if isinstance(raw.get("repos"), list) else []
+    repos = raw.get("repos")
+    if not isinstance(repos, list):
+        repos = []
     lines = []
     for err in exc.errors():
         loc = list(err["loc"])

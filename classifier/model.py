@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +68,8 @@ def schema(catalog: RepoCatalog) -> dict[str, Any]:
 
 
 class ModelClassifier:
-    def __init__(self, client: Any, model: str, catalog: RepoCatalog, timeout: float):
+    def __init__(self, client: Callable[[], AsyncOpenAI], model: str, catalog: RepoCatalog, timeout: float):
+        """`client` hands out the shared model client when asked (it raises when none is configured)."""
         self._client = client
         self.model = model
         self.catalog = catalog
@@ -84,12 +86,18 @@ class ModelClassifier:
             context.append("Earlier in the thread:\n" + "\n".join(f"> {t[:500]}" for t in thread[-8:]))
         context.append(f"Request: {message[:4000]}")
         try:
-            client: AsyncOpenAI = self._client()
+            client = self._client()
             response = await asyncio.wait_for(
                 client.chat.completions.create(
                     model=self.model,
-                    messages=[{"role": "system", "content": self._system}, {"role": "user", "content": "\n\n".join(context)}],
-                    response_format={"type": "json_schema", "json_schema": {"name": "repository", "strict": True, "schema": self._schema}},
+                    messages=[
+                        {"role": "system", "content": self._system},
+                        {"role": "user", "content": "\n\n".join(context)},
+                    ],
+                    response_format={
+                        "type": "json_schema",
+                        "json_schema": {"name": "repository", "strict": True, "schema": self._schema},
+                    },
                 ),
                 self.timeout,
             )

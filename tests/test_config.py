@@ -48,7 +48,10 @@ def test_repos_file_with_defaults(tmp_path):
         ("repos:\n  - name: acme/api\nextra_top: 1\n", "unknown field 'extra_top'"),
         ("repos:\n  - name: acme/api\n    clone_url: https://x-access-token:ghs_123@github.com/acme/api.git\n",
          "repo 'acme/api': field 'clone_url': must not contain credentials"),
-        ("repos:\n  - name: acme/api\n    clone_url: https://ghp_secret@github.com/acme/api.git\n", "must not contain credentials"),
+        (
+            "repos:\n  - name: acme/api\n    clone_url: https://ghp_secret@github.com/acme/api.git\n",
+            "must not contain credentials",
+        ),
     ],
 )
 def test_bad_repos_files_name_the_repo_and_field(tmp_path, yaml_text, message):

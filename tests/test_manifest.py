@@ -63,7 +63,9 @@ async def exercise(slack, model, copy, json) -> None:  # type: ignore[no-untyped
     stale = copy.deepcopy(status)
     await slack.user_message("U0BOB001", "next", thread_ts=root)
     await slack.click("U0ALICE1", status, "stop_turn")
-    await slack.wait_for(lambda: len(slack.bot_messages(thread_ts=root)) == 2 and "Done" in slack.bot_messages(thread_ts=root)[1].rendered())
+    await slack.wait_for(
+        lambda: len(slack.bot_messages(thread_ts=root)) == 2 and "Done" in slack.bot_messages(thread_ts=root)[1].rendered()
+    )
     await slack.click("U0ALICE1", stale, "stop_turn")
     await slack.wait_for(lambda: slack.calls_to("chat.postEphemeral"))
     await slack.user_message("U0ALICE1", "in acme/api hi", channel="D0000001")

@@ -29,7 +29,8 @@ async def check_upgrade_downgrade_upgrade(database_url: str) -> None:
     db = Database(database_url)
     try:
         await db.upgrade()
-        assert {"sessions", "slack_events", "turns", "images", "pool_entries", "pending_requests", "alembic_version"} <= await tables(db)
+        expected = {"sessions", "slack_events", "turns", "images", "pool_entries", "pending_requests", "alembic_version"}
+        assert expected <= await tables(db)
         assert await schema_diff(db) == []
         await db.upgrade()  # idempotent, as at every start
         await db.downgrade("base")
@@ -57,7 +58,9 @@ async def test_a_whole_session_runs_on_postgresql(tmp_path, pg_url, slack, model
         await asyncio.wait_for(slack.connected.wait(), 10)
         model.add(Reply(text="hello from postgres"))
         root = await slack.mention("U0ALICE1", "hi")
-        await slack.wait_for(lambda: slack.bot_messages(thread_ts=root) and "Done" in slack.bot_messages(thread_ts=root)[0].rendered())
+        await slack.wait_for(
+            lambda: slack.bot_messages(thread_ts=root) and "Done" in slack.bot_messages(thread_ts=root)[0].rendered()
+        )
         session = await svc.sessions.find_by_surface(thread_surface("C0000001", root))
         assert session is not None and session.creator == "U0ALICE1"
         await asyncio.sleep(0.3)  # the turn metric is written in the background

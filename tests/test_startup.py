@@ -35,8 +35,12 @@ def assert_config_error(result: subprocess.CompletedProcess[str], *needles: str)
 def test_malformed_settings_name_the_setting(tmp_path):
     assert_config_error(run_serve(tmp_path, WEB_PORT="eighty"), "WEB_PORT: Input should be a valid integer", "'eighty'")
     assert_config_error(run_serve(tmp_path, SLACK_BOT_TOKEN="xoxb-1"), "SLACK_APP_TOKEN is missing")
-    assert_config_error(run_serve(tmp_path, SLACK_BOT_TOKEN="xapp-oops", SLACK_APP_TOKEN="xapp-1"), "SLACK_BOT_TOKEN: must be a bot token")
-    assert_config_error(run_serve(tmp_path, DATABASE_URL="mysql://x/y"), "DATABASE_URL: must be a postgresql:// or sqlite:/// URL")
+    assert_config_error(
+        run_serve(tmp_path, SLACK_BOT_TOKEN="xapp-oops", SLACK_APP_TOKEN="xapp-1"), "SLACK_BOT_TOKEN: must be a bot token"
+    )
+    assert_config_error(
+        run_serve(tmp_path, DATABASE_URL="mysql://x/y"), "DATABASE_URL: must be a postgresql:// or sqlite:/// URL"
+    )
     assert_config_error(run_serve(tmp_path, MODEL_TIMEOUT="-1"), "MODEL_TIMEOUT")
 
 
@@ -86,9 +90,8 @@ async def test_without_slack_tokens_the_web_server_runs_and_says_slack_is_off(tm
             line = await asyncio.wait_for(proc.stderr.readline(), 30)  # type: ignore[union-attr]
             assert line, "serve exited early"
         assert b"Slack off" in line and b"model not configured" in line
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                assert await resp.json() == {"ok": True, "slack": "off"}
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+            assert await resp.json() == {"ok": True, "slack": "off"}
         assert (tmp_path / "data" / "hosted-agents.db").exists(), "the embedded default: SQLite under ./data"
     finally:
         proc.terminate()

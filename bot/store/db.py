@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import ConnectionPoolEntry
 
 ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 
@@ -24,7 +27,7 @@ def alembic_config() -> Config:
     return cfg
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     # WAL lets readers run during a write; busy_timeout turns lock contention into a short wait.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -57,7 +60,7 @@ class Database:
     async def downgrade(self, revision: str = "base") -> None:
         await self._alembic(lambda cfg: command.downgrade(cfg, revision))
 
-    async def _alembic(self, action) -> None:  # type: ignore[no-untyped-def]
+    async def _alembic(self, action: Callable[[Config], None]) -> None:
         def run(conn: Connection) -> None:
             cfg = alembic_config()
             cfg.attributes["connection"] = conn
