@@ -35,7 +35,7 @@ class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.catalog: RepoCatalog = load_repos(settings.repos_config, settings.git_clone_url)
-        self.db = Database(settings.database_url)  # type: ignore[arg-type]
+        self.db = Database(settings.database_url)
         with_sandboxes = len(self.catalog) > 0 and settings.sandbox_backend == "docker"
         self.sandbox: SandboxStack | None = SandboxStack(settings, self.db, self.catalog) if with_sandboxes else None
         manager = self.sandbox.manager if self.sandbox else None

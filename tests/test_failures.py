@@ -59,7 +59,8 @@ async def test_a_mention_that_fails_to_be_handled_is_answered_and_its_redelivery
         db.commit()
         db.close()
         await slack.send_event(event, event_id="Ev0FAILS001", retry_attempt=1)  # Slack's retry
-        await slack.wait_for(lambda: slack.bot_messages(thread_ts=ts) and "Done" in slack.bot_messages(thread_ts=ts)[0].rendered(),
+        await slack.wait_for(lambda: slack.bot_messages(thread_ts=ts)
+                             and "Done" in slack.bot_messages(thread_ts=ts)[0].rendered(),
                              what="the retried mention to be answered")
     finally:
         await svc.stop()

@@ -131,8 +131,9 @@ async def test_bad_requests_get_a_clear_refusal_and_nothing_is_queued(web_only: 
 async def test_a_sub_session_records_its_parent_and_origin(web_only: Service):
     parent = await web_only.intake.submit(Request("in acme/api find the slow query", DANA))
     assert isinstance(parent, Started)
-    child = await web_only.intake.submit(Request("check the index usage", Author(id=parent.session.id, origin=Origin.PARENT_SESSION),
-                                                 hints=Hints(repo="acme/data-pipeline"), parent_id=parent.session.id))
+    agent = Author(id=parent.session.id, origin=Origin.PARENT_SESSION)
+    child = await web_only.intake.submit(Request("check the index usage", agent, hints=Hints(repo="acme/data-pipeline"),
+                                                 parent_id=parent.session.id))
     assert isinstance(child, Started)
     assert (child.session.parent_id, child.session.origin, child.session.repo) == (
         parent.session.id, Origin.PARENT_SESSION, "acme/data-pipeline")

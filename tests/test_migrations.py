@@ -8,9 +8,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select
 
+from bot.slack.messages import thread_surface
 from bot.store.db import Database
 from bot.store.tables import Base, TurnRow
-from bot.slack.messages import thread_surface
 from tests.conftest import make_settings, service_env
 from tests.fakes.openai import Reply
 
@@ -112,7 +112,8 @@ async def check_sessions_move_to_surfaces_without_loss(database_url: str) -> Non
         async with db.engine.connect() as conn:
             back = (await conn.execute(text(
                 "SELECT id, origin, slack_channel, slack_thread_ts FROM sessions ORDER BY id"))).all()
-            held = (await conn.execute(text("SELECT channel, thread_ts, message_ts, \"user\", prompt_ts FROM pending_requests"))).all()
+            held = (await conn.execute(text(
+                "SELECT channel, thread_ts, message_ts, \"user\", prompt_ts FROM pending_requests"))).all()
             turns = (await conn.execute(text("SELECT count(*) FROM turns"))).scalar_one()
         assert [tuple(r) for r in back] == [("aaaaaaaaaaaaaaaa", "slack", "C0000001", "1700000000.000100"),
                                              ("bbbbbbbbbbbbbbbb", "slack", "D0000002", "1700000001.000200")]

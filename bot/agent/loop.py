@@ -11,12 +11,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pydantic
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, omit
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
-from bot.agent.model import BadModelOutput
+from bot.agent.model import BadModelOutput, StepLimitReached
 from bot.agent.tools import ToolContext, ToolRegistry
 from bot.events import AssistantMessage, TextDelta, ToolCalled, ToolCallSpec, ToolResult
 
@@ -29,14 +30,6 @@ class TurnStats:
     def token(self) -> None:
         if self.first_token_ms is None:
             self.first_token_ms = (time.monotonic() - self.started) * 1000
-
-
-class StepLimitReached(Exception):
-    def __init__(self, steps: int):
-        self.steps = steps
-
-    def __str__(self) -> str:
-        return f"The agent used its {self.steps} model steps for this turn without finishing, so it was ended."
 
 
 class Agent:
@@ -74,10 +67,11 @@ class Agent:
         finished = False
         try:
             specs = self.tools.specs()
+            # The conversation is plain dicts rebuilt from the log; the API checks their shape.
             stream = await self._client().chat.completions.create(
                 model=self.model,
-                messages=messages,  # type: ignore[arg-type]
-                tools=specs or None,  # type: ignore[arg-type]
+                messages=cast(list[ChatCompletionMessageParam], messages),
+                tools=cast(list[ChatCompletionToolParam], specs) if specs else omit,
                 stream=True,
             )
             async with stream:

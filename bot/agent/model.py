@@ -27,6 +27,14 @@ class ModelNotConfigured(Exception):
         return "No model is configured: set OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible server)."
 
 
+class StepLimitReached(Exception):
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def __str__(self) -> str:
+        return f"The agent used its {self.steps} model steps for this turn without finishing, so it was ended."
+
+
 class BadModelOutput(Exception):
     """The model's answer broke the protocol (not a tool error, which goes back to the model)."""
 
@@ -57,7 +65,6 @@ def describe_error(exc: BaseException, timeout: float) -> str:
 
 def is_expected(exc: BaseException) -> bool:
     """Failures with a known cause are logged in one line; anything else with its traceback."""
-    from bot.agent.loop import StepLimitReached
     from sandbox.executor import SandboxLost
 
     return isinstance(exc, openai.APIError | StepLimitReached | BadModelOutput | ModelNotConfigured | SandboxLost)

@@ -7,6 +7,7 @@ read the log's storage.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from bot.events import (
@@ -173,7 +174,7 @@ class SessionView:
         return turn
 
 
-def project(events: list[Event], view: SessionView | None = None) -> SessionView:
+def project(events: Iterable[Event], view: SessionView | None = None) -> SessionView:
     view = view or SessionView()
     for event in events:
         view.apply(event)

@@ -110,7 +110,8 @@ class Runner:
         except Exception as exc:
             log.exception("ending turn %s/%s failed", self.session_id, prompt.id)
             if outcome is Outcome.DONE:
-                outcome, error = Outcome.ERROR, f"The turn could not be finished cleanly: {describe_error(exc, host.model_timeout)}"
+                reason = describe_error(exc, host.model_timeout)
+                outcome, error = Outcome.ERROR, f"The turn could not be finished cleanly: {reason}"
         self._end(slog, prompt, stats, wall_start, outcome, error)
 
     def _end(self, slog: SessionLog, prompt: Prompt, stats: TurnStats, wall_start: float,

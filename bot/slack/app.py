@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cachetools import TTLCache
-from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.response import BoltResponse
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -28,7 +28,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.agent.hookspecs import hookimpl
 from bot.config import Settings
 from bot.events import Author, Origin
-from bot.sessions.intake import Held, HeldRequest, Hints, Intake, Refused, Request, Started
+from bot.sessions.intake import Held, HeldRequest, Hints, Intake, Refused, Request
 from bot.sessions.service import SessionService
 from bot.slack.format import CLEAR_QUEUE_ACTION, STOP_ACTION, VIEW_ACTION
 from bot.slack.messages import (

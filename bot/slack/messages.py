@@ -54,7 +54,8 @@ def parse_message(event: dict[str, Any], bot_user_id: str | None) -> IncomingMes
     thread_ts = event.get("thread_ts")
     if not (isinstance(channel, str) and _ID.match(channel) and isinstance(user, str) and _ID.match(user)):
         return None
-    if not (isinstance(ts, str) and _TS.match(ts)) or (thread_ts is not None and not (isinstance(thread_ts, str) and _TS.match(thread_ts))):
+    bad_thread = thread_ts is not None and not (isinstance(thread_ts, str) and _TS.match(thread_ts))
+    if not (isinstance(ts, str) and _TS.match(ts)) or bad_thread:
         return None
     if not isinstance(text, str):
         text = ""

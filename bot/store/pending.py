@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import secrets
 import time
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from bot.store.db import Database
 from bot.store.tables import PendingRequestRow
@@ -38,12 +39,12 @@ class PendingRequests:
     async def pick(self, pending_id: str, repo: str, by: str) -> PendingRequestRow | None:
         """Start the request with this repo; None if it was picked already or has expired (once only)."""
         async with self.db.session() as s, s.begin():
-            result = await s.execute(
+            result = cast(CursorResult[Any], await s.execute(
                 update(PendingRequestRow)
                 .where(PendingRequestRow.id == pending_id, PendingRequestRow.status == WAITING,
                        PendingRequestRow.created_at >= time.time() - self.ttl)
                 .values(status=STARTED, repo=repo, picked_by=by)
-            )
+            ))
         return await self.get(pending_id) if result.rowcount == 1 else None
 
     async def expire_due(self) -> list[PendingRequestRow]:
@@ -56,10 +57,10 @@ class PendingRequests:
         expired = []
         for row in due:
             async with self.db.session() as s, s.begin():
-                result = await s.execute(
+                result = cast(CursorResult[Any], await s.execute(
                     update(PendingRequestRow).where(PendingRequestRow.id == row.id, PendingRequestRow.status == WAITING)
                     .values(status=EXPIRED)
-                )
+                ))
             if result.rowcount == 1:
                 row.status = EXPIRED
                 expired.append(row)

@@ -4,8 +4,9 @@ restart (or to another instance) is still recognised."""
 from __future__ import annotations
 
 import time
+from typing import Any, cast
 
-from sqlalchemy import delete
+from sqlalchemy import CursorResult, delete
 from sqlalchemy.exc import IntegrityError
 
 from bot.store.db import Database
@@ -29,7 +30,8 @@ class ProcessedEvents:
 
     async def prune(self) -> int:
         async with self.db.session() as s, s.begin():
-            result = await s.execute(delete(SlackEventRow).where(SlackEventRow.received_at < time.time() - KEEP_SECONDS))
+            result = cast(CursorResult[Any], await s.execute(
+                delete(SlackEventRow).where(SlackEventRow.received_at < time.time() - KEEP_SECONDS)))
         return result.rowcount or 0
 
     async def forget(self, key: str) -> None:
