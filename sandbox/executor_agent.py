@@ -1,18 +1,23 @@
-"""The executor that runs inside a sandbox container (python3 standard library only).
+"""The executor that runs inside a sandbox container (python3 >= 3.9, standard library only).
 
-It is started once per container through one `docker exec` and then serves every tool call over
-its stdin/stdout, which costs milliseconds instead of a `docker exec` per call. Messages both ways
-are frames: an ASCII length, a newline, then that many bytes of JSON. Command output travels
-inside the JSON, escaped, so nothing a command prints can pass for a reply. Every request runs
-in its own thread; every command runs in its own process group, so a timeout or a cancel kills
-the whole tree. Paths are confined to the workspace: absolute paths, `..` and symlinks that
-leave it are refused.
+It is started once per container, as root, through one `docker exec` and then serves every tool
+call over its stdin/stdout, which costs milliseconds instead of a `docker exec` per call. Messages
+both ways are frames: an ASCII length, a newline, then that many bytes of JSON.
+
+Nothing a command does can reach those frames: commands run as the unprivileged sandbox user
+(nobody), with only their own output pipe and /dev/null as descriptors, so they can neither open
+the executor's descriptors through /proc/<pid>/fd nor signal it. File operations run with that
+user's file-system identity too (setfsuid, per thread), so the tools can do what a command
+could, and no more. Paths are confined to the workspace: absolute paths, `..` and symlinks that
+leave it are refused. Every command runs in its own process group; when it ends, what it left
+behind is killed.
 
     python3 -u -c "$(cat executor_agent.py)" /workspace
 """
 
 import json
 import os
+import queue
 import select
 import shutil
 import signal
@@ -22,9 +27,16 @@ import threading
 import time
 
 ROOT = os.path.realpath(sys.argv[1] if len(sys.argv) > 1 else "/workspace")
+UID = GID = 65534
+HOME = "/home/sandbox"
 MAX_READ = 4 * 1024 * 1024
+DRAIN = 0.1  # seconds to keep reading after a command exited, while something it left holds its output
 _out = threading.Lock()
 _running = {}
+_libc = None
+_jobs = queue.SimpleQueue()
+_idle = [0]  # workers waiting for a job
+_idle_lock = threading.Lock()
 
 
 class Refused(Exception):
@@ -36,6 +48,14 @@ def send(message):
     with _out:
         sys.stdout.buffer.write(str(len(data)).encode() + b"\n" + data)
         sys.stdout.buffer.flush()
+
+
+def as_sandbox_user():
+    """File access of this thread gets the sandbox user's permissions and ownership (commands
+    get its full identity from Popen; exec resets a child's file-system ids to its own)."""
+    _libc.setfsgid(GID)
+    _libc.setfsuid(UID)
+    return _libc.setfsuid(-1) == UID  # an invalid id changes nothing and returns the current one
 
 
 def resolve(rel):
@@ -60,37 +80,62 @@ def op_exec(req):
     """Run a shell command; `argv` instead of `cmd` runs a program without a shell."""
     timeout, cap = float(req.get("timeout", 120)), int(req.get("cap", 100000))
     argv = req.get("argv") or ["/bin/sh", "-c", req["cmd"]]
-    cwd = resolve(req.get("cwd", "."))
+    cwd = resolve(req.get("cwd") or ".")
+    if req.get("as_root"):
+        who, env = {}, dict(os.environ)
+    else:
+        who, env = {"user": UID, "group": GID, "extra_groups": []}, dict(os.environ, HOME=HOME)
+    env.update(req.get("env") or {})
     started = time.monotonic()
+    deadline = started + timeout
     proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ, **(req.get("env") or {})))
+                            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=env, **who)
     _running[req["id"]] = proc
-    kept, total, timed_out = [], 0, False
-    fd = proc.stdout.fileno()
+    kept, total, timed_out, exited_at = [], 0, False, None
+    out = proc.stdout.fileno()
+    exit_fd = _pidfd(proc.pid)  # readable when the command exits: no polling for it
+    watch = [out] + ([exit_fd] if exit_fd is not None else [])
     try:
-        while True:
-            left = started + timeout - time.monotonic()
-            if left <= 0:
+        while True:  # read the output until the command exits (and shortly after, while output is left)
+            now = time.monotonic()
+            if now >= deadline:
                 timed_out = True
                 break
-            ready, _, _ = select.select([fd], [], [], min(left, 0.5))
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and (out not in watch or now - exited_at > DRAIN):
                 break
+            if not watch:  # output closed and no pidfd: wait for the command itself
+                try:
+                    proc.wait(deadline - now)
+                except subprocess.TimeoutExpired:
+                    pass
+                continue
+            limit = deadline - now
+            if exited_at is not None:
+                limit = min(limit, exited_at + DRAIN - now)
+            elif exit_fd is None:
+                limit = min(limit, 0.5)
+            ready, _, _ = select.select(watch, [], [], max(limit, 0))
+            if exit_fd in ready:
+                watch.remove(exit_fd)
+            if out not in ready:
+                continue
+            chunk = os.read(out, 65536)
+            if not chunk:
+                watch.remove(out)  # closed; the command may go on working, so wait for it
+                continue
             if total < cap:
                 kept.append(chunk[: cap - total])
             total += len(chunk)
-            if req.get("stream"):
-                send({"id": req["id"], "chunk": chunk.decode("utf-8", "replace")})
     finally:
-        _kill_group(proc)
+        if proc.poll() is None:
+            _kill_group(proc)
         code = proc.wait()
-        _sweep_group(proc.pid)
+        _sweep_group(proc.pid)  # what it started and left behind
+        proc.stdout.close()
+        if exit_fd is not None:
+            os.close(exit_fd)
         _running.pop(req["id"], None)
     return {
         "exit_code": None if timed_out else code,
@@ -101,6 +146,13 @@ def op_exec(req):
         "timed_out": timed_out,
         "duration": time.monotonic() - started,
     }
+
+
+def _pidfd(pid):
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # Python < 3.9 or a kernel before 5.3
+        return None
 
 
 def _kill_group(proc):
@@ -165,7 +217,7 @@ def op_edit(req):
 
 
 def op_list(req):
-    path = resolve(req.get("path", "."))
+    path = resolve(req.get("path") or ".")
     entries = []
     for name in sorted(os.listdir(path))[:2000]:
         full = os.path.join(path, name)
@@ -175,14 +227,14 @@ def op_list(req):
 
 
 def op_search(req):
-    path = resolve(req.get("path", "."))
+    path = resolve(req.get("path") or ".")
     rel = os.path.relpath(path, ROOT)
     if shutil.which("rg"):
-        argv = ["rg", "--line-number", "--no-heading", "--color=never", "--max-count=50", "-e", req["pattern"], rel]
+        argv = ["rg", "--line-number", "--no-heading", "--color=never", "--max-count=50", "-e", req["pattern"], "--", rel]
         if req.get("glob"):
             argv[1:1] = ["--glob", req["glob"]]
     else:
-        argv = ["grep", "-rnIE", "--exclude-dir=.git", "-m", "50", "-e", req["pattern"], rel]
+        argv = ["grep", "-rnIE", "--exclude-dir=.git", "-m", "50", "-e", req["pattern"], "--", rel]
         if req.get("glob"):
             argv.insert(1, "--include=" + req["glob"])
     return op_exec({"id": req["id"], "argv": argv, "cwd": ".", "timeout": req.get("timeout", 30), "cap": req.get("cap", 50000)})
@@ -190,6 +242,30 @@ def op_search(req):
 
 OPS = {"ping": op_ping, "exec": op_exec, "cancel": op_cancel, "read": op_read, "write": op_write,
        "edit": op_edit, "list": op_list, "search": op_search}
+
+
+def dispatch(req):
+    """Hand the request to an idle worker thread, or to a new one: a long command never holds
+    up a cancel or a read, and threads are reused rather than started per request."""
+    with _idle_lock:
+        start = _idle[0] == 0
+        if not start:
+            _idle[0] -= 1
+    if start:
+        threading.Thread(target=_worker, daemon=True).start()
+    _jobs.put(req)
+
+
+def _worker():
+    confined = as_sandbox_user()
+    while True:
+        req = _jobs.get()
+        if confined:
+            handle(req)
+        else:
+            send({"id": req.get("id"), "ok": False, "error": "the executor could not take the sandbox user's identity"})
+        with _idle_lock:
+            _idle[0] += 1
 
 
 def handle(req):
@@ -203,21 +279,60 @@ def handle(req):
         send({"id": req.get("id"), "ok": False, "error": str(exc)})
     except FileNotFoundError as exc:
         send({"id": req.get("id"), "ok": False, "error": "no such file or directory: %s" % os.path.relpath(exc.filename or "?", ROOT)})
+    except PermissionError as exc:
+        send({"id": req.get("id"), "ok": False, "error": "permission denied: %s" % os.path.relpath(exc.filename or "?", ROOT)})
     except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         send({"id": req.get("id"), "ok": False, "error": "%s: %s" % (type(exc).__name__, exc)})
 
 
+def usable():
+    """python3 >= 3.9 (Popen's user=) and ctypes (setfsuid); else the shell executor takes over."""
+    global _libc
+    if sys.version_info < (3, 9):
+        return False
+    try:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.setfsuid
+        _libc.setfsgid
+    except (ImportError, OSError, AttributeError):
+        return False
+    return True
+
+
+def prepare():
+    """Not dumpable: /proc/<pid>/fd and ptrace need CAP_SYS_PTRACE, which no sandbox process has.
+    The workspace and HOME belong to the sandbox user (an image may predate that rule)."""
+    _libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    for path in (ROOT, HOME):
+        os.makedirs(path, exist_ok=True)
+    if os.stat(HOME).st_uid != UID:
+        os.chown(HOME, UID, GID)
+        os.chmod(HOME, 0o700)
+    if os.stat(ROOT).st_uid != UID:
+        for top, dirs, files in os.walk(ROOT):
+            for name in dirs + files:
+                os.lchown(os.path.join(top, name), UID, GID)
+        os.chown(ROOT, UID, GID)
+
+
 def main():
+    if not usable():
+        send({"absent": "python3"})
+        return
+    prepare()
     stdin = sys.stdin.buffer
-    while True:
-        header = stdin.readline()
-        if not header:
-            return
-        try:
+    try:
+        while True:
+            header = stdin.readline()
+            if not header:
+                return
             req = json.loads(stdin.read(int(header)))
-        except ValueError:
-            continue
-        threading.Thread(target=handle, args=(req,), daemon=True).start()
+            dispatch(req)
+    finally:  # the host let go: nothing of ours keeps running
+        for proc in list(_running.values()):
+            _kill_group(proc)
 
 
 if __name__ == "__main__":

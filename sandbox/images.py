@@ -21,6 +21,8 @@ from bot.store.db import Database
 from bot.store.tables import ImageRow
 from sandbox.backend import LABEL, SandboxBackend
 from sandbox.executor import Executor
+from sandbox.gitrefs import InvalidBranch, check_branch
+from sandbox.protocol import SANDBOX_HOME, SANDBOX_UID, WORKSPACE, Exec
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +82,23 @@ class ImageBuilder:
         lines: list[str] = []
         ref = None
         try:
+            try:
+                branch = check_branch(repo.default_branch)
+            except InvalidBranch as exc:
+                lines.append(str(exc))
+                raise _StepFailed(f"checking the branch name: {exc}") from None
             ref = await self.backend.create(repo.image.base, {f"{LABEL}.role": "build", f"{LABEL}.repo": repo.name})
             ex = await self.backend.executor(ref)
-            await self._step(ex, lines, "clone", f"git clone --quiet --branch {_q(repo.default_branch)} {_q(repo.clone_url or '')} .")
-            commit = (await self._step(ex, lines, "commit", "git rev-parse HEAD")).strip()
+            await self._step(ex, lines, "clone", Exec(argv=["git", "clone", "--quiet", "--branch", branch, "--", repo.clone_url or "", "."]))
+            commit = (await self._step(ex, lines, "commit", Exec(argv=["git", "rev-parse", "HEAD"]))).strip()
+            # Setup steps come from the operator's config and install things: they run as root,
+            # and what they leave in the workspace is handed to the sandbox user afterwards.
             for command in repo.image.setup:
-                await self._step(ex, lines, f"setup: {command}", command)
-            for command in repo.image.warm:
-                await self._step(ex, lines, f"warm: {command}", command, fatal=False)
+                await self._step(ex, lines, f"setup: {command}", Exec(cmd=command, as_root=True))
+            owner = f"{SANDBOX_UID}:{SANDBOX_UID}"
+            await self._step(ex, lines, "ownership", Exec(argv=["chown", "-R", owner, WORKSPACE, SANDBOX_HOME], as_root=True))
+            for command in repo.image.warm:  # as the sandbox user: its caches are the ones sessions use
+                await self._step(ex, lines, f"warm: {command}", Exec(cmd=command), fatal=False)
             tag = f"{commit[:12]}-b{row.id}"  # unique: the same commit may be built again
             image = await self.backend.snapshot(
                 ref, image_repository(repo.name), tag,
@@ -114,17 +125,16 @@ class ImageBuilder:
                 await result
         return image
 
-    async def _step(self, ex: Executor, lines: list[str], name: str, command: str, fatal: bool = True) -> str:
-        lines.append(f"$ {command}")
-        result = await ex.request("exec", cmd=command, timeout=self.step_timeout, cap=LOG_LIMIT)
-        lines.append(result["output"].rstrip())
-        ok = result["exit_code"] == 0
-        if not ok:
-            lines.append(f"[{'timed out' if result['timed_out'] else 'exit ' + str(result['exit_code'])}]")
+    async def _step(self, ex: Executor, lines: list[str], name: str, step: Exec, fatal: bool = True) -> str:
+        lines.append(f"$ {step.cmd if step.cmd is not None else shlex.join(step.argv or [])}")
+        result = await ex.call(step.model_copy(update={"timeout": self.step_timeout, "cap": LOG_LIMIT}))
+        lines.append(result.output.rstrip())
+        if result.exit_code != 0:
+            lines.append(f"[{'timed out' if result.timed_out else 'exit ' + str(result.exit_code)}]")
             if fatal:
                 raise _StepFailed(name)
             log.info("warm-up step %r failed (not fatal)", name)
-        return result["output"]
+        return result.output
 
     async def _finish(self, row_id: int, status: str, started: float, text: str, tag: str | None = None, commit: str | None = None) -> None:
         values: dict[str, object] = {"status": status, "duration_s": time.time() - started, "log": text[-LOG_LIMIT:]}
@@ -173,6 +183,3 @@ async def remote_tip(url: str, branch: str) -> str | None:
     first = out.decode().split()
     return first[0] if first else None
 
-
-def _q(text: str) -> str:
-    return shlex.quote(text)

@@ -22,6 +22,7 @@ from bot.store.tables import PoolEntryRow
 from sandbox.backend import LABEL, ContainerRef, SandboxBackend
 from sandbox.executor import Executor
 from sandbox.images import ImageBuilder
+from sandbox.protocol import Ping
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class WarmPool:
                 if result.rowcount != 1:
                     continue  # another instance took it
                 try:
-                    await entry.executor.request("ping")
+                    await entry.executor.call(Ping())
                 except Exception:
                     log.info("warm container %s was dead; discarding it", entry.ref.id[:12])
                     await self._discard(entry)

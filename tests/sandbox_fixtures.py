@@ -204,3 +204,18 @@ def repos_yaml(path: Path, clone_url: str, pool_size: int = 0, setup: str = "ech
         "      warm: ['echo warmed > .warm-marker', 'exit 3']\n"
     )
     return path
+
+
+@pytest.fixture
+async def no_python_image(docker_engine) -> str:  # type: ignore[no-untyped-def]
+    """The base image with python3 deleted: only a shell and the usual tools are left."""
+    from sandbox.backend import LABEL, SandboxLimits
+    from sandbox.docker import DockerBackend
+
+    docker = DockerBackend(SandboxLimits(network="none"))
+    ref = await docker.create(BASE_IMAGE, {f"{LABEL}.role": "test"})
+    code, _ = await docker.docker_exec(ref, ["sh", "-c", "rm -f /usr/bin/python3* && ! command -v python3"])
+    assert code == 0
+    image = await docker.snapshot(ref, "hosted-agents/test-no-python", "1", {f"{LABEL}.role": "test"})
+    await docker.remove(ref)
+    return image

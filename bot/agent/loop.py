@@ -18,7 +18,7 @@ from openai import AsyncOpenAI
 
 from bot.agent.model import BadModelOutput
 from bot.agent.tools import ToolContext, ToolRegistry
-from bot.sessions.events import Kind
+from bot.events import AssistantMessage, TextDelta, ToolCallSpec, ToolCalled, ToolResult
 
 
 @dataclass
@@ -59,9 +59,9 @@ class Agent:
             if not calls:
                 return
             for call in calls:
-                ctx.emit(Kind.TOOL_CALL, call)
+                ctx.emit(ToolCalled(**call))
                 outcome = await self.tools.call(call["name"], call["arguments"], ctx)
-                ctx.emit(Kind.TOOL_RESULT, {"id": call["id"], "name": call["name"], "ok": outcome.ok, "output": outcome.output})
+                ctx.emit(ToolResult(id=call["id"], name=call["name"], ok=outcome.ok, output=outcome.output))
                 messages.append({"role": "tool", "tool_call_id": call["id"], "content": outcome.output})
         raise StepLimitReached(self.max_steps)
 
@@ -89,7 +89,7 @@ class Agent:
                         if delta.content:
                             stats.token()
                             text.append(delta.content)
-                            ctx.emit(Kind.TEXT_DELTA, {"text": delta.content})
+                            ctx.emit(TextDelta(text=delta.content))
                         for tc in delta.tool_calls or []:
                             stats.token()
                             slot = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
@@ -108,10 +108,8 @@ class Agent:
                 for _, c in sorted(calls.items())
             ]
             if text or tool_calls:
-                ctx.emit(
-                    Kind.ASSISTANT_MESSAGE,
-                    {"content": "".join(text), "tool_calls": tool_calls if finished else [], "complete": finished},
-                )
+                specs = [ToolCallSpec(**c) for c in tool_calls] if finished else []
+                ctx.emit(AssistantMessage(content="".join(text), tool_calls=specs, complete=finished))
         if not text and not tool_calls:
             raise BadModelOutput("The model ended its answer without any text or tool call.")
         return "".join(text), tool_calls

@@ -18,9 +18,11 @@ from bot.agent.conversation import HISTORY_KINDS, messages_from_events
 from bot.agent.loop import StepLimitReached, TurnStats
 from bot.agent.model import BadModelOutput, ModelNotConfigured, describe_error
 from bot.agent.tools import ToolContext
+from bot.events import Event as TypedEvent
+from bot.events import EventData
 from bot.sessions.events import Kind, Outcome, Prompt
 from bot.sessions.log import RUNNING
-from sandbox.executor import SandboxLost
+from sandbox.workspace import WorkspaceLost
 
 if TYPE_CHECKING:
     from bot.sessions.service import SessionService
@@ -76,10 +78,11 @@ class Runner:
         sandbox = svc.sandboxes.for_turn(self.session_id, repo) if svc.sandboxes else None
         messages = messages_from_events(slog.read_kinds(HISTORY_KINDS), svc.system_prompt(self.session_id, repo))
 
-        def emit(kind: Kind, data: dict) -> object:  # type: ignore[type-arg]
-            return svc.emit(self.session_id, kind, data, turn=prompt.id)
+        def emit(data: EventData) -> TypedEvent:  # typed payloads onto the log's present API
+            old = svc.emit(self.session_id, Kind(data.kind), data.model_dump(mode="json", exclude={"kind"}), turn=prompt.id)
+            return TypedEvent(old.seq, old.ts, old.turn, data)
 
-        ctx = ToolContext(self.session_id, emit, sandbox)  # type: ignore[arg-type]
+        ctx = ToolContext(self.session_id, emit, sandbox)
         self._stopped_by = None
         self._turn = asyncio.create_task(svc.agent.run_turn(messages, ctx, stats))
         outcome, error, lost = Outcome.DONE, None, False
@@ -92,7 +95,7 @@ class Runner:
             outcome = Outcome.STOPPED
         except Exception as exc:  # every failure ends the turn with a message, never the session
             outcome, error = Outcome.ERROR, describe_error(exc, svc.settings.model_timeout)
-            lost = isinstance(exc, SandboxLost)
+            lost = isinstance(exc, WorkspaceLost)
             log.warning("turn %s/%s failed: %r", self.session_id, prompt.id, exc, exc_info=not _expected(exc))
         finally:
             self._turn = None
@@ -115,4 +118,4 @@ class Runner:
 
 def _expected(exc: Exception) -> bool:
     """Failures with a known cause are logged in one line; anything else with its traceback."""
-    return isinstance(exc, openai.APIError | StepLimitReached | BadModelOutput | ModelNotConfigured | SandboxLost)
+    return isinstance(exc, openai.APIError | StepLimitReached | BadModelOutput | ModelNotConfigured | WorkspaceLost)
