@@ -10,9 +10,11 @@ plain bytes. A dead executor is restarted without losing the container.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import docker
@@ -25,6 +27,7 @@ from sandbox.protocol import WORKSPACE, Ping
 from sandbox.shell_executor import LOOP, ShellExecutor
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 # Docker's default capabilities minus the network and device ones a coding sandbox never needs.
@@ -81,7 +84,8 @@ class DockerBackend:
         except Exception as exc:
             raise DockerUnavailable(f"no Docker engine at {self.host} ({type(exc).__name__})") from None
 
-    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """docker-py blocks: its calls run in a worker thread (never on a tool call's path)."""
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def create(self, image: str, labels: dict[str, str]) -> ContainerRef:
@@ -181,10 +185,8 @@ class DockerBackend:
         return bool(state.get("Running")) and not state.get("Paused")
 
     async def stop(self, ref: ContainerRef) -> None:
-        try:
+        with contextlib.suppress(NotFound):
             await self._run(self.api.stop, ref.id, timeout=2)
-        except NotFound:
-            pass
 
     async def remove(self, ref: ContainerRef) -> None:
         try:
@@ -221,6 +223,6 @@ class DockerBackend:
         def run() -> tuple[int, bytes]:
             exec_id = self.api.exec_create(ref.id, argv, stdout=True, stderr=True)["Id"]
             output = self.api.exec_start(exec_id)
-            return self.api.exec_inspect(exec_id)["ExitCode"], output
+            return int(self.api.exec_inspect(exec_id)["ExitCode"]), bytes(output)
 
         return await self._run(run)

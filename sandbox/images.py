@@ -56,12 +56,7 @@ class ImageBuilder:
         """Called with (repo, image tag) after a build lands, e.g. to refresh the warm pool."""
 
     async def latest(self, repo: str) -> str | None:
-        async with self.db.session() as s:
-            row = (
-                await s.execute(
-                    select(ImageRow).where(ImageRow.repo == repo, ImageRow.status == "ready").order_by(ImageRow.id.desc()).limit(1)
-                )
-            ).scalar_one_or_none()
+        row = await self._latest_row(repo)
         return row.tag if row else None
 
     async def build(self, repo: Repo, force: bool = True) -> str:
@@ -89,7 +84,8 @@ class ImageBuilder:
                 raise _StepFailed(f"checking the branch name: {exc}") from None
             ref = await self.backend.create(repo.image.base, {f"{LABEL}.role": "build", f"{LABEL}.repo": repo.name})
             ex = await self.backend.executor(ref)
-            await self._step(ex, lines, "clone", Exec(argv=["git", "clone", "--quiet", "--branch", branch, "--", repo.clone_url or "", "."]))
+            clone = ["git", "clone", "--quiet", "--branch", branch, "--", repo.clone_url or "", "."]
+            await self._step(ex, lines, "clone", Exec(argv=clone))
             commit = (await self._step(ex, lines, "commit", Exec(argv=["git", "rev-parse", "HEAD"]))).strip()
             # Setup steps come from the operator's config and install things: they run as root,
             # and what they leave in the workspace is handed to the sandbox user afterwards.
@@ -136,7 +132,8 @@ class ImageBuilder:
             log.info("warm-up step %r failed (not fatal)", name)
         return result.output
 
-    async def _finish(self, row_id: int, status: str, started: float, text: str, tag: str | None = None, commit: str | None = None) -> None:
+    async def _finish(self, row_id: int, status: str, started: float, text: str,
+                      tag: str | None = None, commit: str | None = None) -> None:
         values: dict[str, object] = {"status": status, "duration_s": time.time() - started, "log": text[-LOG_LIMIT:]}
         if tag:
             values.update(tag=tag, commit=commit)
@@ -144,21 +141,20 @@ class ImageBuilder:
             await s.execute(update(ImageRow).where(ImageRow.id == row_id).values(**values))
 
     async def _latest_row(self, repo: str) -> ImageRow | None:
+        rows = await self._ready(repo, limit=1)
+        return rows[0] if rows else None
+
+    async def _ready(self, repo: str, limit: int | None = None) -> list[ImageRow]:
+        """A repo's ready images, newest first."""
+        query = select(ImageRow).where(ImageRow.repo == repo, ImageRow.status == "ready").order_by(ImageRow.id.desc())
         async with self.db.session() as s:
-            return (
-                await s.execute(
-                    select(ImageRow).where(ImageRow.repo == repo, ImageRow.status == "ready").order_by(ImageRow.id.desc()).limit(1)
-                )
-            ).scalar_one_or_none()
+            return list((await s.execute(query.limit(limit))).scalars())
 
     async def prune(self, repo: str) -> None:
         """Keep the newest `keep` ready images of a repo; remove the rest."""
-        async with self.db.session() as s:
-            rows = (
-                await s.execute(select(ImageRow).where(ImageRow.repo == repo, ImageRow.status == "ready").order_by(ImageRow.id.desc()))
-            ).scalars().all()
-        for old in rows[self.keep :]:
-            await self.backend.remove_image(old.tag)  # type: ignore[arg-type]
+        for old in (await self._ready(repo))[self.keep :]:
+            if old.tag:
+                await self.backend.remove_image(old.tag)
             async with self.db.session() as s, s.begin():
                 await s.execute(update(ImageRow).where(ImageRow.id == old.id).values(status="pruned"))
 

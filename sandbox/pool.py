@@ -12,9 +12,10 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.engine import CursorResult
 
 from bot.repos import RepoCatalog
 from bot.store.db import Database
@@ -67,7 +68,7 @@ class WarmPool:
                         .where(PoolEntryRow.container_id == entry.ref.id, PoolEntryRow.status == "warm")
                         .values(status="claimed", session_id=session_id)
                     )
-                if result.rowcount != 1:
+                if cast(CursorResult[Any], result).rowcount != 1:
                     continue  # another instance took it
                 try:
                     await entry.executor.call(Ping())

@@ -82,8 +82,8 @@ class Exec(Request[CommandResult]):
     cmd: str | None = None
     argv: list[str] | None = None
     cwd: str = "."
-    timeout: float = Field(120.0, gt=0)
-    cap: int = Field(100_000, ge=0)
+    timeout: float = Field(default=120.0, gt=0)
+    cap: int = Field(default=100_000, ge=0)
     """Output kept, in bytes; the rest is counted, not sent."""
     env: dict[str, str] = Field(default_factory=dict)
     as_root: bool = False
@@ -131,8 +131,8 @@ class Search(Request[CommandResult]):
     pattern: str
     path: str = "."
     glob: str | None = None
-    timeout: float = Field(30.0, gt=0)
-    cap: int = Field(50_000, ge=0)
+    timeout: float = Field(default=30.0, gt=0)
+    cap: int = Field(default=50_000, ge=0)
 
     def host_timeout(self, margin: float) -> float:
         return self.timeout + margin

@@ -22,13 +22,13 @@ import posixpath
 import re
 import shlex
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel
 
-from sandbox.executor import Connect, Executor, ExecutorError, Connection
+from sandbox.executor import Connect, Connection, Executor, ExecutorError
 from sandbox.framing import ProtocolError
 from sandbox.protocol import (
     SANDBOX_HOME,
@@ -109,7 +109,7 @@ def _refuse_if(test: str, message: str) -> str:
 
 class ShellExecutor(Executor):
     def __init__(self, connect: Connect, alive: Callable[[], Awaitable[bool]], name: str,
-                 kill_group: Callable[[int], Awaitable[None]]):
+                 kill_group: Callable[[int], Coroutine[Any, Any, None]]):
         super().__init__(connect, alive, name)
         self._kill_group = kill_group
         self._one_at_a_time = asyncio.Lock()
@@ -136,7 +136,8 @@ class ShellExecutor(Executor):
         if count == 0:
             raise ExecutorError(f"the text to replace was not found in {request.path!r}")
         if count > 1 and not request.replace_all:
-            raise ExecutorError(f"the text to replace occurs {count} times in {request.path!r}; give more context or set replace_all")
+            raise ExecutorError(f"the text to replace occurs {count} times in {request.path!r}; "
+                                "give more context or set replace_all")
         new = text.replace(request.old, request.new, -1 if request.replace_all else 1)
         await self.call(Write(path=request.path, content=new))
         return EditResult(replacements=count if request.replace_all else 1)
@@ -161,8 +162,9 @@ class ShellExecutor(Executor):
             return confined(r.path) + 'cd -- "$p" && ls -1Ap', 60, 1_000_000, False
         if isinstance(r, Search):
             glob = f"--include={shlex.quote(r.glob)} " if r.glob else ""
-            return (confined(r.path) + f"cd {ROOT} && grep -rnIE --exclude-dir=.git -m 50 {glob}"
-                    f'-e {shlex.quote(r.pattern)} -- "$(realpath --relative-to={ROOT} -- "$p")"'), max(1, round(r.timeout)), r.cap, False
+            script = (confined(r.path) + f"cd {ROOT} && grep -rnIE --exclude-dir=.git -m 50 {glob}"
+                      f'-e {shlex.quote(r.pattern)} -- "$(realpath --relative-to={ROOT} -- "$p")"')
+            return script, max(1, round(r.timeout)), r.cap, False
         raise ExecutorError(f"unknown operation {type(r).__name__}")
 
     def _result(self, r: Request[Any], out: _Output, cap: int, started: float, limit: float) -> BaseModel:
@@ -170,7 +172,8 @@ class ShellExecutor(Executor):
         code = out.code
         if isinstance(r, Exec | Search):
             timed_out = code == 124 or (code == 137 and time.monotonic() - started >= limit)
-            return CommandResult(exit_code=None if timed_out else code, signal=code - 128 if code > 128 and not timed_out else None,
+            return CommandResult(exit_code=None if timed_out else code,
+                                 signal=code - 128 if code > 128 and not timed_out else None,
                                  output=text, truncated=out.total > cap, total_bytes=out.total, timed_out=timed_out,
                                  duration=time.monotonic() - started)
         if code == REFUSED:

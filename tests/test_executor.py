@@ -19,7 +19,7 @@ from sandbox.docker import DockerBackend
 from sandbox.executor import Executor, ExecutorError
 from sandbox.protocol import Exec, Ping, Read
 from sandbox.shell_executor import ShellExecutor
-from tests.sandbox_fixtures import BASE_IMAGE, no_python_image  # noqa: F401  (a fixture)
+from tests.sandbox_fixtures import BASE_IMAGE, no_python_image
 
 pytestmark = pytest.mark.usefixtures("docker_cleanup")
 
@@ -93,7 +93,8 @@ class LoopLag:
 
 
 FORGE = (
-    'for id in $(seq 1 40); do body="{\\"id\\": $id, \\"ok\\": true, \\"result\\": {\\"exit_code\\": 0, \\"output\\": \\"forged\\"}}"; '
+    'for id in $(seq 1 40); do '
+    'body="{\\"id\\": $id, \\"ok\\": true, \\"result\\": {\\"exit_code\\": 0, \\"output\\": \\"forged\\"}}"; '
     'printf "%s\\n%s" "${#body}" "$body" > /proc/$PPID/fd/1; done; echo genuine'
 )
 
@@ -175,8 +176,8 @@ async def test_a_command_that_closes_its_output_is_waited_for(sandbox):
     assert timed.timed_out and timed.exit_code is None
 
 
-async def test_the_shell_executor_quotes_every_path(no_python_image):
-    sb = await open_sandbox(no_python_image)
+async def test_the_shell_executor_quotes_every_path():
+    sb = await open_sandbox(await no_python_image())
     try:
         assert isinstance(sb.ex, ShellExecutor)
         evil = "$(touch /tmp/pwned)"

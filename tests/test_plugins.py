@@ -35,5 +35,5 @@ async def test_a_plugin_blocks_rewrites_observes_and_adds_context(tmp_path, slac
 
 
 def test_a_plugin_that_cannot_be_loaded_is_a_clear_config_error(tmp_path, slack, model):
-    with pytest.raises(ConfigError, match="PLUGINS: cannot load 'tests.nope:Thing'"):
+    with pytest.raises(ConfigError, match=r"PLUGINS: cannot load 'tests\.nope:Thing'"):
         Service(make_settings(service_env(tmp_path, slack, model, plugins="tests.nope:Thing")))

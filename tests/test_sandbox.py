@@ -18,7 +18,7 @@ from sandbox.images import BuildFailed, ImageBuilder
 from sandbox.pool import WarmPool
 from sandbox.protocol import Edit, Exec, ListDir, Read, Search, Write
 from sandbox.workspace import DirEntry, WorkspaceLost
-from tests.sandbox_fixtures import no_python_image, repos_yaml  # noqa: F401  (a fixture)
+from tests.sandbox_fixtures import no_python_image, repos_yaml
 
 pytestmark = pytest.mark.usefixtures("docker_cleanup")
 
@@ -193,12 +193,12 @@ async def test_only_the_last_few_images_are_kept_and_old_snapshots_are_collected
         assert (await s.execute(select(SandboxSnapshotRow))).scalars().all() == [], "and its record with it"
 
 
-async def test_an_image_without_python3_gets_the_shell_executor_with_the_same_guarantees(no_python_image):
+async def test_an_image_without_python3_gets_the_shell_executor_with_the_same_guarantees():
     from sandbox.executor import ExecutorError
     from sandbox.shell_executor import ShellExecutor
 
     docker = backend()
-    ref = await docker.create(no_python_image, {f"{LABEL}.role": "test"})
+    ref = await docker.create(await no_python_image(), {f"{LABEL}.role": "test"})
     ex = await docker.executor(ref)
     assert isinstance(ex, ShellExecutor)
 
@@ -211,7 +211,8 @@ async def test_an_image_without_python3_gets_the_shell_executor_with_the_same_gu
     assert DirEntry(name="src", type="dir") in (await ex.call(ListDir(path="."))).entries
     found = await ex.call(Search(pattern="th.re", path="src"))
     assert found.exit_code == 0 and "src/a.txt:2:there" in found.output
-    who = await ex.call(Exec(cmd="id -u; stat -c %u src/a.txt; ls /proc/self/fd | wc -l; cat /proc/$PPID/fd/1 </dev/null 2>&1 | head -c 80"))
+    probe = "id -u; stat -c %u src/a.txt; ls /proc/self/fd | wc -l; cat /proc/$PPID/fd/1 </dev/null 2>&1 | head -c 80"
+    who = await ex.call(Exec(cmd=probe))
     uid, owner, fds, denied = who.output.split("\n", 3)
     assert (uid, owner) == ("65534", "65534"), "commands and file operations run as the sandbox user"
     assert int(fds) <= 4 and "Permission denied" in denied, "no descriptor of the loop is within reach"

@@ -79,7 +79,8 @@ def plugin_manager(extra: str = "", builtins: list[object] | None = None) -> plu
     for spec in filter(None, (s.strip() for s in extra.split(","))):
         module_name, _, attribute = spec.partition(":")
         try:
-            target = getattr(importlib.import_module(module_name), attribute) if attribute else importlib.import_module(module_name)
+            module = importlib.import_module(module_name)
+            target = getattr(module, attribute) if attribute else module
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"PLUGINS: cannot load {spec!r} ({exc})") from None
         pm.register(target() if isinstance(target, type) else target)

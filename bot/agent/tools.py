@@ -57,11 +57,16 @@ BeforeResult = Block | dict[str, Any] | None
 
 
 class Tool(Protocol):
+    """A tool: its name and description for the model, its arguments (a pydantic model, usually
+    a nested class `Args`), whether it changes the workspace, and how it runs."""
+
     name: ClassVar[str]
     description: ClassVar[str]
-    Args: ClassVar[type[BaseModel]]
     writes: ClassVar[bool]
     """Changes the workspace: such calls wait for the git sync (a plugin decides)."""
+
+    @property
+    def Args(self) -> type[BaseModel]: ...
 
     async def run(self, args: Any, ctx: ToolContext) -> str: ...
 
@@ -87,7 +92,8 @@ class ToolRegistry:
         self._tools[tool.name] = tool
         # Built once: generating JSON schemas costs milliseconds, and every model call sends them.
         self._specs = [
-            {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.Args.model_json_schema()}}
+            {"type": "function",
+             "function": {"name": t.name, "description": t.description, "parameters": t.Args.model_json_schema()}}
             for t in self._tools.values()
         ]
 
@@ -114,7 +120,8 @@ class ToolRegistry:
         call = ToolCall(name, args.model_dump(), getattr(tool, "writes", False))
         call, outcome = await self._run(tool, call, args, ctx)
         if len(outcome.output) > MAX_OUTPUT_CHARS:
-            outcome = ToolOutcome(outcome.ok, outcome.output[:MAX_OUTPUT_CHARS] + f"\n[output cut at {MAX_OUTPUT_CHARS} characters]")
+            cut = outcome.output[:MAX_OUTPUT_CHARS] + f"\n[output cut at {MAX_OUTPUT_CHARS} characters]"
+            outcome = ToolOutcome(outcome.ok, cut)
         if self.hooks is not None:
             await _settle(self.hooks.hook.tool_execute_after(call=call, ctx=ctx, outcome=outcome))
         return outcome

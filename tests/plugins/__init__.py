@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from bot.agent.hookspecs import Block, ToolCall, hookimpl
 
 
 class NoForcePush:
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []
 
     @hookimpl
     def tool_execute_before(self, call: ToolCall, ctx):  # type: ignore[no-untyped-def]
