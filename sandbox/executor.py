@@ -119,7 +119,7 @@ class Executor:
             except Exception as exc:
                 if not await self._alive():
                     raise WorkspaceLost(str(exc) or "container not running") from exc
-                raise
+                raise ExecutorError(f"the sandbox's executor could not be started ({exc})") from exc
             conn = self._conn = Connection(transport)
             conn.reader = asyncio.create_task(self._read(conn), name=f"executor-{self.name}")
             return conn

@@ -18,7 +18,7 @@ from openai import AsyncOpenAI
 
 from bot.agent.model import BadModelOutput
 from bot.agent.tools import ToolContext, ToolRegistry
-from bot.events import AssistantMessage, TextDelta, ToolCallSpec, ToolCalled, ToolResult
+from bot.events import AssistantMessage, TextDelta, ToolCalled, ToolCallSpec, ToolResult
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Agent:
             if not calls:
                 return
             for call in calls:
-                ctx.emit(ToolCalled(**call))
+                ctx.emit(ToolCalled(id=call["id"], name=call["name"], arguments=call["arguments"]))
                 outcome = await self.tools.call(call["name"], call["arguments"], ctx)
                 ctx.emit(ToolResult(id=call["id"], name=call["name"], ok=outcome.ok, output=outcome.output))
                 messages.append({"role": "tool", "tool_call_id": call["id"], "content": outcome.output})
@@ -108,8 +108,9 @@ class Agent:
                 for _, c in sorted(calls.items())
             ]
             if text or tool_calls:
-                specs = [ToolCallSpec(**c) for c in tool_calls] if finished else []
-                ctx.emit(AssistantMessage(content="".join(text), tool_calls=specs, complete=finished))
+                asked = [ToolCallSpec(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in tool_calls]
+                asked = asked if finished else []
+                ctx.emit(AssistantMessage(content="".join(text), tool_calls=asked, complete=finished))
         if not text and not tool_calls:
             raise BadModelOutput("The model ended its answer without any text or tool call.")
         return "".join(text), tool_calls
