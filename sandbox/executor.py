@@ -111,6 +111,8 @@ class Executor:
             raise ExecutorError(f"the executor's reply did not make sense ({exc.errors()[0]['msg']})") from None
 
     async def _connection(self) -> Connection:
+        if self._conn is not None:
+            return self._conn
         async with self._lock:
             if self._conn is not None:
                 return self._conn
