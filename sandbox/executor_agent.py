@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional
 Message = Dict[str, Any]
 
 ROOT = os.path.realpath(sys.argv[1] if len(sys.argv) > 1 else "/workspace")
-UID = GID = 65534
+UID = GID = 65534  # sandbox/protocol.py: SANDBOX_UID, SANDBOX_HOME
 HOME = "/home/sandbox"
 MAX_READ = 4 * 1024 * 1024
 DRAIN = 0.1  # seconds to keep reading after a command exited, while something it left holds its output

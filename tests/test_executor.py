@@ -17,7 +17,7 @@ import pytest
 from sandbox.backend import LABEL, ContainerRef, SandboxLimits
 from sandbox.docker import DockerBackend
 from sandbox.executor import Executor, ExecutorError
-from sandbox.protocol import Exec, Ping, Read
+from sandbox.protocol import Edit, Exec, Ping, Read, Write
 from sandbox.shell_executor import ShellExecutor
 from tests.sandbox_fixtures import BASE_IMAGE, no_python_image
 
@@ -191,3 +191,17 @@ async def test_the_shell_executor_quotes_every_path():
     finally:
         await sb.ex.close()
         await sb.docker.remove(sb.ref)
+
+
+async def test_tools_and_commands_act_as_the_same_user(sandbox):
+    await sandbox.ex.call(Write(path="notes/a.txt", content="one\n"))
+    command = "echo two >> notes/a.txt && echo three > notes/b.txt && stat -c %U notes notes/a.txt"
+    appended = await sandbox.ex.call(Exec(cmd=command))
+    assert appended.exit_code == 0 and appended.output == "nobody\nnobody\n", "what a tool writes, a command can change"
+    assert (await sandbox.ex.call(Edit(path="notes/b.txt", old="three", new="3"))).replacements == 1
+    assert (await sandbox.ex.call(Read(path="notes/a.txt"))).content == "one\ntwo\n"
+    await sandbox.ex.call(Exec(cmd="ln -s /etc/shadow notes/shadow"))
+    with pytest.raises(ExecutorError, match="symbolic link"):
+        await sandbox.ex.call(Read(path="notes/shadow"))
+    root_only = await sandbox.ex.call(Exec(cmd="cat /etc/shadow"))
+    assert root_only.exit_code != 0 and "Permission denied" in root_only.output
