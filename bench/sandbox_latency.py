@@ -26,6 +26,7 @@ from pathlib import Path
 from bench.mention_latency import pct
 from sandbox.backend import LABEL, SandboxLimits
 from sandbox.docker import DockerBackend
+from sandbox.protocol import Exec
 from tests.conftest import service_env
 from tests.fakes.openai import FakeOpenAI, Reply, Request, ToolCall
 from tests.fakes.slack import FakeSlack
@@ -124,7 +125,7 @@ async def tool_call_figures(n: int) -> tuple[list[float], list[float]]:
         via_executor = []
         for _ in range(n):
             start = time.monotonic()
-            await executor.request("exec", cmd="true")
+            await executor.call(Exec(cmd="true"))
             via_executor.append(time.monotonic() - start)
         via_docker_exec = []
         for _ in range(max(10, n // 10)):

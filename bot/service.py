@@ -13,8 +13,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.agent.loop import Agent
 from bot.agent.model import ModelNotConfigured, make_client
-from bot.agent.plugins import GitSyncGate, SandboxContext, plugin_manager
-from bot.agent.tools import default_tools
+from bot.agent.plugins import BuiltinTools, GitSyncGate, SandboxContext, plugin_manager, tool_registry
 from bot.config import ConfigError, Settings
 from bot.repos import RepoCatalog, load_repos
 from bot.sessions.intake import Intake
@@ -39,9 +38,10 @@ class Service:
         with_sandboxes = len(self.catalog) > 0 and settings.sandbox_backend == "docker"
         self.sandbox: SandboxStack | None = SandboxStack(settings, self.db, self.catalog) if with_sandboxes else None
         manager = self.sandbox.manager if self.sandbox else None
-        self.hooks = plugin_manager(settings.plugins, builtins=[GitSyncGate(), SandboxContext(manager)])
+        builtins = [BuiltinTools(settings.sandbox_command_timeout), GitSyncGate(), SandboxContext(manager)]
+        self.hooks = plugin_manager(settings.plugins, builtins=builtins)
         self._model: AsyncOpenAI | None = make_client(settings) if settings.model_configured else None
-        tools = default_tools(self.hooks, command_timeout=settings.sandbox_command_timeout)
+        tools = tool_registry(self.hooks)
         self.agent = Agent(self._model_client, settings.agent_model, tools, settings.max_tool_steps)
         self.sessions = SessionService(settings, self.db, self.agent, self.catalog, manager, self.hooks)
         self.processed = ProcessedEvents(self.db)

@@ -1,28 +1,35 @@
 """The Docker backend, on docker-py's low-level API (blocking calls run in threads).
 
 Containers run `sleep infinity` under docker-init as PID 1; the executor is a separate process
-started by one `docker exec` whose hijacked stdin/stdout socket becomes an asyncio stream, so a
-dead executor is restarted without losing the container.
+started by one `docker exec`. Its stdin/stdout travel over a connection to the engine that this
+module opens itself and upgrades with the documented `POST /exec/{id}/start` (no private
+attributes of docker-py), and Docker's stream framing is taken off here, so the executor reads
+plain bytes. A dead executor is restarted without losing the container.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import socket
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from sandbox.backend import LABEL, ContainerRef, SandboxLimits
 from sandbox.executor import START, Executor, NoPython
+from sandbox.framing import MAX_FRAME, ProtocolError
+from sandbox.protocol import WORKSPACE, Ping
 from sandbox.shell_executor import LOOP, ShellExecutor
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-WORKSPACE = "/workspace"
+DEFAULT_HOST = "unix:///var/run/docker.sock"
 # Docker's default capabilities minus the network and device ones a coding sandbox never needs.
 CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID"]
 
@@ -31,17 +38,54 @@ class DockerUnavailable(Exception):
     pass
 
 
+class ExecStream:
+    """An exec's hijacked connection: stdout frames come out as plain bytes, stderr is logged."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str):
+        self._reader = reader
+        self._writer = writer
+        self._name = name
+
+    async def read(self) -> bytes:
+        while True:
+            try:
+                header = await self._reader.readexactly(8)
+                size = int.from_bytes(header[4:], "big")
+                if size > MAX_FRAME:
+                    raise ProtocolError(f"a Docker stream frame of {size:,} bytes")
+                payload = await self._reader.readexactly(size)
+            except asyncio.IncompleteReadError:
+                return b""
+            if header[0] == 1:
+                return payload
+            if header[0] == 2:
+                log.warning("executor %s: %s", self._name, payload.decode("utf-8", "replace").rstrip()[:2000])
+                continue
+            raise ProtocolError(f"unknown Docker stream {header[0]}")
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 class DockerBackend:
-    def __init__(self, limits: SandboxLimits, client: docker.APIClient | None = None):
+    def __init__(self, limits: SandboxLimits, host: str | None = None):
         self.limits = limits
+        self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
+        url = urlparse(self.host)
+        if url.scheme not in ("unix", "tcp", "http") or os.environ.get("DOCKER_TLS_VERIFY"):
+            raise DockerUnavailable(f"DOCKER_HOST {self.host}: only unix:// and plain tcp:// engines are supported")
+        self._address = url
         try:
-            self.api: docker.APIClient = client or docker.from_env(timeout=600).api
+            self.api: docker.APIClient = docker.APIClient(base_url=self.host, version="auto", timeout=600)
             self.api.ping()
         except Exception as exc:
-            host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-            raise DockerUnavailable(f"no Docker engine at {host} ({type(exc).__name__})") from None
+            raise DockerUnavailable(f"no Docker engine at {self.host} ({type(exc).__name__})") from None
 
-    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """docker-py blocks: its calls run in a worker thread (never on a tool call's path)."""
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def create(self, image: str, labels: dict[str, str]) -> ContainerRef:
@@ -64,16 +108,18 @@ class DockerBackend:
                 environment={"HOME": "/root", "LANG": "C.UTF-8"}, host_config=host_config,
             )
             self.api.start(container["Id"])
-            return container["Id"]
+            return str(container["Id"])
 
         return ContainerRef(await self._run(create_and_start), image, labels)
 
     async def executor(self, ref: ContainerRef) -> Executor:
-        """The python3 executor, or the shell executor when the image has no python3."""
-        def connector(argv: list[str]):  # type: ignore[no-untyped-def]
-            async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-                raw = await self._run(self._start_executor, ref.id, argv)
-                return await asyncio.open_connection(sock=raw)
+        """The python3 executor, or the shell executor when the image has no usable python3."""
+        name = ref.id[:12]
+
+        def connector(argv: list[str]) -> Any:
+            async def connect() -> ExecStream:
+                exec_id = await self._run(self._exec_create, ref.id, argv)
+                return await self._attach(exec_id, name)
             return connect
 
         async def kill_group(pid: int) -> None:
@@ -81,15 +127,15 @@ class DockerBackend:
             # it a second later); a plain positive pid, because dash's kill takes no group.
             await self.docker_exec(ref, ["sh", "-c", f"kill -TERM {int(pid)}"])
 
-        executor: Executor = Executor(connector(START), lambda: self.is_running(ref), ref.id[:12])
+        executor: Executor = Executor(connector(START), lambda: self.is_running(ref), name)
         try:
-            await executor.request("ping")
+            await executor.call(Ping())
             return executor
         except NoPython:
             await executor.close()
-            executor = ShellExecutor(connector(["sh", "-c", LOOP]), lambda: self.is_running(ref), ref.id[:12], kill_group)
+            executor = ShellExecutor(connector(["sh", "-c", LOOP]), lambda: self.is_running(ref), name, kill_group)
             try:
-                await executor.request("ping")
+                await executor.call(Ping())
             except BaseException:
                 await executor.close()
                 raise
@@ -98,15 +144,33 @@ class DockerBackend:
             await executor.close()
             raise
 
-    def _start_executor(self, container_id: str, argv: list[str]) -> socket.socket:
-        exec_id = self.api.exec_create(container_id, argv, stdin=True, stdout=True, stderr=True, tty=False)["Id"]
-        hijacked = self.api.exec_start(exec_id, socket=True)
-        inner = getattr(hijacked, "_sock", hijacked)
-        # Our own descriptor for the connection, so docker-py's objects can be let go.
-        raw = socket.socket(inner.family, inner.type, fileno=os.dup(inner.fileno()))
-        raw.setblocking(False)
-        hijacked.close()
-        return raw
+    def _exec_create(self, container_id: str, argv: list[str]) -> str:
+        # As root: the executor itself hands commands and file operations to the sandbox user.
+        created = self.api.exec_create(container_id, argv, stdin=True, stdout=True, stderr=True, tty=False, user="0")
+        return str(created["Id"])
+
+    async def _attach(self, exec_id: str, name: str) -> ExecStream:
+        """Start the exec on a connection of our own, upgraded to a raw stream (Engine API)."""
+        if self._address.scheme == "unix":
+            reader, writer = await asyncio.open_unix_connection(self._address.path)
+        else:
+            reader, writer = await asyncio.open_connection(self._address.hostname, self._address.port or 2375)
+        body = b'{"Detach": false, "Tty": false}'
+        writer.write(
+            f"POST /v{self.api.api_version}/exec/{exec_id}/start HTTP/1.1\r\nHost: docker\r\n"
+            f"Content-Type: application/json\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        )
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as exc:
+            writer.close()
+            raise ConnectionError(f"the engine did not start the executor ({type(exc).__name__})") from None
+        status = head.split(b"\r\n", 1)[0]
+        if status.split(b" ")[1:2] not in ([b"101"], [b"200"]):
+            writer.close()
+            raise ConnectionError(f"the engine refused the executor stream: {status.decode('latin-1')}")
+        return ExecStream(reader, writer, name)
 
     async def snapshot(self, ref: ContainerRef, repository: str, tag: str, labels: dict[str, str], pause: bool = False) -> str:
         changes = [f'LABEL {k}="{v}"' for k, v in {f"{LABEL}.managed": "1", **labels}.items()]
@@ -121,10 +185,8 @@ class DockerBackend:
         return bool(state.get("Running")) and not state.get("Paused")
 
     async def stop(self, ref: ContainerRef) -> None:
-        try:
+        with contextlib.suppress(NotFound):
             await self._run(self.api.stop, ref.id, timeout=2)
-        except NotFound:
-            pass
 
     async def remove(self, ref: ContainerRef) -> None:
         try:
@@ -161,6 +223,6 @@ class DockerBackend:
         def run() -> tuple[int, bytes]:
             exec_id = self.api.exec_create(ref.id, argv, stdout=True, stderr=True)["Id"]
             output = self.api.exec_start(exec_id)
-            return self.api.exec_inspect(exec_id)["ExitCode"], output
+            return int(self.api.exec_inspect(exec_id)["ExitCode"]), bytes(output)
 
         return await self._run(run)

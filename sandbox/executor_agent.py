@@ -1,18 +1,27 @@
-"""The executor that runs inside a sandbox container (python3 standard library only).
+"""The executor that runs inside a sandbox container (python3 >= 3.9, standard library only).
 
-It is started once per container through one `docker exec` and then serves every tool call over
-its stdin/stdout, which costs milliseconds instead of a `docker exec` per call. Messages both ways
-are frames: an ASCII length, a newline, then that many bytes of JSON. Command output travels
-inside the JSON, escaped, so nothing a command prints can pass for a reply. Every request runs
-in its own thread; every command runs in its own process group, so a timeout or a cancel kills
-the whole tree. Paths are confined to the workspace: absolute paths, `..` and symlinks that
-leave it are refused.
+It is started once per container, as root, through one `docker exec` and then serves every tool
+call over its stdin/stdout, which costs milliseconds instead of a `docker exec` per call. Messages
+both ways are frames: an ASCII length, a newline, then that many bytes of JSON.
+
+Nothing a command does can reach those frames: commands run as the unprivileged sandbox user
+(nobody), with only their own output pipe and /dev/null as descriptors, so they can neither open
+the executor's descriptors through /proc/<pid>/fd nor signal it. File operations run with that
+user's file-system identity too (setfsuid, per thread), so the tools can do what a command
+could, and no more. Paths are confined to the workspace: absolute paths, `..` and symlinks that
+leave it are refused. Every command runs in its own process group; when it ends, what it left
+behind is killed.
 
     python3 -u -c "$(cat executor_agent.py)" /workspace
 """
 
+# It runs on the image's python3, whatever its version: old syntax (%-formatting, `typing`
+# generics), so that on a python3 too old to serve, the version check itself still runs and says so.
+
+import contextlib
 import json
 import os
+import queue
 import select
 import shutil
 import signal
@@ -20,25 +29,43 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any, Callable, Dict, List, Optional
+
+Message = Dict[str, Any]
 
 ROOT = os.path.realpath(sys.argv[1] if len(sys.argv) > 1 else "/workspace")
+UID = GID = 65534  # sandbox/protocol.py: SANDBOX_UID, SANDBOX_HOME
+HOME = "/home/sandbox"
 MAX_READ = 4 * 1024 * 1024
+DRAIN = 0.1  # seconds to keep reading after a command exited, while something it left holds its output
 _out = threading.Lock()
-_running = {}
+_running: "Dict[int, subprocess.Popen[bytes]]" = {}
+_libc: Any = None
+_jobs: "queue.SimpleQueue[Message]" = queue.SimpleQueue()
+_idle = [0]  # workers waiting for a job
+_idle_lock = threading.Lock()
 
 
 class Refused(Exception):
     pass
 
 
-def send(message):
+def send(message: Message) -> None:
     data = json.dumps(message, ensure_ascii=True).encode()
     with _out:
         sys.stdout.buffer.write(str(len(data)).encode() + b"\n" + data)
         sys.stdout.buffer.flush()
 
 
-def resolve(rel):
+def as_sandbox_user() -> bool:
+    """File access of this thread gets the sandbox user's permissions and ownership (commands
+    get its full identity from Popen; exec resets a child's file-system ids to its own)."""
+    _libc.setfsgid(GID)
+    _libc.setfsuid(UID)
+    return bool(_libc.setfsuid(-1) == UID)  # an invalid id changes nothing and returns the current one
+
+
+def resolve(rel: Any) -> str:
     if not isinstance(rel, str) or "\0" in rel:
         raise Refused("a path must be a string")
     if rel.startswith("/") or rel.startswith("~"):
@@ -52,45 +79,67 @@ def resolve(rel):
     return real
 
 
-def op_ping(req):
+def op_ping(req: Message) -> Message:
     return {"pid": os.getpid(), "root": ROOT}
 
 
-def op_exec(req):
+def op_exec(req: Message) -> Message:
     """Run a shell command; `argv` instead of `cmd` runs a program without a shell."""
     timeout, cap = float(req.get("timeout", 120)), int(req.get("cap", 100000))
     argv = req.get("argv") or ["/bin/sh", "-c", req["cmd"]]
-    cwd = resolve(req.get("cwd", "."))
+    cwd = resolve(req.get("cwd") or ".")
+    env = dict(os.environ) if req.get("as_root") else dict(os.environ, HOME=HOME)
+    env.update(req.get("env") or {})
     started = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ, **(req.get("env") or {})))
+    deadline = started + timeout
+    proc = _spawn(argv, cwd, env, bool(req.get("as_root")))
     _running[req["id"]] = proc
-    kept, total, timed_out = [], 0, False
-    fd = proc.stdout.fileno()
+    kept: List[bytes] = []
+    total, timed_out = 0, False
+    exited_at: Optional[float] = None
+    assert proc.stdout is not None
+    out = proc.stdout.fileno()
+    exit_fd = _pidfd(proc.pid)  # readable when the command exits: no polling for it
+    watch = [out] + ([exit_fd] if exit_fd is not None else [])
     try:
-        while True:
-            left = started + timeout - time.monotonic()
-            if left <= 0:
+        while True:  # read the output until the command exits (and shortly after, while output is left)
+            now = time.monotonic()
+            if now >= deadline:
                 timed_out = True
                 break
-            ready, _, _ = select.select([fd], [], [], min(left, 0.5))
-            if not ready:
-                if proc.poll() is not None:
-                    break
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and (out not in watch or now - exited_at > DRAIN):
                 break
+            if not watch:  # output closed and no pidfd: wait for the command itself
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(deadline - now)
+                continue
+            limit = deadline - now
+            if exited_at is not None:
+                limit = min(limit, exited_at + DRAIN - now)
+            elif exit_fd is None:
+                limit = min(limit, 0.5)
+            ready, _, _ = select.select(watch, [], [], max(limit, 0))
+            if exit_fd in ready:
+                watch.remove(exit_fd)
+            if out not in ready:
+                continue
+            chunk = os.read(out, 65536)
+            if not chunk:
+                watch.remove(out)  # closed; the command may go on working, so wait for it
+                continue
             if total < cap:
                 kept.append(chunk[: cap - total])
             total += len(chunk)
-            if req.get("stream"):
-                send({"id": req["id"], "chunk": chunk.decode("utf-8", "replace")})
     finally:
-        _kill_group(proc)
+        if proc.poll() is None:
+            _kill_group(proc)
         code = proc.wait()
-        _sweep_group(proc.pid)
+        _sweep_group(proc.pid)  # what it started and left behind
+        proc.stdout.close()
+        if exit_fd is not None:
+            os.close(exit_fd)
         _running.pop(req["id"], None)
     return {
         "exit_code": None if timed_out else code,
@@ -103,14 +152,30 @@ def op_exec(req):
     }
 
 
-def _kill_group(proc):
+def _spawn(argv: List[str], cwd: str, env: Dict[str, str], as_root: bool) -> "subprocess.Popen[bytes]":
+    """In its own session (so its own process group), with /dev/null and one pipe as its only
+    descriptors, and as the sandbox user unless the host asked for root (image setup)."""
+    if as_root:
+        return subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=env)
+    return subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=env,
+                            user=UID, group=GID, extra_groups=[])
+
+
+def _pidfd(pid: int) -> Optional[int]:
     try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # Python < 3.9 or a kernel before 5.3
+        return None
+
+
+def _kill_group(proc: "subprocess.Popen[bytes]") -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)  # the command and everything it started
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
-def _sweep_group(pgid):
+def _sweep_group(pgid: int) -> None:
     """Kill the group until it is empty: a process forked while the last signal went out (a fork
     bomb) survives one killpg. Bounded, in case PID 1 is slow to reap."""
     for _ in range(200):
@@ -121,14 +186,14 @@ def _sweep_group(pgid):
         time.sleep(0.005)
 
 
-def op_cancel(req):
+def op_cancel(req: Message) -> Message:
     proc = _running.get(req["target"])
     if proc is not None:
         _kill_group(proc)
     return {"cancelled": proc is not None}
 
 
-def op_read(req):
+def op_read(req: Message) -> Message:
     path = resolve(req["path"])
     if os.path.isdir(path):
         raise Refused("%r is a directory" % req["path"])
@@ -140,7 +205,7 @@ def op_read(req):
     return {"content": text, "truncated": len(data) > MAX_READ}
 
 
-def op_write(req):
+def op_write(req: Message) -> Message:
     path = resolve(req["path"])
     os.makedirs(os.path.dirname(path), exist_ok=True)
     data = req["content"].encode("utf-8")
@@ -149,24 +214,25 @@ def op_write(req):
     return {"bytes": len(data)}
 
 
-def op_edit(req):
+def op_edit(req: Message) -> Message:
     path = resolve(req["path"])
-    with open(path, "r", encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         text = f.read()
     old, new = req["old"], req["new"]
     count = text.count(old) if old else 0
     if count == 0:
         raise Refused("the text to replace was not found in %r" % req["path"])
     if count > 1 and not req.get("replace_all"):
-        raise Refused("the text to replace occurs %d times in %r; give more context or set replace_all" % (count, req["path"]))
+        raise Refused("the text to replace occurs %d times in %r; give more context or set replace_all"
+                      % (count, req["path"]))
     with open(path, "w", encoding="utf-8") as f:
         f.write(text.replace(old, new) if req.get("replace_all") else text.replace(old, new, 1))
     return {"replacements": count if req.get("replace_all") else 1}
 
 
-def op_list(req):
-    path = resolve(req.get("path", "."))
-    entries = []
+def op_list(req: Message) -> Message:
+    path = resolve(req.get("path") or ".")
+    entries: List[Message] = []
     for name in sorted(os.listdir(path))[:2000]:
         full = os.path.join(path, name)
         kind = "link" if os.path.islink(full) else "dir" if os.path.isdir(full) else "file"
@@ -174,27 +240,53 @@ def op_list(req):
     return {"entries": entries}
 
 
-def op_search(req):
-    path = resolve(req.get("path", "."))
+def op_search(req: Message) -> Message:
+    path = resolve(req.get("path") or ".")
     rel = os.path.relpath(path, ROOT)
     if shutil.which("rg"):
-        argv = ["rg", "--line-number", "--no-heading", "--color=never", "--max-count=50", "-e", req["pattern"], rel]
+        argv = ["rg", "--line-number", "--no-heading", "--color=never", "--max-count=50", "-e", req["pattern"], "--", rel]
         if req.get("glob"):
             argv[1:1] = ["--glob", req["glob"]]
     else:
-        argv = ["grep", "-rnIE", "--exclude-dir=.git", "-m", "50", "-e", req["pattern"], rel]
+        argv = ["grep", "-rnIE", "--exclude-dir=.git", "-m", "50", "-e", req["pattern"], "--", rel]
         if req.get("glob"):
             argv.insert(1, "--include=" + req["glob"])
     return op_exec({"id": req["id"], "argv": argv, "cwd": ".", "timeout": req.get("timeout", 30), "cap": req.get("cap", 50000)})
 
 
-OPS = {"ping": op_ping, "exec": op_exec, "cancel": op_cancel, "read": op_read, "write": op_write,
-       "edit": op_edit, "list": op_list, "search": op_search}
+OPS: Dict[str, Callable[[Message], Message]] = {
+    "ping": op_ping, "exec": op_exec, "cancel": op_cancel, "read": op_read, "write": op_write,
+    "edit": op_edit, "list": op_list, "search": op_search,
+}
 
 
-def handle(req):
+def dispatch(req: Message) -> None:
+    """Hand the request to an idle worker thread, or to a new one: a long command never holds
+    up a cancel or a read, and threads are reused rather than started per request."""
+    with _idle_lock:
+        start = _idle[0] == 0
+        if not start:
+            _idle[0] -= 1
+    if start:
+        threading.Thread(target=_worker, daemon=True).start()
+    _jobs.put(req)
+
+
+def _worker() -> None:
+    confined = as_sandbox_user()
+    while True:
+        req = _jobs.get()
+        if confined:
+            handle(req)
+        else:
+            send({"id": req.get("id"), "ok": False, "error": "the executor could not take the sandbox user's identity"})
+        with _idle_lock:
+            _idle[0] += 1
+
+
+def handle(req: Message) -> None:
     try:
-        op = OPS.get(req.get("op"))
+        op = OPS.get(str(req.get("op")))
         if op is None:
             raise Refused("unknown operation %r" % req.get("op"))
         result = op(req)
@@ -202,22 +294,61 @@ def handle(req):
     except Refused as exc:
         send({"id": req.get("id"), "ok": False, "error": str(exc)})
     except FileNotFoundError as exc:
-        send({"id": req.get("id"), "ok": False, "error": "no such file or directory: %s" % os.path.relpath(exc.filename or "?", ROOT)})
+        where = os.path.relpath(exc.filename or "?", ROOT)
+        send({"id": req.get("id"), "ok": False, "error": "no such file or directory: %s" % where})
+    except PermissionError as exc:
+        where = os.path.relpath(exc.filename or "?", ROOT)
+        send({"id": req.get("id"), "ok": False, "error": "permission denied: %s" % where})
     except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         send({"id": req.get("id"), "ok": False, "error": "%s: %s" % (type(exc).__name__, exc)})
 
 
-def main():
+def usable() -> bool:
+    """python3 >= 3.9 (Popen's user=) and ctypes (setfsuid); else the shell executor takes over."""
+    global _libc
+    if sys.version_info < (3, 9):
+        return False
+    try:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        return False
+    return all(hasattr(_libc, name) for name in ("setfsuid", "setfsgid", "prctl"))
+
+
+def prepare() -> None:
+    """Not dumpable: /proc/<pid>/fd and ptrace need CAP_SYS_PTRACE, which no sandbox process has.
+    The workspace and HOME belong to the sandbox user (an image may predate that rule)."""
+    _libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    for path in (ROOT, HOME):
+        os.makedirs(path, exist_ok=True)
+    if os.stat(HOME).st_uid != UID:
+        os.chown(HOME, UID, GID)
+        os.chmod(HOME, 0o700)
+    if os.stat(ROOT).st_uid != UID:
+        for top, dirs, files in os.walk(ROOT):
+            for name in dirs + files:
+                os.lchown(os.path.join(top, name), UID, GID)
+        os.chown(ROOT, UID, GID)
+
+
+def main() -> None:
+    if not usable():
+        send({"absent": "python3"})
+        return
+    prepare()
     stdin = sys.stdin.buffer
-    while True:
-        header = stdin.readline()
-        if not header:
-            return
-        try:
+    try:
+        while True:
+            header = stdin.readline()
+            if not header:
+                return
             req = json.loads(stdin.read(int(header)))
-        except ValueError:
-            continue
-        threading.Thread(target=handle, args=(req,), daemon=True).start()
+            dispatch(req)
+    finally:  # the host let go: nothing of ours keeps running
+        for proc in list(_running.values()):
+            _kill_group(proc)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from bot.store.db import Database
 from bot.store.tables import ImageRow
 from sandbox.backend import LABEL, SandboxBackend
 from sandbox.executor import Executor
+from sandbox.gitrefs import InvalidBranch, check_branch
+from sandbox.protocol import SANDBOX_HOME, SANDBOX_UID, WORKSPACE, Exec
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +56,7 @@ class ImageBuilder:
         """Called with (repo, image tag) after a build lands, e.g. to refresh the warm pool."""
 
     async def latest(self, repo: str) -> str | None:
-        async with self.db.session() as s:
-            row = (
-                await s.execute(
-                    select(ImageRow).where(ImageRow.repo == repo, ImageRow.status == "ready").order_by(ImageRow.id.desc()).limit(1)
-                )
-            ).scalar_one_or_none()
+        row = await self._latest_row(repo)
         return row.tag if row else None
 
     async def build(self, repo: Repo, force: bool = True) -> str:
@@ -80,14 +77,24 @@ class ImageBuilder:
         lines: list[str] = []
         ref = None
         try:
+            try:
+                branch = check_branch(repo.default_branch)
+            except InvalidBranch as exc:
+                lines.append(str(exc))
+                raise _StepFailed(f"checking the branch name: {exc}") from None
             ref = await self.backend.create(repo.image.base, {f"{LABEL}.role": "build", f"{LABEL}.repo": repo.name})
             ex = await self.backend.executor(ref)
-            await self._step(ex, lines, "clone", f"git clone --quiet --branch {_q(repo.default_branch)} {_q(repo.clone_url or '')} .")
-            commit = (await self._step(ex, lines, "commit", "git rev-parse HEAD")).strip()
+            clone = ["git", "clone", "--quiet", "--branch", branch, "--", repo.clone_url or "", "."]
+            await self._step(ex, lines, "clone", Exec(argv=clone))
+            commit = (await self._step(ex, lines, "commit", Exec(argv=["git", "rev-parse", "HEAD"]))).strip()
+            # Setup steps come from the operator's config and install things: they run as root,
+            # and what they leave in the workspace is handed to the sandbox user afterwards.
             for command in repo.image.setup:
-                await self._step(ex, lines, f"setup: {command}", command)
-            for command in repo.image.warm:
-                await self._step(ex, lines, f"warm: {command}", command, fatal=False)
+                await self._step(ex, lines, f"setup: {command}", Exec(cmd=command, as_root=True))
+            owner = f"{SANDBOX_UID}:{SANDBOX_UID}"
+            await self._step(ex, lines, "ownership", Exec(argv=["chown", "-R", owner, WORKSPACE, SANDBOX_HOME], as_root=True))
+            for command in repo.image.warm:  # as the sandbox user: its caches are the ones sessions use
+                await self._step(ex, lines, f"warm: {command}", Exec(cmd=command), fatal=False)
             tag = f"{commit[:12]}-b{row.id}"  # unique: the same commit may be built again
             image = await self.backend.snapshot(
                 ref, image_repository(repo.name), tag,
@@ -114,19 +121,19 @@ class ImageBuilder:
                 await result
         return image
 
-    async def _step(self, ex: Executor, lines: list[str], name: str, command: str, fatal: bool = True) -> str:
-        lines.append(f"$ {command}")
-        result = await ex.request("exec", cmd=command, timeout=self.step_timeout, cap=LOG_LIMIT)
-        lines.append(result["output"].rstrip())
-        ok = result["exit_code"] == 0
-        if not ok:
-            lines.append(f"[{'timed out' if result['timed_out'] else 'exit ' + str(result['exit_code'])}]")
+    async def _step(self, ex: Executor, lines: list[str], name: str, step: Exec, fatal: bool = True) -> str:
+        lines.append(f"$ {step.cmd if step.cmd is not None else shlex.join(step.argv or [])}")
+        result = await ex.call(step.model_copy(update={"timeout": self.step_timeout, "cap": LOG_LIMIT}))
+        lines.append(result.output.rstrip())
+        if result.exit_code != 0:
+            lines.append(f"[{'timed out' if result.timed_out else 'exit ' + str(result.exit_code)}]")
             if fatal:
                 raise _StepFailed(name)
             log.info("warm-up step %r failed (not fatal)", name)
-        return result["output"]
+        return result.output
 
-    async def _finish(self, row_id: int, status: str, started: float, text: str, tag: str | None = None, commit: str | None = None) -> None:
+    async def _finish(self, row_id: int, status: str, started: float, text: str,
+                      tag: str | None = None, commit: str | None = None) -> None:
         values: dict[str, object] = {"status": status, "duration_s": time.time() - started, "log": text[-LOG_LIMIT:]}
         if tag:
             values.update(tag=tag, commit=commit)
@@ -134,21 +141,20 @@ class ImageBuilder:
             await s.execute(update(ImageRow).where(ImageRow.id == row_id).values(**values))
 
     async def _latest_row(self, repo: str) -> ImageRow | None:
+        rows = await self._ready(repo, limit=1)
+        return rows[0] if rows else None
+
+    async def _ready(self, repo: str, limit: int | None = None) -> list[ImageRow]:
+        """A repo's ready images, newest first."""
+        query = select(ImageRow).where(ImageRow.repo == repo, ImageRow.status == "ready").order_by(ImageRow.id.desc())
         async with self.db.session() as s:
-            return (
-                await s.execute(
-                    select(ImageRow).where(ImageRow.repo == repo, ImageRow.status == "ready").order_by(ImageRow.id.desc()).limit(1)
-                )
-            ).scalar_one_or_none()
+            return list((await s.execute(query.limit(limit))).scalars())
 
     async def prune(self, repo: str) -> None:
         """Keep the newest `keep` ready images of a repo; remove the rest."""
-        async with self.db.session() as s:
-            rows = (
-                await s.execute(select(ImageRow).where(ImageRow.repo == repo, ImageRow.status == "ready").order_by(ImageRow.id.desc()))
-            ).scalars().all()
-        for old in rows[self.keep :]:
-            await self.backend.remove_image(old.tag)  # type: ignore[arg-type]
+        for old in (await self._ready(repo))[self.keep :]:
+            if old.tag:
+                await self.backend.remove_image(old.tag)
             async with self.db.session() as s, s.begin():
                 await s.execute(update(ImageRow).where(ImageRow.id == old.id).values(status="pruned"))
 
@@ -173,6 +179,3 @@ async def remote_tip(url: str, branch: str) -> str | None:
     first = out.decode().split()
     return first[0] if first else None
 
-
-def _q(text: str) -> str:
-    return shlex.quote(text)

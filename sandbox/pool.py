@@ -12,9 +12,10 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.engine import CursorResult
 
 from bot.repos import RepoCatalog
 from bot.store.db import Database
@@ -22,6 +23,7 @@ from bot.store.tables import PoolEntryRow
 from sandbox.backend import LABEL, ContainerRef, SandboxBackend
 from sandbox.executor import Executor
 from sandbox.images import ImageBuilder
+from sandbox.protocol import Ping
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,10 @@ class WarmPool:
                         .where(PoolEntryRow.container_id == entry.ref.id, PoolEntryRow.status == "warm")
                         .values(status="claimed", session_id=session_id)
                     )
-                if result.rowcount != 1:
+                if cast(CursorResult[Any], result).rowcount != 1:
                     continue  # another instance took it
                 try:
-                    await entry.executor.request("ping")
+                    await entry.executor.call(Ping())
                 except Exception:
                     log.info("warm container %s was dead; discarding it", entry.ref.id[:12])
                     await self._discard(entry)

@@ -1,10 +1,11 @@
 """Each session's sandbox: acquired in parallel with the first model call, synced in the background.
 
 Acquisition order: the session's last snapshot if it has one (a follow-up keeps its work), else a
-warm pool entry → a container from the repo's latest image → a build. Reads may run as soon as the container exists; writes wait for the git
-sync (the gate is a plugin, see bot/agent/plugins.py). When a turn ends the workspace is
-committed as the session's snapshot, in the background; an idle container is removed and the
-next prompt restores the snapshot. Nothing here knows about Slack.
+warm pool entry → a container from the repo's latest image → a build. Reads may run as soon as the
+container exists; writes wait for the git sync (the gate is a plugin, see bot/agent/plugins.py).
+When a turn ends the workspace is committed as the session's snapshot, in the background; an idle
+container is removed and the next prompt restores the snapshot. Nothing here knows about Slack,
+and nothing here writes the sessions layer's rows: snapshots are recorded in the sandbox's own table.
 """
 
 from __future__ import annotations
@@ -14,24 +15,27 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
-
 from bot.repos import Repo, RepoCatalog
 from bot.store.db import Database
-from bot.store.tables import SessionRow
 from sandbox.backend import LABEL, ContainerRef, SandboxBackend
-from sandbox.executor import Executor, SandboxLost
+from sandbox.executor import Executor
+from sandbox.gitrefs import check_branch
 from sandbox.images import ImageBuilder
 from sandbox.pool import WarmPool
+from sandbox.protocol import Edit, Exec, ListDir, Read, Search, Write
+from sandbox.snapshots import SnapshotRecords
+from sandbox.workspace import CommandResult, DirEntry, FileText, WorkspaceLost, WorkspaceUnavailable
 
 log = logging.getLogger(__name__)
 
 
-class SandboxUnavailable(Exception):
+class SandboxUnavailable(WorkspaceUnavailable):
     """The sandbox could not be prepared (e.g. the image build failed)."""
 
 
 class SessionSandbox:
+    """A session's container, as the agent's `Workspace`."""
+
     def __init__(self, session_id: str, repo: Repo, work_branch: str):
         self.session_id = session_id
         self.repo = repo
@@ -49,14 +53,48 @@ class SessionSandbox:
         self.task: asyncio.Task[None] | None = None
         self.snapshotting: asyncio.Task[None] | None = None
 
-    async def executor(self) -> Executor:
-        """The container's executor, once the container exists (reads need no more)."""
-        self.last_used = time.monotonic()
-        return await asyncio.shield(self._ready)
+    # -- the Workspace protocol ------------------------------------------------------------
+
+    @property
+    def branch(self) -> str:
+        return self.work_branch
 
     async def wait_synced(self) -> None:
         """Returns when the workspace is on the session's branch at the base branch tip."""
         await asyncio.shield(self._synced)
+
+    async def read(self, path: str) -> FileText:
+        return await (await self.executor()).call(Read(path=path))
+
+    async def list_dir(self, path: str = ".") -> list[DirEntry]:
+        return (await (await self.executor()).call(ListDir(path=path))).entries
+
+    async def search(self, pattern: str, path: str = ".", glob: str | None = None) -> CommandResult:
+        return await (await self.executor()).call(Search(pattern=pattern, path=path, glob=glob))
+
+    async def write(self, path: str, content: str) -> int:
+        return (await (await self.executor()).call(Write(path=path, content=content))).bytes
+
+    async def edit(self, path: str, old: str, new: str, replace_all: bool = False) -> int:
+        request = Edit(path=path, old=old, new=new, replace_all=replace_all)
+        return (await (await self.executor()).call(request)).replacements
+
+    async def run(self, command: str, timeout: float, cap: int = 30_000) -> CommandResult:
+        return await (await self.executor()).call(Exec(cmd=command, timeout=timeout, cap=cap))
+
+    async def diff(self, path: str | None = None) -> CommandResult:
+        argv = ["git", "diff", "HEAD", "--", path] if path else ["git", "diff", "HEAD"]
+        return await (await self.executor()).call(Exec(argv=argv, timeout=60, cap=30_000))
+
+    async def status(self) -> CommandResult:
+        return await (await self.executor()).call(Exec(argv=["git", "status", "--short", "--branch"], timeout=60, cap=30_000))
+
+    # -- acquisition -----------------------------------------------------------------------
+
+    async def executor(self) -> Executor:
+        """The container's executor, once the container exists (reads need no more)."""
+        self.last_used = time.monotonic()
+        return await asyncio.shield(self._ready)
 
     @property
     def ready(self) -> bool:
@@ -94,6 +132,7 @@ class SandboxManager:
         self.pool = pool
         self.idle_timeout = idle_timeout
         self.snapshot_retention = snapshot_retention
+        self.snapshots = SnapshotRecords(db)
         self._sandboxes: dict[str, SessionSandbox] = {}
 
     def get(self, session_id: str) -> SessionSandbox | None:
@@ -115,7 +154,7 @@ class SandboxManager:
 
     async def _acquire(self, sb: SessionSandbox) -> None:
         try:
-            snapshot = await self._snapshot_of(sb.session_id)
+            snapshot = await self.snapshots.image(sb.session_id)
             entry = None
             if not (snapshot and await self.backend.image_exists(snapshot)):
                 snapshot = None  # a session with earlier work must get its own snapshot, never a fresh entry
@@ -142,7 +181,7 @@ class SandboxManager:
             raise
         except Exception as exc:
             log.warning("sandbox for session %s could not be prepared: %s", sb.session_id, exc)
-            sb._fail(exc if isinstance(exc, SandboxLost) else SandboxUnavailable(str(exc)))
+            sb._fail(exc if isinstance(exc, WorkspaceLost) else SandboxUnavailable(str(exc)))
 
     async def _image_for(self, sb: SessionSandbox) -> tuple[str, str]:
         latest = await self.images.latest(sb.repo.name)
@@ -151,15 +190,17 @@ class SandboxManager:
         return await self.images.build(sb.repo, force=False), "build"
 
     async def _sync(self, sb: SessionSandbox, executor: Executor) -> str | None:
-        """Fetch the base branch tip onto the session's own branch; on failure keep the image's commit."""
-        base, work = sb.repo.default_branch, sb.work_branch
-        result = await executor.request(
-            "exec", cmd=f"git fetch --quiet origin {base} && git checkout --quiet -B {work} FETCH_HEAD", timeout=300
-        )
-        if result["exit_code"] == 0:
-            return None
-        await executor.request("exec", cmd=f"git checkout --quiet -B {work}", timeout=60)
-        reason = (result["output"].strip().splitlines() or ["timed out" if result["timed_out"] else "unknown error"])[-1]
+        """Fetch the base branch tip onto the session's own branch; on failure keep the image's commit.
+
+        Branch names are checked and passed as arguments: no shell ever sees them."""
+        base, work = check_branch(sb.repo.default_branch), check_branch(sb.work_branch)
+        result = await executor.call(Exec(argv=["git", "fetch", "--quiet", "origin", f"refs/heads/{base}"], timeout=300))
+        if result.exit_code == 0:
+            result = await executor.call(Exec(argv=["git", "checkout", "--quiet", "-B", work, "FETCH_HEAD"], timeout=60))
+            if result.exit_code == 0:
+                return None
+        await executor.call(Exec(argv=["git", "checkout", "--quiet", "-B", work], timeout=60))
+        reason = (result.output.strip().splitlines() or ["timed out" if result.timed_out else "unknown error"])[-1]
         log.warning("git sync of session %s failed: %s", sb.session_id, reason)
         return f"Fetching the latest {base} failed ({reason[:200]}); the checkout is at the image's commit."
 
@@ -189,9 +230,7 @@ class SandboxManager:
         except Exception as exc:
             log.warning("snapshot of session %s failed: %s", sb.session_id, exc)
             return
-        old = await self._snapshot_of(sb.session_id)
-        async with self.db.session() as s, s.begin():
-            await s.execute(update(SessionRow).where(SessionRow.id == sb.session_id).values(snapshot_image=image))
+        old = await self.snapshots.record(sb.session_id, sb.repo.name, image)
         if old and old != image:
             await self.backend.remove_image(old)
 
@@ -223,17 +262,14 @@ class SandboxManager:
     async def collect_snapshots(self) -> int:
         """Remove snapshots of sessions idle longer than the retention."""
         cutoff = datetime.now(UTC) - timedelta(seconds=self.snapshot_retention)
-        async with self.db.session() as s:
-            rows = (
-                await s.execute(select(SessionRow).where(SessionRow.snapshot_image.is_not(None), SessionRow.updated_at < cutoff))
-            ).scalars().all()
-        for row in rows:
-            if row.id in self._sandboxes:
+        collected = 0
+        for row in await self.snapshots.older_than(cutoff):
+            if row.session_id in self._sandboxes:
                 continue
-            await self.backend.remove_image(row.snapshot_image)  # type: ignore[arg-type]
-            async with self.db.session() as s, s.begin():
-                await s.execute(update(SessionRow).where(SessionRow.id == row.id).values(snapshot_image=None))
-        return len(rows)
+            await self.backend.remove_image(row.image)
+            await self.snapshots.forget(row.session_id, row.image)
+            collected += 1
+        return collected
 
     async def remove_orphans(self) -> int:
         """At start: session and build containers of an earlier run are orphans (snapshots restore sessions)."""
@@ -243,10 +279,6 @@ class SandboxManager:
                 await self.backend.remove(ref)
                 removed += 1
         return removed
-
-    async def _snapshot_of(self, session_id: str) -> str | None:
-        async with self.db.session() as s:
-            return (await s.execute(select(SessionRow.snapshot_image).where(SessionRow.id == session_id))).scalar_one_or_none()
 
     async def close(self) -> None:
         for sb in list(self._sandboxes.values()):

@@ -4,6 +4,7 @@ small repository, a TCP proxy that can hold the git sync back, and cleanup of wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -32,13 +33,14 @@ def _docker_client():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def docker_engine():  # type: ignore[no-untyped-def]  # noqa: ANN201
+def docker_engine():  # type: ignore[no-untyped-def]
     """The real engine with the base image; loud failure under CI, a skip elsewhere."""
     try:
         client = _docker_client()
         client.images.get(BASE_IMAGE)
     except Exception as exc:
-        message = f"Docker engine or {BASE_IMAGE} unavailable ({type(exc).__name__}: {exc}); run scripts/ensure-docker.sh and scripts/build-base-image.sh"
+        message = (f"Docker engine or {BASE_IMAGE} unavailable ({type(exc).__name__}: {exc}); "
+                   "run scripts/ensure-docker.sh and scripts/build-base-image.sh")
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -63,10 +65,8 @@ def remove_created_since(client, since: float) -> None:  # type: ignore[no-untyp
             container.remove(force=True)
     for image in client.images.list(filters={"label": "hosted-agents.managed=1"}):
         if created(image.attrs) >= since - 1:
-            try:
+            with contextlib.suppress(Exception):
                 client.images.remove(image.id, force=True)
-            except Exception:
-                pass
 
 
 @pytest.fixture
@@ -123,7 +123,8 @@ def serve_git_remote(tmp_path: Path) -> Iterator[GitRemote]:
     _git(work, "checkout", "-q", "-b", "main")
     port = _free_port()
     daemon = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={root}", "--listen=127.0.0.1", f"--port={port}", str(root)],
+        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={root}", "--listen=127.0.0.1", f"--port={port}",
+         str(root)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -204,3 +205,17 @@ def repos_yaml(path: Path, clone_url: str, pool_size: int = 0, setup: str = "ech
         "      warm: ['echo warmed > .warm-marker', 'exit 3']\n"
     )
     return path
+
+
+async def no_python_image() -> str:
+    """The base image with python3 deleted: only a shell and the usual tools are left."""
+    from sandbox.backend import LABEL, SandboxLimits
+    from sandbox.docker import DockerBackend
+
+    docker = DockerBackend(SandboxLimits(network="none"))
+    ref = await docker.create(BASE_IMAGE, {f"{LABEL}.role": "test"})
+    code, _ = await docker.docker_exec(ref, ["sh", "-c", "rm -f /usr/bin/python3* && ! command -v python3"])
+    assert code == 0
+    image = await docker.snapshot(ref, "hosted-agents/test-no-python", "1", {f"{LABEL}.role": "test"})
+    await docker.remove(ref)
+    return image

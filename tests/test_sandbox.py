@@ -14,10 +14,11 @@ from bot.store.db import Database
 from bot.store.tables import ImageRow
 from sandbox.backend import LABEL, SandboxLimits
 from sandbox.docker import DockerBackend
-from sandbox.executor import SandboxLost
 from sandbox.images import BuildFailed, ImageBuilder
 from sandbox.pool import WarmPool
-from tests.sandbox_fixtures import repos_yaml
+from sandbox.protocol import Edit, Exec, ListDir, Read, Search, Write
+from sandbox.workspace import DirEntry, WorkspaceLost
+from tests.sandbox_fixtures import no_python_image, repos_yaml
 
 pytestmark = pytest.mark.usefixtures("docker_cleanup")
 
@@ -44,8 +45,10 @@ async def test_an_image_builds_with_setup_and_warm_up_and_a_failed_build_keeps_t
 
     ref = await docker.create(tag, {f"{LABEL}.role": "test"})
     ex = await docker.executor(ref)
-    assert (await ex.request("read", path=".setup-marker"))["content"] == "setup-ran\n"
-    assert (await ex.request("read", path=".warm-marker"))["content"] == "warmed\n", "warm-up ran (its failing step is not fatal)"
+    assert (await ex.call(Read(path=".setup-marker"))).content == "setup-ran\n"
+    assert (await ex.call(Read(path=".warm-marker"))).content == "warmed\n", "warm-up ran (its failing step is not fatal)"
+    owners = await ex.call(Exec(cmd="find . -not -user nobody | head -3; id -un"))
+    assert owners.output == "nobody\n", "setup ran as root; the workspace was then handed to the sandbox user"
     async with db.session() as s:
         row = (await s.execute(select(ImageRow))).scalar_one()
     assert row.status == "ready" and row.commit == git_remote.head and row.tag == tag
@@ -97,20 +100,20 @@ async def test_limits_hold_a_fork_bomb_and_a_memory_hog_inside_the_sandbox(db):
     assert not any("TOKEN" in e or "KEY" in e or "SECRET" in e for e in env)
 
     ex = await docker.executor(ref)
-    bomb = await ex.request("exec", cmd="bomb() { bomb | bomb & }; bomb; sleep 3", timeout=2)
-    assert bomb["timed_out"], "the bomb ran until its timeout and its process group was killed"
-    events = await ex.request("exec", cmd="cat /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events 2>/dev/null")
-    assert int(events["output"].split("max")[1].split()[0]) > 0, "forks were refused at the pids limit"
-    left = await ex.request("exec", cmd="ls /proc | grep -c '^[0-9]'")
-    assert int(left["output"]) < 20, "nothing of the bomb is left running"
-    hog = await ex.request("exec", cmd="python3 -c 'x = bytearray(2 * 1024**3); print(len(x))'", timeout=30)
-    assert hog["exit_code"] != 0 and "2147483648" not in hog["output"]
-    after = await ex.request("exec", cmd="echo still here", timeout=10)  # the executor lives (or came back)
-    assert after["output"] == "still here\n"
+    bomb = await ex.call(Exec(cmd="bomb() { bomb | bomb & }; bomb; sleep 3", timeout=2))
+    assert bomb.timed_out, "the bomb ran until its timeout and its process group was killed"
+    events = await ex.call(Exec(cmd="cat /sys/fs/cgroup/pids/pids.events /sys/fs/cgroup/pids.events 2>/dev/null"))
+    assert int(events.output.split("max")[1].split()[0]) > 0, "forks were refused at the pids limit"
+    left = await ex.call(Exec(cmd="ls /proc | grep -c '^[0-9]'"))
+    assert int(left.output) < 20, "nothing of the bomb is left running"
+    hog = await ex.call(Exec(cmd="python3 -c 'x = bytearray(2 * 1024**3); print(len(x))'", timeout=30))
+    assert hog.exit_code != 0 and "2147483648" not in hog.output
+    after = await ex.call(Exec(cmd="echo still here", timeout=10))  # the executor lives (or came back)
+    assert after.output == "still here\n"
 
     await docker.remove(ref)
-    with pytest.raises(SandboxLost):
-        await ex.request("exec", cmd="true")
+    with pytest.raises(WorkspaceLost):
+        await ex.call(Exec(cmd="true"))
 
 
 def test_the_cli_builds_images_on_demand_and_shows_the_pool(tmp_path, git_remote):
@@ -164,7 +167,7 @@ async def test_unclaimed_entries_expire_and_entries_of_an_image_built_elsewhere_
 
 
 async def test_only_the_last_few_images_are_kept_and_old_snapshots_are_collected(tmp_path, db, git_remote):
-    from bot.store.tables import SessionRow
+    from bot.store.tables import SandboxSnapshotRow
     from sandbox.sessions import SandboxManager
 
     catalog = load_repos(repos_yaml(tmp_path / "repos.yml", git_remote.url), "unused/{repo}")
@@ -179,64 +182,59 @@ async def test_only_the_last_few_images_are_kept_and_old_snapshots_are_collected
     ref = await docker.create(second, {f"{LABEL}.role": "test"})
     snapshot = await docker.snapshot(ref, "hosted-agents/session-old", "1", {f"{LABEL}.role": "snapshot"})
     async with db.session() as s, s.begin():
-        s.add(SessionRow(id="0123456789abcdef", share_token="t" * 30, status="idle", origin="slack", snapshot_image=snapshot))
+        s.add(SandboxSnapshotRow(session_id="0123456789abcdef", repo="acme/api", image=snapshot))
     manager = SandboxManager(docker, db, catalog, images, WarmPool(docker, db, images, catalog, 3600),
                              idle_timeout=60, snapshot_retention=3600)
     assert await manager.collect_snapshots() == 0, "a recent snapshot stays"
     manager.snapshot_retention = 0
     assert await manager.collect_snapshots() == 1
     assert not await docker.image_exists(snapshot)
+    async with db.session() as s:
+        assert (await s.execute(select(SandboxSnapshotRow))).scalars().all() == [], "and its record with it"
 
 
-@pytest.fixture
-async def no_python_image() -> str:
-    """The base image with python3 deleted: only a shell and the usual tools are left."""
-    docker = backend()
-    ref = await docker.create("hosted-agents/base:bookworm", {f"{LABEL}.role": "test"})
-    code, _ = await docker.docker_exec(ref, ["sh", "-c", "rm -f /usr/bin/python3* && ! command -v python3"])
-    assert code == 0
-    image = await docker.snapshot(ref, "hosted-agents/test-no-python", "1", {f"{LABEL}.role": "test"})
-    await docker.remove(ref)
-    return image
-
-
-async def test_an_image_without_python3_gets_the_shell_executor_with_the_same_guarantees(no_python_image):
+async def test_an_image_without_python3_gets_the_shell_executor_with_the_same_guarantees():
     from sandbox.executor import ExecutorError
     from sandbox.shell_executor import ShellExecutor
 
     docker = backend()
-    ref = await docker.create(no_python_image, {f"{LABEL}.role": "test"})
+    ref = await docker.create(await no_python_image(), {f"{LABEL}.role": "test"})
     ex = await docker.executor(ref)
     assert isinstance(ex, ShellExecutor)
 
-    result = await ex.request("exec", cmd="echo out; echo err >&2; printf 'R 99 0 3\\nfoo'; exit 3")
-    assert result["exit_code"] == 3 and result["output"] == "out\nerr\nR 99 0 3\nfoo", "output cannot forge a reply"
-    assert (await ex.request("write", path="src/a.txt", content="héllo\nwörld\n"))["bytes"] == len("héllo\nwörld\n".encode())
-    assert (await ex.request("read", path="src/a.txt"))["content"] == "héllo\nwörld\n"
-    assert (await ex.request("edit", path="src/a.txt", old="wörld", new="there"))["replacements"] == 1
-    assert (await ex.request("read", path="src/a.txt"))["content"] == "héllo\nthere\n"
-    assert {"name": "src", "type": "dir", "size": None} in (await ex.request("list", path="."))["entries"]
-    found = await ex.request("search", pattern="th.re", path="src")
-    assert found["exit_code"] == 0 and "src/a.txt:2:there" in found["output"]
+    result = await ex.call(Exec(cmd="echo out; echo err >&2; printf 'R 99 0 3 3\\nfoo'; exit 3"))
+    assert result.exit_code == 3 and result.output == "out\nerr\nR 99 0 3 3\nfoo", "output cannot forge a reply"
+    assert (await ex.call(Write(path="src/a.txt", content="héllo\nwörld\n"))).bytes == len("héllo\nwörld\n".encode())
+    assert (await ex.call(Read(path="src/a.txt"))).content == "héllo\nwörld\n"
+    assert (await ex.call(Edit(path="src/a.txt", old="wörld", new="there"))).replacements == 1
+    assert (await ex.call(Read(path="src/a.txt"))).content == "héllo\nthere\n"
+    assert DirEntry(name="src", type="dir") in (await ex.call(ListDir(path="."))).entries
+    found = await ex.call(Search(pattern="th.re", path="src"))
+    assert found.exit_code == 0 and "src/a.txt:2:there" in found.output
+    probe = "id -u; stat -c %u src/a.txt; ls /proc/self/fd | wc -l; cat /proc/$PPID/fd/1 </dev/null 2>&1 | head -c 80"
+    who = await ex.call(Exec(cmd=probe))
+    uid, owner, fds, denied = who.output.split("\n", 3)
+    assert (uid, owner) == ("65534", "65534"), "commands and file operations run as the sandbox user"
+    assert int(fds) <= 4 and "Permission denied" in denied, "no descriptor of the loop is within reach"
 
-    await ex.request("exec", cmd="ln -s /etc outside")
+    await ex.call(Exec(cmd="ln -s /etc outside"))
     for bad, message in (("../etc/passwd", "outside the repository"), ("/etc/passwd", "is absolute"),
                          ("outside/passwd", "through a symbolic link")):
         with pytest.raises(ExecutorError, match=message):
-            await ex.request("read", path=bad)
+            await ex.call(Read(path=bad))
 
-    slow = await ex.request("exec", cmd="sh -c 'sleep 30' & sleep 30", timeout=1)
-    assert slow["timed_out"]
-    left = await ex.request("exec", cmd="ps -eo args | grep -c '^sleep 30' || true")
-    assert left["output"].strip() == "0", "the timeout killed the whole tree"
+    slow = await ex.call(Exec(cmd="sh -c 'sleep 30' & sleep 30", timeout=1))
+    assert slow.timed_out
+    left = await ex.call(Exec(cmd="ps -eo args | grep -c '^sleep 30' || true"))
+    assert left.output.strip() == "0", "the timeout killed the whole tree"
 
-    task = asyncio.create_task(ex.request("exec", cmd="sh -c 'sleep 30' & sleep 30"))
+    task = asyncio.create_task(ex.call(Exec(cmd="sh -c 'sleep 30' & sleep 30")))
     await asyncio.sleep(0.5)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     started = time.monotonic()
-    left = await ex.request("exec", cmd="ps -eo args | grep -c '^sleep 30' || true")
-    assert left["output"].strip() == "0", "a cancel (Stop) killed the whole tree"
+    left = await ex.call(Exec(cmd="ps -eo args | grep -c '^sleep 30' || true"))
+    assert left.output.strip() == "0", "a cancel (Stop) killed the whole tree"
     assert time.monotonic() - started < 5, "at once, not when the sleeps ran out"
     await ex.close()
     await docker.remove(ref)

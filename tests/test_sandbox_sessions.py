@@ -115,7 +115,8 @@ async def test_a_follow_up_after_the_idle_timeout_restores_the_snapshot(tmp_path
     # a warm pool entry is ready too: the follow-up must still get its own snapshot, not a fresh entry
     svc = await start_service(tmp_path, slack, model, git_remote.url, sandbox_idle_timeout=1, pool_size=1)
     try:
-        model.add(Reply(tool_calls=[ToolCall("write_file", {"path": "notes.txt", "content": "remember me"})]), Reply(text="noted"))
+        note = ToolCall("write_file", {"path": "notes.txt", "content": "remember me"})
+        model.add(Reply(tool_calls=[note]), Reply(text="noted"))
         root = await slack.mention("U0ALICE1", "write a note")
         await slack.wait_for(lambda: finished(slack, root), timeout=60)
         session = await svc.sessions.find_by_thread("C0000001", root)

@@ -102,10 +102,9 @@ class Agent:
                 for _, c in sorted(calls.items())
             ]
             if text or tool_calls:
-                ctx.emit(AssistantMessage(
-                    content="".join(text), complete=finished,
-                    tool_calls=[ToolCallSpec(**c) for c in tool_calls] if finished else [],
-                ))
+                asked = [ToolCallSpec(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in tool_calls]
+                asked = asked if finished else []
+                ctx.emit(AssistantMessage(content="".join(text), tool_calls=asked, complete=finished))
         if not text and not tool_calls:
             raise BadModelOutput("The model ended its answer without any text or tool call.")
         return "".join(text), tool_calls

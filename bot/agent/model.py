@@ -41,9 +41,9 @@ class BadModelOutput(Exception):
 
 def describe_error(exc: BaseException, timeout: float) -> str:
     """A one-line explanation for the thread; never a traceback, never a secret."""
-    from sandbox.executor import SandboxLost
+    from sandbox.workspace import WorkspaceLost
 
-    if isinstance(exc, ModelNotConfigured | BadModelOutput | SandboxLost):
+    if isinstance(exc, ModelNotConfigured | BadModelOutput | WorkspaceLost):
         return str(exc)
     if isinstance(exc, openai.APITimeoutError):
         return f"The model did not answer for {timeout:g} s, so this turn was ended."
@@ -65,9 +65,9 @@ def describe_error(exc: BaseException, timeout: float) -> str:
 
 def is_expected(exc: BaseException) -> bool:
     """Failures with a known cause are logged in one line; anything else with its traceback."""
-    from sandbox.executor import SandboxLost
+    from sandbox.workspace import WorkspaceLost
 
-    return isinstance(exc, openai.APIError | StepLimitReached | BadModelOutput | ModelNotConfigured | SandboxLost)
+    return isinstance(exc, openai.APIError | StepLimitReached | BadModelOutput | ModelNotConfigured | WorkspaceLost)
 
 
 def _short(text: str, limit: int = 300) -> str:

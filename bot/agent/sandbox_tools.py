@@ -1,54 +1,55 @@
-"""Tools that work in the session's sandbox, through its executor.
+"""Tools that work in the session's workspace (see sandbox/workspace.py), whatever backs it.
 
-Reads (read, list, search, git status/diff) run as soon as the container exists; writes (edit,
+Reads (read, list, search, git status/diff) run as soon as the workspace exists; writes (edit,
 write, run a command) are marked `writes` and wait for the git sync through the gate plugin.
-Refusals from the executor (a path outside the repository, a missing file) become tool errors
-the model can read; a lost container ends the turn (`SandboxLost` passes through).
+Refusals (a path outside the repository, a missing file) and a workspace that could not be
+prepared become tool errors the model can read; a lost workspace ends the turn (`WorkspaceLost`
+passes through).
 """
 
 from __future__ import annotations
 
-import shlex
-from typing import Any, ClassVar
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import ClassVar
 
 from pydantic import BaseModel, Field
 
-from bot.agent.tools import ToolContext, ToolError
+from bot.agent.tools import Tool, ToolContext, ToolError
 from bot.events import FileChanged
-from sandbox.executor import Executor, ExecutorError
-from sandbox.sessions import SandboxUnavailable
+from sandbox.workspace import CommandResult, Workspace, WorkspaceError, WorkspaceUnavailable
 
 Path = Field(description="Path relative to the repository root.", max_length=4096)
 
 
-async def _executor(ctx: ToolContext) -> Executor:
-    if ctx.sandbox is None:
+def _workspace(ctx: ToolContext) -> Workspace:
+    if ctx.workspace is None:
         raise ToolError("This session has no repository, so there is no sandbox to work in.")
+    return ctx.workspace
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """The workspace's refusals, as errors the model reads."""
     try:
-        return await ctx.sandbox.executor()
-    except SandboxUnavailable as exc:
+        yield
+    except WorkspaceUnavailable as exc:
         raise ToolError(f"The sandbox could not be prepared: {exc}") from None
-
-
-async def _request(ctx: ToolContext, op: str, **args: Any) -> dict[str, Any]:
-    executor = await _executor(ctx)
-    try:
-        return await executor.request(op, **args)
-    except ExecutorError as exc:
+    except WorkspaceError as exc:
         raise ToolError(str(exc)) from None
 
 
-def _format_exec(result: dict[str, Any], timeout: float | None = None) -> str:
-    if result["timed_out"]:
-        head = f"timed out after {timeout:g} s; the command and everything it started were killed"
-    elif result.get("signal"):
-        head = f"killed by signal {result['signal']}"
+def _format_exec(result: CommandResult, timeout: float | None = None) -> str:
+    if result.timed_out:
+        head = f"timed out after {timeout or 0:g} s; the command and everything it started were killed"
+    elif result.signal:
+        head = f"killed by signal {result.signal}"
     else:
-        head = f"exit code {result['exit_code']}"
-    out = result["output"]
-    if result["truncated"]:
-        out += f"\n[output cut: {result['total_bytes']:,} bytes in all]"
-    return f"{head} ({result['duration']:.1f} s)\n{out}".rstrip()
+        head = f"exit code {result.exit_code}"
+    out = result.output
+    if result.truncated:
+        out += f"\n[output cut: {result.total_bytes:,} bytes in all]"
+    return f"{head} ({result.duration:.1f} s)\n{out}".rstrip()
 
 
 class ReadFile:
@@ -62,15 +63,16 @@ class ReadFile:
         end_line: int | None = Field(None, ge=1)
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
-        result = await _request(ctx, "read", path=args.path)
-        lines = result["content"].splitlines(keepends=True)
+        with _refusals():
+            result = await _workspace(ctx).read(args.path)
+        lines = result.content.splitlines(keepends=True)
         end = args.end_line or len(lines)
         if args.start_line > max(len(lines), 1):
             raise ToolError(f"{args.path} has {len(lines)} lines; start_line {args.start_line} is past the end.")
         chosen = "".join(lines[args.start_line - 1 : end])
         if args.start_line > 1 or end < len(lines):
             return f"[{args.path}: lines {args.start_line}-{min(end, len(lines))} of {len(lines)}]\n{chosen}"
-        return chosen + ("\n[file cut at 4 MiB]" if result["truncated"] else "")
+        return chosen + ("\n[file cut at 4 MiB]" if result.truncated else "")
 
 
 class ListDirectory:
@@ -82,8 +84,9 @@ class ListDirectory:
         path: str = Field(".", description="Directory relative to the repository root.", max_length=4096)
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
-        entries = (await _request(ctx, "list", path=args.path))["entries"]
-        lines = [e["name"] + ("/" if e["type"] == "dir" else "@" if e["type"] == "link" else f"  ({e['size']} bytes)") for e in entries]
+        with _refusals():
+            entries = await _workspace(ctx).list_dir(args.path)
+        lines = [e.name + ("/" if e.type == "dir" else "@" if e.type == "link" else f"  ({e.size} bytes)") for e in entries]
         return "\n".join(lines) or "(empty)"
 
 
@@ -98,10 +101,11 @@ class Search:
         glob: str | None = Field(None, description="Only files matching this glob, e.g. '*.py'.", max_length=200)
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
-        result = await _request(ctx, "search", pattern=args.pattern, path=args.path, glob=args.glob)
-        if result["exit_code"] == 1 and not result["output"]:
+        with _refusals():
+            result = await _workspace(ctx).search(args.pattern, args.path, args.glob)
+        if result.exit_code == 1 and not result.output:
             return "No matches."
-        return _format_exec(result) if result["exit_code"] not in (0, 1) else result["output"] or "No matches."
+        return _format_exec(result) if result.exit_code not in (0, 1) else result.output or "No matches."
 
 
 class EditFile:
@@ -119,9 +123,10 @@ class EditFile:
         replace_all: bool = False
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
-        result = await _request(ctx, "edit", path=args.path, old=args.old_text, new=args.new_text, replace_all=args.replace_all)
+        with _refusals():
+            replaced = await _workspace(ctx).edit(args.path, args.old_text, args.new_text, args.replace_all)
         ctx.emit(FileChanged(path=args.path, action="edited"))
-        return f"Replaced {result['replacements']} occurrence(s) in {args.path}."
+        return f"Replaced {replaced} occurrence(s) in {args.path}."
 
 
 class WriteFile:
@@ -134,9 +139,10 @@ class WriteFile:
         content: str = Field(max_length=2_000_000)
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
-        result = await _request(ctx, "write", path=args.path, content=args.content)
+        with _refusals():
+            written = await _workspace(ctx).write(args.path, args.content)
         ctx.emit(FileChanged(path=args.path, action="written"))
-        return f"Wrote {result['bytes']} bytes to {args.path}."
+        return f"Wrote {written} bytes to {args.path}."
 
 
 class RunCommand:
@@ -156,7 +162,8 @@ class RunCommand:
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
         timeout = min(args.timeout_seconds, self.max_timeout)
-        result = await _request(ctx, "exec", cmd=args.command, timeout=timeout, cap=30_000)
+        with _refusals():
+            result = await _workspace(ctx).run(args.command, timeout, cap=30_000)
         return _format_exec(result, timeout)
 
 
@@ -169,8 +176,9 @@ class GitStatus:
         pass
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
-        result = await _request(ctx, "exec", cmd="git status --short --branch", timeout=60, cap=30_000)
-        return result["output"] or _format_exec(result)
+        with _refusals():
+            result = await _workspace(ctx).status()
+        return result.output or _format_exec(result)
 
 
 class GitDiff:
@@ -182,10 +190,10 @@ class GitDiff:
         path: str | None = Field(None, max_length=4096)
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
-        target = f" -- {shlex.quote(args.path)}" if args.path else ""
-        result = await _request(ctx, "exec", cmd=f"git diff HEAD{target}", timeout=60, cap=30_000)
-        return result["output"] or ("No changes." if result["exit_code"] == 0 else _format_exec(result))
+        with _refusals():
+            result = await _workspace(ctx).diff(args.path)
+        return result.output or ("No changes." if result.exit_code == 0 else _format_exec(result))
 
 
-def sandbox_tools(command_timeout: float = 600.0) -> list[Any]:
+def workspace_tools(command_timeout: float = 600.0) -> list[Tool]:
     return [ReadFile(), ListDirectory(), Search(), EditFile(), WriteFile(), RunCommand(command_timeout), GitStatus(), GitDiff()]

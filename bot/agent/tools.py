@@ -1,30 +1,35 @@
-"""Tools the agent can call: each declares a pydantic argument model; the registry validates
-the model's arguments at the edge, so a malformed call becomes an error the model can read and
-fix, never an exception in the session."""
+"""What a tool is, what it sees, and the registry that runs one call through the plugin hooks.
+
+Each tool declares a pydantic argument model; the registry validates the model's arguments at
+the edge, so a malformed call becomes an error the model can read and fix, never an exception
+in the session. Tools come from plugins (`register_tools`, see hookspecs.py and plugins.py);
+this module imports neither, so hooks, plugins and tools form no import circle.
+"""
 
 from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import pluggy
 from pydantic import BaseModel, Field, ValidationError
 
-from bot.agent.hookspecs import Block, ToolCall
 from bot.events import Event, EventData, Note
+from sandbox.workspace import Workspace
 
 Emit = Callable[[EventData], Event]
+"""Appends one typed event to the session's log (in the current turn) and returns it."""
 
 
 @dataclass(frozen=True)
 class ToolContext:
     session_id: str
     emit: Emit
-    sandbox: Any = None
-    """The session's `sandbox.sessions.SessionSandbox`, or None when it has no repository."""
+    workspace: Workspace | None = None
+    """The session's checkout, or None when the session has no repository."""
 
 
 @dataclass(frozen=True)
@@ -33,12 +38,35 @@ class ToolOutcome:
     output: str
 
 
+@dataclass(frozen=True)
+class Block:
+    """Returned by `tool_execute_before` to refuse a call; the model reads the reason."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+    writes: bool
+    """True for tools that change the workspace (edit, write, run a command)."""
+
+
+BeforeResult = Block | dict[str, Any] | None
+
+
 class Tool(Protocol):
+    """A tool: its name and description for the model, its arguments (a pydantic model, usually
+    a nested class `Args`), whether it changes the workspace, and how it runs."""
+
     name: ClassVar[str]
     description: ClassVar[str]
-    Args: ClassVar[type[BaseModel]]
     writes: ClassVar[bool]
     """Changes the workspace: such calls wait for the git sync (a plugin decides)."""
+
+    @property
+    def Args(self) -> type[BaseModel]: ...
 
     async def run(self, args: Any, ctx: ToolContext) -> str: ...
 
@@ -51,20 +79,27 @@ MAX_OUTPUT_CHARS = 30_000
 
 
 class ToolRegistry:
-    def __init__(self, tools: list[Tool] | None = None, hooks: pluggy.PluginManager | None = None):
+    def __init__(self, tools: Sequence[Tool] = (), hooks: pluggy.PluginManager | None = None):
         self._tools: dict[str, Tool] = {}
         self._specs: list[dict[str, Any]] = []
         self.hooks = hooks
-        for tool in tools or []:
+        for tool in tools:
             self.register(tool)
 
     def register(self, tool: Tool) -> None:
+        if tool.name in self._tools:
+            raise ValueError(f"two tools are named {tool.name!r}")
         self._tools[tool.name] = tool
         # Built once: generating JSON schemas costs milliseconds, and every model call sends them.
         self._specs = [
-            {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.Args.model_json_schema()}}
+            {"type": "function",
+             "function": {"name": t.name, "description": t.description, "parameters": t.Args.model_json_schema()}}
             for t in self._tools.values()
         ]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._tools)
 
     def specs(self) -> list[dict[str, Any]]:
         return self._specs
@@ -85,31 +120,56 @@ class ToolRegistry:
         call = ToolCall(name, args.model_dump(), getattr(tool, "writes", False))
         call, outcome = await self._run(tool, call, args, ctx)
         if len(outcome.output) > MAX_OUTPUT_CHARS:
-            outcome = ToolOutcome(outcome.ok, outcome.output[:MAX_OUTPUT_CHARS] + f"\n[output cut at {MAX_OUTPUT_CHARS} characters]")
+            cut = outcome.output[:MAX_OUTPUT_CHARS] + f"\n[output cut at {MAX_OUTPUT_CHARS} characters]"
+            outcome = ToolOutcome(outcome.ok, cut)
         if self.hooks is not None:
-            for result in self.hooks.hook.tool_execute_after(call=call, ctx=ctx, outcome=outcome):
-                if inspect.isawaitable(result):
-                    await result
+            await _settle(self.hooks.hook.tool_execute_after(call=call, ctx=ctx, outcome=outcome))
         return outcome
 
     async def _run(self, tool: Tool, call: ToolCall, args: BaseModel, ctx: ToolContext) -> tuple[ToolCall, ToolOutcome]:
-        """The before-hooks (which may block, rewrite or hold the call), then the tool."""
-        if self.hooks is not None:
-            for result in self.hooks.hook.tool_execute_before(call=call, ctx=ctx):
-                if inspect.isawaitable(result):
-                    result = await result
-                if isinstance(result, Block):
-                    return call, ToolOutcome(False, f"Not run: {result.reason}")
-                if isinstance(result, dict):
-                    try:
-                        args = tool.Args.model_validate(result)
-                    except ValidationError as exc:
-                        return call, ToolOutcome(False, _invalid(tool.name, exc))
-                    call = ToolCall(tool.name, args.model_dump(), call.writes)
+        """The before-hooks (which may block, rewrite or hold the call), then the tool.
+
+        Every hook that was called is also awaited, in hook order, before the call is decided:
+        a block by one never leaves another's wait (the git-sync gate) pending. The first block
+        wins; otherwise each rewrite replaces the arguments in turn."""
+        answers = await _settle(self.hooks.hook.tool_execute_before(call=call, ctx=ctx)) if self.hooks else []
+        blocks = [a for a in answers if isinstance(a, Block)]
+        if blocks:
+            return call, ToolOutcome(False, f"Not run: {blocks[0].reason}")
+        for answer in answers:
+            if isinstance(answer, dict):
+                try:
+                    args = tool.Args.model_validate(answer)
+                except ValidationError as exc:
+                    return call, ToolOutcome(False, _invalid(tool.name, exc))
+                call = ToolCall(tool.name, args.model_dump(), call.writes)
         try:
             return call, ToolOutcome(True, await tool.run(args, ctx))
         except ToolError as exc:
             return call, ToolOutcome(False, str(exc))
+
+
+async def _settle(results: list[Any]) -> list[Any]:
+    """Hook results with every awaitable awaited, in order. If one raises (which ends the turn),
+    the ones not awaited yet are closed, so none is left pending."""
+    settled: list[Any] = []
+    for index, result in enumerate(results):
+        if inspect.isawaitable(result):
+            try:
+                result = await result
+            except BaseException:
+                for rest in results[index + 1:]:
+                    _discard(rest)
+                raise
+        settled.append(result)
+    return settled
+
+
+def _discard(result: Any) -> None:
+    if inspect.iscoroutine(result):
+        result.close()
+    elif isinstance(result, Awaitable) and hasattr(result, "cancel"):
+        result.cancel()
 
 
 def _invalid(name: str, exc: ValidationError) -> str:
@@ -133,9 +193,3 @@ class PostNote:
     async def run(self, args: Args, ctx: ToolContext) -> str:
         ctx.emit(Note(text=args.text))
         return "Posted."
-
-
-def default_tools(hooks: pluggy.PluginManager | None = None, command_timeout: float = 600.0) -> ToolRegistry:
-    from bot.agent.sandbox_tools import sandbox_tools
-
-    return ToolRegistry([PostNote(), *sandbox_tools(command_timeout)], hooks)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 from bot.agent.conversation import HISTORY_KINDS, messages_from_events
 from bot.agent.loop import Agent, TurnStats
@@ -20,7 +20,7 @@ from bot.agent.model import describe_error, is_expected
 from bot.agent.tools import ToolContext
 from bot.events import Event, EventData, Outcome, TurnEnded, TurnStarted
 from bot.sessions.log import RUNNING, Prompt, SessionLog
-from sandbox.executor import SandboxLost
+from sandbox.workspace import Workspace, WorkspaceLost
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class TurnHost(Protocol):
 
     def log_of(self, session_id: str) -> SessionLog: ...
     def emit(self, session_id: str, data: EventData, turn: int | None = None) -> Event: ...
-    async def prepare_turn(self, session_id: str) -> tuple[str, Any]:
+    async def prepare_turn(self, session_id: str) -> tuple[str, Workspace | None]:
         """The system prompt and the workspace (or None) for a starting turn; acquisition runs on in parallel."""
     async def end_turn(self, session_id: str, prompt: Prompt, lost_workspace: bool) -> None:
         """Per-turn cleanup after the agent stopped (snapshot, plugins); may raise."""
@@ -101,7 +101,7 @@ class Runner:
             outcome = Outcome.STOPPED
         except Exception as exc:  # every failure ends the turn with a message, never the session
             outcome, error = Outcome.ERROR, describe_error(exc, host.model_timeout)
-            lost = isinstance(exc, SandboxLost)
+            lost = isinstance(exc, WorkspaceLost)
             log.warning("turn %s/%s failed: %r", self.session_id, prompt.id, exc, exc_info=not is_expected(exc))
         finally:
             self._turn = None

@@ -34,6 +34,7 @@ from bot.store.db import Database
 from bot.store.tables import SessionRow, SurfaceRow, TurnRow
 from bot.util.keyed_locks import KeyedLocks
 from sandbox.sessions import SandboxManager
+from sandbox.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +268,7 @@ class SessionService:
     def log_of(self, session_id: str) -> SessionLog:
         return self._logs.get(session_id)
 
-    async def prepare_turn(self, session_id: str) -> tuple[str, Any]:
+    async def prepare_turn(self, session_id: str) -> tuple[str, Workspace | None]:
         info = await self.get(session_id)
         repo = info.repo if info else None
         # The sandbox is acquired in parallel: the first model call does not wait for it.

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bot.slack.format import escape
 
 PICK_ACTION = "pick_repo"
 MAX_OPTIONS = 100  # Slack's limit for a static select
 
 
-def _option(name: str) -> dict:
+def _option(name: str) -> dict[str, Any]:
     return {"text": {"type": "plain_text", "text": name[:75]}, "value": name}
 
 
-def ask_blocks(pending_id: str, user: str, likely: list[str], all_repos: list[str], ttl_minutes: int) -> list[dict]:
+def ask_blocks(pending_id: str, user: str, likely: list[str], all_repos: list[str], ttl_minutes: int) -> list[dict[str, Any]]:
     rest = [r for r in all_repos if r not in likely]
-    groups = []
+    groups: list[dict[str, Any]] = []
     if likely:
         groups.append({"label": {"type": "plain_text", "text": "Likely"}, "options": [_option(r) for r in likely]})
     if rest:
@@ -31,11 +33,11 @@ def ask_blocks(pending_id: str, user: str, likely: list[str], all_repos: list[st
     ]
 
 
-def picked_blocks(repo: str, by: str) -> list[dict]:
+def picked_blocks(repo: str, by: str) -> list[dict[str, Any]]:
     return [{"type": "section", "text": {"type": "mrkdwn", "text": f"Working on *{escape(repo)}* (picked by <@{by}>)."}}]
 
 
-def expired_blocks(ttl_minutes: int) -> list[dict]:
+def expired_blocks(ttl_minutes: int) -> list[dict[str, Any]]:
     return [{"type": "section", "text": {"type": "mrkdwn", "text":
         f"Nobody picked a repository within {ttl_minutes} minutes, so I dropped this request. "
         "Mention me again and say which, e.g. `in acme/api`."}}]

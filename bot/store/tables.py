@@ -41,8 +41,6 @@ class SessionRow(Base):
     origin: Mapped[str] = mapped_column(String(16))
     """A `bot.events.Origin`: slack_thread, slack_dm, web, app_home, shortcut, parent_session, github."""
     creator: Mapped[str | None] = mapped_column(String(64))
-    snapshot_image: Mapped[str | None] = mapped_column(String(300))
-    """The image of the session's workspace as of its last finished turn."""
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("sessions.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -120,6 +118,18 @@ class PoolEntryRow(Base):
     """`warm` or `claimed`."""
     session_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class SandboxSnapshotRow(Base):
+    """The sandbox layer's record of a session's workspace image as of its last finished turn."""
+
+    __tablename__ = "sandbox_snapshots"
+
+    session_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    image: Mapped[str] = mapped_column(String(300))
+    repo: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    """When the snapshot was taken; snapshots untouched past the retention are collected."""
 
 
 class PendingRequestRow(Base):

@@ -1,10 +1,13 @@
-"""A plugin as a team would write one, loaded through the PLUGINS setting in tests."""
+"""Plugins as a team would write them, loaded through the PLUGINS setting in tests."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from bot.agent.hookspecs import Block, ToolCall, hookimpl
+from pydantic import BaseModel
+
+from bot.agent.hookspecs import Block, Tool, ToolCall, ToolContext, hookimpl
+from bot.events import Note
 
 
 class NoForcePush:
@@ -25,3 +28,24 @@ class NoForcePush:
     @hookimpl
     def session_context(self, session_id: str, repo: str | None) -> str:
         return "House rule: never force-push."
+
+
+class Shout:
+    """A tool from a plugin: says the text louder, as a note too."""
+
+    name: ClassVar[str] = "shout"
+    description: ClassVar[str] = "Repeat the text in capitals."
+    writes: ClassVar[bool] = False
+
+    class Args(BaseModel):
+        text: str
+
+    async def run(self, args: Args, ctx: ToolContext) -> str:
+        ctx.emit(Note(text=args.text.upper()))
+        return args.text.upper()
+
+
+class Megaphone:
+    @hookimpl
+    def register_tools(self) -> list[Tool]:
+        return [Shout()]

@@ -1,0 +1,163 @@
+"""The executor's messages, host side: one typed request per operation, each naming the typed
+result it gets back. The in-container executor (executor_agent.py) is plain standard-library
+Python and reads the same fields from JSON; the shell executor turns requests into scripts.
+
+Replies arrive from inside a sandbox, so they are validated like any untrusted input.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sandbox.workspace import CommandResult, DirEntry, FileText
+
+SANDBOX_UID = 65534
+"""Commands and file operations run as this user (nobody), never as the executor's root:
+a command then cannot open the executor's descriptors (`/proc/<pid>/fd`) or signal it."""
+SANDBOX_HOME = "/home/sandbox"
+"""HOME of the sandbox user; caches filled by warm-up steps live here."""
+WORKSPACE = "/workspace"
+
+R = TypeVar("R", bound=BaseModel)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PingResult(_Model):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    pid: int | None = None
+    """The executor's own process id (None for the shell executor)."""
+    root: str
+
+
+class WriteResult(_Model):
+    bytes: int
+
+
+class EditResult(_Model):
+    replacements: int
+
+
+class ListResult(_Model):
+    entries: list[DirEntry]
+
+
+class CancelResult(_Model):
+    cancelled: bool
+
+
+class Request(_Model, Generic[R]):
+    """One operation; `result` is the model its reply's result is validated against."""
+
+    result: ClassVar[type[BaseModel]]
+    retry_safe: ClassVar[bool] = False
+    """May be sent again to a fresh executor when the first one died during the call."""
+    cancellable: ClassVar[bool] = False
+    """Runs a process group that a cancel (Stop) must kill."""
+
+    def host_timeout(self, margin: float) -> float:
+        """How long the host waits for the reply before it gives the executor up."""
+        return 60.0 + margin
+
+
+class Ping(Request[PingResult]):
+    result: ClassVar[type[BaseModel]] = PingResult
+    retry_safe: ClassVar[bool] = True
+    op: Literal["ping"] = "ping"
+
+    def host_timeout(self, margin: float) -> float:
+        return 120.0 + margin  # a first start may chown an old image's workspace
+
+
+class Exec(Request[CommandResult]):
+    """A shell command (`cmd`) or a program without a shell (`argv`)."""
+
+    result: ClassVar[type[BaseModel]] = CommandResult
+    cancellable: ClassVar[bool] = True
+    op: Literal["exec"] = "exec"
+    cmd: str | None = None
+    argv: list[str] | None = None
+    cwd: str = "."
+    timeout: float = Field(default=120.0, gt=0)
+    cap: int = Field(default=100_000, ge=0)
+    """Output kept, in bytes; the rest is counted, not sent."""
+    env: dict[str, str] = Field(default_factory=dict)
+    as_root: bool = False
+    """Only for image setup steps from the repos config, never for the agent's commands."""
+
+    def host_timeout(self, margin: float) -> float:
+        return self.timeout + margin
+
+
+class Read(Request[FileText]):
+    result: ClassVar[type[BaseModel]] = FileText
+    retry_safe: ClassVar[bool] = True
+    op: Literal["read"] = "read"
+    path: str
+
+
+class Write(Request[WriteResult]):
+    result: ClassVar[type[BaseModel]] = WriteResult
+    op: Literal["write"] = "write"
+    path: str
+    content: str
+
+
+class Edit(Request[EditResult]):
+    result: ClassVar[type[BaseModel]] = EditResult
+    op: Literal["edit"] = "edit"
+    path: str
+    old: str
+    new: str
+    replace_all: bool = False
+
+
+class ListDir(Request[ListResult]):
+    result: ClassVar[type[BaseModel]] = ListResult
+    retry_safe: ClassVar[bool] = True
+    op: Literal["list"] = "list"
+    path: str = "."
+
+
+class Search(Request[CommandResult]):
+    result: ClassVar[type[BaseModel]] = CommandResult
+    retry_safe: ClassVar[bool] = True
+    cancellable: ClassVar[bool] = True
+    op: Literal["search"] = "search"
+    pattern: str
+    path: str = "."
+    glob: str | None = None
+    timeout: float = Field(default=30.0, gt=0)
+    cap: int = Field(default=50_000, ge=0)
+
+    def host_timeout(self, margin: float) -> float:
+        return self.timeout + margin
+
+
+class Cancel(Request[CancelResult]):
+    """Kill the process group of request `target`."""
+
+    result: ClassVar[type[BaseModel]] = CancelResult
+    op: Literal["cancel"] = "cancel"
+    target: int
+
+
+class Reply(BaseModel):
+    """The executor's answer to request `id`: a result, or the reason it refused."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    id: int
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class Absent(BaseModel):
+    """Said instead of starting when the image has no usable python3."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    absent: Literal["python3"]

@@ -1,0 +1,109 @@
+"""What the agent may know about a sandbox: a checkout it can read, search, change and run
+commands in, and the errors it has to tell apart.
+
+The agent layer imports this module and nothing else of `sandbox`, so a second backend, or a
+workspace that is not a container at all, only has to implement `Workspace`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+
+class WorkspaceError(Exception):
+    """The workspace refused a request (a path outside the repository, a missing file): the
+    model reads the message and can fix its call."""
+
+
+class WorkspaceUnavailable(Exception):
+    """The workspace could not be prepared (e.g. the image build failed); tools say so."""
+
+
+class WorkspaceLost(Exception):
+    """The container stopped or vanished: the turn ends, the next prompt gets a fresh one."""
+
+    def __str__(self) -> str:
+        reason = self.args[0] if self.args else "container gone"
+        return f"The sandbox stopped unexpectedly ({reason}); the next prompt gets a fresh one."
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class CommandResult(_Result):
+    """How a command ended and what it printed (stdout and stderr together, cut at a cap)."""
+
+    exit_code: int | None
+    """None when it timed out."""
+    signal: int | None = None
+    """The signal that ended it, if one did (and not our timeout)."""
+    output: str
+    truncated: bool = False
+    total_bytes: int = 0
+    timed_out: bool = False
+    duration: float = 0.0
+
+
+class FileText(_Result):
+    content: str
+    truncated: bool = False
+    """The file was longer than the read cap (4 MiB)."""
+
+
+class DirEntry(_Result):
+    name: str
+    type: Literal["file", "dir", "link"]
+    size: int | None = None
+
+
+class Workspace(Protocol):
+    """A session's checkout. Paths are relative to the repository root and confined to it.
+
+    Reads may run as soon as the workspace exists; `wait_synced` returns once the checkout is
+    on the session's branch at the base branch tip, which writes wait for (see GitSyncGate).
+    Methods raise WorkspaceError for a refusal, WorkspaceUnavailable when it could not be
+    prepared, and WorkspaceLost when it is gone.
+    """
+
+    @property
+    def branch(self) -> str:
+        """The session's own branch."""
+        ...
+
+    @property
+    def sync_note(self) -> str | None:
+        """Why the checkout is not at the base branch tip, when the sync failed."""
+        ...
+
+    async def wait_synced(self) -> None: ...
+
+    async def read(self, path: str) -> FileText: ...
+
+    async def list_dir(self, path: str = ".") -> list[DirEntry]: ...
+
+    async def search(self, pattern: str, path: str = ".", glob: str | None = None) -> CommandResult:
+        """Lines matching a regular expression, as `path:line:text` (exit code 1: none)."""
+        ...
+
+    async def write(self, path: str, content: str) -> int:
+        """Creates or replaces the file (and its parent directories); returns the bytes written."""
+        ...
+
+    async def edit(self, path: str, old: str, new: str, replace_all: bool = False) -> int:
+        """Replaces exact text; returns how many occurrences were replaced."""
+        ...
+
+    async def run(self, command: str, timeout: float, cap: int = 30_000) -> CommandResult:
+        """A shell command in the repository root; it and everything it started end with it."""
+        ...
+
+    async def diff(self, path: str | None = None) -> CommandResult:
+        """`git diff HEAD` of the working tree, or of one path."""
+        ...
+
+    async def status(self) -> CommandResult:
+        """`git status --short --branch`."""
+        ...
