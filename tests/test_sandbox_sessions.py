@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from bot.events import FileChanged, ToolResult, TurnStarted
 from bot.service import Service
-from bot.sessions.events import Kind
+from bot.slack.messages import thread_surface
 from sandbox.backend import LABEL
 from tests.conftest import make_settings, service_env
 from tests.fakes.openai import FakeOpenAI, Reply, ToolCall
@@ -79,9 +80,9 @@ async def test_a_session_reads_edits_and_runs_commands_in_its_sandbox(sandboxed,
     assert run.startswith("exit code 0") and "OK" in run
     assert "-    return a - b\n+    return a + b" in diff
     assert "app.py:2:" in search
-    session = await sandboxed.sessions.find_by_thread("C0000001", root)
-    events = sandboxed.sessions.logs.get(session.id).read()
-    assert {"path": "app.py", "action": "edited"} in [e.data for e in events if e.kind is Kind.FILE_CHANGED]
+    session = await sandboxed.sessions.find_by_surface(thread_surface("C0000001", root))
+    events = list(sandboxed.sessions.log_of(session.id).read())
+    assert FileChanged(path="app.py", action="edited") in [e.data for e in events]
     system = model.requests[0].body["messages"][0]["content"]
     assert f"checkout of acme/api in a sandbox container, on the branch hosted-agents/{session.id}" in system
 
@@ -98,15 +99,15 @@ async def test_a_write_before_the_sync_waits_for_it_while_a_read_does_not(tmp_pa
         )
         root = await slack.mention("U0ALICE1", "add a file")
         await slack.wait_for(lambda: finished(slack, root), timeout=60)
-        session = await svc.sessions.find_by_thread("C0000001", root)
-        events = svc.sessions.logs.get(session.id).read()
-        started = next(e.ts for e in events if e.kind is Kind.TURN_STARTED)
-        results = {e.data["name"]: e for e in events if e.kind is Kind.TOOL_RESULT}
-        assert results["read_file"].data["output"] == "# acme/api\n"
+        session = await svc.sessions.find_by_surface(thread_surface("C0000001", root))
+        events = list(svc.sessions.log_of(session.id).read())
+        started = next(e.ts for e in events if isinstance(e.data, TurnStarted))
+        results = {e.data.name: e for e in events if isinstance(e.data, ToolResult)}
+        assert results["read_file"].data.output == "# acme/api\n"
         assert results["read_file"].ts - started < 1.5, "the read ran as soon as the container existed"
         assert results["write_file"].ts - started >= 2.0, "the write waited for the sync"
-        assert f"## hosted-agents/{session.id}" in results["git_status"].data["output"]
-        assert "NEW.md" in results["git_status"].data["output"]
+        assert f"## hosted-agents/{session.id}" in results["git_status"].data.output
+        assert "NEW.md" in results["git_status"].data.output
     finally:
         await svc.stop()
 
@@ -119,7 +120,7 @@ async def test_a_follow_up_after_the_idle_timeout_restores_the_snapshot(tmp_path
         model.add(Reply(tool_calls=[note]), Reply(text="noted"))
         root = await slack.mention("U0ALICE1", "write a note")
         await slack.wait_for(lambda: finished(slack, root), timeout=60)
-        session = await svc.sessions.find_by_thread("C0000001", root)
+        session = await svc.sessions.find_by_surface(thread_surface("C0000001", root))
         first = svc.sandbox.manager.get(session.id).ref  # type: ignore[union-attr]
 
         async def container_gone() -> bool:
@@ -141,8 +142,8 @@ async def test_a_follow_up_after_the_idle_timeout_restores_the_snapshot(tmp_path
 async def test_a_container_killed_mid_turn_is_reported_and_the_next_prompt_gets_a_fresh_one(sandboxed, slack, model):
     model.add(Reply(tool_calls=[ToolCall("run_command", {"command": "sleep 30"})]))
     root = await slack.mention("U0ALICE1", "run something slow")
-    session = await sandboxed.sessions.find_by_thread("C0000001", root) or await until(
-        lambda: sandboxed.sessions.find_by_thread("C0000001", root))
+    session = await sandboxed.sessions.find_by_surface(thread_surface("C0000001", root)) or await until(
+        lambda: sandboxed.sessions.find_by_surface(thread_surface("C0000001", root)))
     manager = sandboxed.sandbox.manager  # type: ignore[union-attr]
     await until(lambda: _running_command(sandboxed, session.id), timeout=60, what="the command to start")
     doomed = manager.get(session.id).ref
@@ -193,7 +194,7 @@ async def _warm(svc: Service, n: int) -> bool:
 async def test_stop_during_a_command_kills_its_whole_process_tree(sandboxed, slack, model):
     model.add(Reply(tool_calls=[ToolCall("run_command", {"command": "sh -c 'sleep 30' & sleep 30"})]))
     root = await slack.mention("U0ALICE1", "run something slow")
-    session = await until(lambda: sandboxed.sessions.find_by_thread("C0000001", root))
+    session = await until(lambda: sandboxed.sessions.find_by_surface(thread_surface("C0000001", root)))
     await until(lambda: _running_command(sandboxed, session.id), timeout=60, what="the command to start")
     status = slack.bot_messages(thread_ts=root)[0]
     await slack.wait_for(lambda: "stop_turn" in status.buttons())
