@@ -36,8 +36,9 @@ class Turn:
         return finished and not any(m.streaming for m in self.after)
 
     def answer(self) -> str:
-        """The answer's Markdown, in order: the head's `markdown` block, then the messages after it."""
-        return "\n".join(b["text"] for m in self.messages for b in m.blocks if b.get("type") == "markdown")
+        """The answer's Markdown, in order: the head's `markdown` block, then the messages after it
+        (each part ends at a line end, or with the fence a cut closed)."""
+        return "".join(b["text"] for m in self.messages for b in m.blocks if b.get("type") == "markdown")
 
 
 def turns(slack: FakeSlack, thread_ts: str, channel: str = "C0000001") -> list[Turn]:

@@ -7,7 +7,9 @@ place while the others keep hammering. Here instead:
 - A message is a `Slot` holding the *latest wanted state* (a render callback), not a queue of
   calls: edits coalesce, the latest state wins, and rendering happens once per send.
 - Priorities: first posts and final states go before interim answer edits, which go before
-  interim status edits. Within a priority, oldest first.
+  interim status edits. Within a priority, oldest first. For a while after a 429, interim
+  edits wait as long as any first post or final state does (Slack's budgets are per method,
+  but a workspace that limits one write usually limits the others).
 - A 429 pauses that method for `Retry-After` seconds and drops its concurrency to one, growing
   again with each success; nothing is sent to a paused method.
 - A first post or a final state is retried until it lands (network errors and 5xx with
@@ -15,6 +17,8 @@ place while the others keep hammering. Here instead:
 - Messages of one thread are first posted in the order they were created (a later message
   waits for the earlier one's `ts`), so a thread reads in order whatever was retried.
 - One message is written at most once per `interval` (Slack asks for about one edit a second).
+- A slot can hold its final state back until others' final states landed (a turn's message
+  says Done only once its answer is whole).
 - Stream slots use `chat.startStream` / `appendStream` / `stopStream`: the render gives the
   part's whole text so far and the slot sends what Slack does not have yet. If Slack refuses
   the stream, or the text stops extending what was sent, the slot turns into an ordinary
@@ -106,6 +110,8 @@ class Slot:
     on_stream_refused: Callable[[str], None] | None = None
     after: Slot | None = None
     """The message created before it in the thread: this one is first posted after it."""
+    final_after: list[Slot] = field(default_factory=list)
+    """Messages whose final state lands before this one's (a turn says Done once its answer is whole)."""
     dirty: bool = False
     priority: Priority = Priority.STATUS
     dirty_since: float = 0.0
@@ -199,6 +205,8 @@ class Outbox:
         self._slots: set[Slot] = set()
         self._tails: dict[tuple[str, str], Slot] = {}
         self._paused_until: dict[str, float] = {}
+        self._strained_until = 0.0
+        """Until then (a while after a 429) interim edits wait while a first post or final state does."""
         self._window: dict[str, int] = {}
         self._method_in_flight: dict[str, int] = {}
         self._in_flight = 0
@@ -286,11 +294,17 @@ class Outbox:
         now = time.monotonic()
         next_at: float | None = None
         ready: list[tuple[int, float, int, Slot]] = []
+        strained = now < self._strained_until
+        urgent_waiting = False
         for slot in list(self._slots):
             if slot.settled:
                 self._forget(slot)
                 continue
-            if not slot.dirty or slot.in_flight:
+            if not (slot.dirty or slot.in_flight):
+                continue
+            urgent = slot.effective_priority is Priority.URGENT
+            urgent_waiting = urgent_waiting or urgent
+            if slot.in_flight:
                 continue
             at = self._ready_at(slot, now)
             if at is None:
@@ -299,8 +313,12 @@ class Outbox:
                 next_at = at if next_at is None else min(next_at, at)
                 continue
             heapq.heappush(ready, (slot.effective_priority, slot.dirty_since, next(self._order), slot))
+        if strained:
+            next_at = self._strained_until if next_at is None else min(next_at, self._strained_until)
         while ready and self._in_flight < self.max_in_flight:
-            *_, slot = heapq.heappop(ready)
+            priority, *_, slot = heapq.heappop(ready)
+            if strained and urgent_waiting and priority is not Priority.URGENT:
+                break  # Slack is limiting us: first posts and final states go first
             method = slot.next_method()
             if self._method_in_flight.get(method, 0) >= self._window.get(method, self.max_in_flight):
                 continue  # this method is probing after a 429; a finishing send wakes us
@@ -311,6 +329,8 @@ class Outbox:
         after = slot.after
         if slot.ts is None and after is not None and not after.settled and after.ts is None:
             return None
+        if slot.final and slot.ts is not None and any(not s.settled for s in slot.final_after):
+            return None  # woken when they settle
         at = max(slot.retry_at, self._paused_until.get(slot.next_method(), 0.0))
         if slot.ts is not None and slot.last_sent:
             at = max(at, slot.last_sent + self.interval)
@@ -446,6 +466,7 @@ class Outbox:
                 wait = 0.0
             wait = wait if wait > 0 else self.default_retry_after
             self._paused_until[method] = max(self._paused_until.get(method, 0.0), time.monotonic() + wait)
+            self._strained_until = max(self._strained_until, time.monotonic() + max(5.0, 2 * wait))
             self._window[method] = 1
             self.stats["rate_limited"] += 1
             return "rate_limited"

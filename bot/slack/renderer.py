@@ -297,6 +297,7 @@ class _TurnRender:
             self._sync_parts(final=True)
         for part in self.parts:
             part.changed(Priority.URGENT, final=True)
+        self.head.final_after = list(self.parts)
         self.head.changed(Priority.URGENT, final=True)
 
     def cancel_timer(self) -> None:
