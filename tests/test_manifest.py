@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.fakes.openai import Reply
+from tests.fakes.openai import FakeOpenAI, Reply
+from tests.fakes.slack import FakeSlack
 from tests.slack_threads import all_done
 
 MANIFEST = yaml.safe_load((Path(__file__).parents[1] / "manifest.yml").read_text())
@@ -30,7 +31,9 @@ EVENT_SCOPES = {
 }
 
 
-async def test_manifest_scopes_match_the_calls_and_events_the_service_uses(tmp_path, slack, model):
+async def test_manifest_scopes_match_the_calls_and_events_the_service_uses(
+    tmp_path: Path, slack: FakeSlack, model: FakeOpenAI,
+) -> None:
     import asyncio
     import copy
     import json

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import pytest
 
+from bot.service import Service
 from bot.slack.delivery import WRITES
 from tests.fakes.openai import FakeOpenAI, Reply, ToolCall
 from tests.fakes.slack import FakeSlack
@@ -32,7 +34,7 @@ def slow(text: str, seconds: float = 2.5, chunk_chars: int = 8) -> Reply:
     return Reply(text=text, chunk_chars=chunk_chars, chunk_delay=seconds / chunks)
 
 
-async def test_markdown_reaches_slack_as_written(service, slack: FakeSlack, model: FakeOpenAI, mode: str):
+async def test_markdown_reaches_slack_as_written(service: Service, slack: FakeSlack, model: FakeOpenAI, mode: str) -> None:
     model.add(slow(AS_WRITTEN))
     root = await slack.mention("U0ALICE1", "explain __init__")
     await slack.wait_for(lambda: all_done(slack, root, 1), timeout=20, what="the answer")
@@ -42,10 +44,13 @@ async def test_markdown_reaches_slack_as_written(service, slack: FakeSlack, mode
         assert len(turn.after) == 1 and slack.calls_to("chat.startStream") and slack.calls_to("chat.appendStream")
     else:
         assert turn.after == [] and turn.head.updates, "in the turn's message, edited in place"
-    assert refused_writes(slack) == [] or mode == "edited" and {m for m, *_ in refused_writes(slack)} == {"chat.startStream"}
+    refused = {method for method, *_ in refused_writes(slack)}
+    assert refused == (set() if mode == "streamed" else {"chat.startStream"}), "every other write was accepted"
 
 
-async def test_a_60000_character_answer_reaches_the_thread_whole(service, slack: FakeSlack, model: FakeOpenAI, mode: str):
+async def test_a_60000_character_answer_reaches_the_thread_whole(
+    service: Service, slack: FakeSlack, model: FakeOpenAI, mode: str,
+) -> None:
     lines: list[str] = []
     while sum(map(len, lines)) < 60_000:
         n = len(lines)
@@ -65,13 +70,15 @@ async def test_a_60000_character_answer_reaches_the_thread_whole(service, slack:
         markdown = [b["text"] for b in message.blocks if b["type"] == "markdown"]
         assert sum(map(len, markdown)) <= 12_000
         assert sum(1 for m in markdown for line in m.splitlines() if line.startswith("```")) % 2 == 0, "fences balanced"
-    refused = refused_writes(slack)
-    assert refused == [] if mode == "streamed" else {m for m, *_ in refused} == {"chat.startStream"}, refused
+    refused = {method for method, *_ in refused_writes(slack)}
+    assert refused == (set() if mode == "streamed" else {"chat.startStream"}), "every other write was accepted"
     if mode == "streamed":
         assert len(slack.calls_to("chat.startStream")) == len(turn.after) >= 5
 
 
-async def test_no_slack_token_from_a_prompt_or_the_model_reaches_slack(service, slack: FakeSlack, model: FakeOpenAI, mode: str):
+async def test_no_slack_token_from_a_prompt_or_the_model_reaches_slack(
+    service: Service, slack: FakeSlack, model: FakeOpenAI, mode: str,
+) -> None:
     attack = ("Hi <@U0ALICE1>: <!channel> <!here> <!everyone> <!subteam^S0TEAM|@devs> <@U0MALLORY> "
               "<https://evil.example|https://good.example> [https://good.example](https://evil.example/x) & more\n"
               "```\n<!here> in code\n```\n") * 4
@@ -96,7 +103,9 @@ async def test_no_slack_token_from_a_prompt_or_the_model_reaches_slack(service, 
     assert "upstream" in second.head.rendered() and "&lt;!channel&gt;" in second.head.rendered()
 
 
-async def test_a_slack_that_refuses_streams_gets_edits_at_most_once_a_second(service, slack: FakeSlack, model: FakeOpenAI):
+async def test_a_slack_that_refuses_streams_gets_edits_at_most_once_a_second(
+    service: Service, slack: FakeSlack, model: FakeOpenAI,
+) -> None:
     slack.stream_error = "method_not_supported"
     answer = "word " * 300
     model.add(slow(answer, seconds=3.5, chunk_chars=5), slow("again " * 200, seconds=2.0, chunk_chars=6))
@@ -111,10 +120,12 @@ async def test_a_slack_that_refuses_streams_gets_edits_at_most_once_a_second(ser
     assert len(slack.calls_to("chat.startStream")) == 1, "a refusal is remembered"
     edits = [c.at for c in slack.calls_to("chat.update") if c.params["ts"] == first.head.ts]
     assert len(edits) >= 3, "the answer grew in place"
-    assert min(b - a for a, b in zip(edits, edits[1:], strict=False)) >= 0.9
+    assert min(b - a for a, b in pairwise(edits)) >= 0.9
 
 
-async def test_streams_append_at_most_once_a_second_and_a_429_is_retried(service, slack: FakeSlack, model: FakeOpenAI):
+async def test_streams_append_at_most_once_a_second_and_a_429_is_retried(
+    service: Service, slack: FakeSlack, model: FakeOpenAI,
+) -> None:
     answer = "token " * 600
     model.add(slow(answer, seconds=4.0, chunk_chars=6))
     slack.rate_limit["chat.appendStream"] = 1
@@ -127,11 +138,13 @@ async def test_streams_append_at_most_once_a_second_and_a_429_is_retried(service
     assert [c.status for c in slack.calls_to("chat.appendStream")].count(429) == 1
     calls = [c.at for c in slack.calls if c.method in WRITES and c.params.get("ts") == streamed.ts]
     assert len(calls) >= 3
-    assert min(b - a for a, b in zip(calls, calls[1:], strict=False)) >= 0.9, "one write a second per message"
+    assert min(b - a for a, b in pairwise(calls)) >= 0.9, "one write a second per message"
     assert len(slack.calls_to("chat.stopStream")) == 1
 
 
-async def test_a_stream_slack_ended_early_is_finished_by_editing_it(service, slack: FakeSlack, model: FakeOpenAI):
+async def test_a_stream_slack_ended_early_is_finished_by_editing_it(
+    service: Service, slack: FakeSlack, model: FakeOpenAI,
+) -> None:
     answer = "line of text\n" * 300
     model.add(slow(answer, seconds=4.0, chunk_chars=13))
     root = await slack.mention("U0ALICE1", "a long one")

@@ -38,7 +38,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
@@ -141,8 +140,10 @@ class Slot:
         if self.settled:  # it changed after its final state landed: send this one too
             self.settled, self.final, self._done = False, False, asyncio.Event()
             self.outbox._slots.add(self)
-        if final:
+        if final and not self.final:
             self.final = True
+        elif self.dirty and priority >= self.priority:
+            return  # already waiting to be sent, as urgently: the send will render the latest state
         if not self.dirty:
             self.dirty, self.dirty_since, self.priority = True, time.monotonic(), priority
         else:
@@ -156,10 +157,6 @@ class Slot:
         self.dead = True
         self._settle()
         return True
-
-    @property
-    def started(self) -> bool:
-        return self.ts is not None or self.in_flight
 
     @property
     def is_stream(self) -> bool:
@@ -214,7 +211,6 @@ class Outbox:
         self._order = itertools.count()
         self._task: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
-        self._closing = False
         self.stats: dict[str, int] = {"sent": 0, "rate_limited": 0, "retried": 0, "given_up": 0}
 
     # -- API --------------------------------------------------------------------------------
@@ -243,11 +239,6 @@ class Outbox:
     def paused(self, method: str) -> bool:
         return self._paused_until.get(method, 0.0) > time.monotonic()
 
-    @property
-    def backlog(self) -> int:
-        """Slots with a state Slack does not have yet."""
-        return sum(1 for s in self._slots if s.dirty)
-
     def _must_land(self) -> list[Slot]:
         return [s for s in self._slots if not s.settled and (s.dirty or s.in_flight) and (s.final or s.ts is None)]
 
@@ -264,27 +255,30 @@ class Outbox:
         """Deliver what must land (first posts, final states) for up to `timeout`, then stop."""
         if not await self.drain(timeout):
             log.warning("Slack outbox closing with %d message(s) not delivered", len(self._must_land()))
-        self._closing = True
-        for task in [self._task, *self._sends]:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*[t for t in [self._task, *self._sends] if t is not None], return_exceptions=True)
+        tasks = [t for t in [self._task, *self._sends] if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
         self._task = None
         if self._session is not None:
             await self._session.close()
-            self._session = None
+            self._session, self._client = None, None
 
     # -- scheduling ---------------------------------------------------------------------------
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
-            self._closing = False
             self._task = asyncio.create_task(self._run(), name="slack-outbox")
 
     async def _run(self) -> None:
         while True:
             self._wake.clear()
-            next_at = self._dispatch()
+            try:
+                next_at = self._dispatch()
+            except Exception:  # a bug here must not stop every later message
+                log.exception("Slack outbox dispatch failed")
+                next_at = time.monotonic() + 1.0
             timeout = None if next_at is None else max(0.0, next_at - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -358,7 +352,11 @@ class Outbox:
         except asyncio.CancelledError:
             raise
         except SlackApiError as exc:
-            outcome = self._refused(slot, method, exc)
+            try:
+                outcome = self._refused(slot, method, exc)
+            except Exception:
+                log.exception("handling Slack's answer to %s failed", method)
+                outcome = "retry"
         except Exception as exc:  # network trouble after slack-sdk's own retries
             log.info("Slack %s for %s failed: %r", method, slot.channel, exc)
             outcome = "retry"
@@ -506,7 +504,3 @@ class Outbox:
                                           session=self._session, retry_handlers=handlers, logger=base.logger)
         return self._client
 
-
-def writes(calls: list[Any]) -> list[Any]:
-    """The calls among `calls` (anything with a `.method`) that Slack counts as writes."""
-    return [c for c in calls if getattr(c, "method", None) in WRITES]

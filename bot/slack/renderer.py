@@ -134,7 +134,7 @@ class SlackRenderer:
         thread = slack_thread(info)
         if thread is None:
             return
-        if self.streaming and self._team_lookup is None:
+        if self.streaming and self.team_id is None and (self._team_lookup is None or self._team_lookup.done()):
             self._team_lookup = asyncio.create_task(self._lookup_team(), name="slack-team-id")
         task = asyncio.create_task(self._follow(info, *thread, after_seq), name=f"slack-render-{info.id}")
         self._tasks.add(task)
@@ -149,8 +149,12 @@ class SlackRenderer:
     # -- internals ----------------------------------------------------------------------------
 
     async def _follow(self, info: Any, channel: str, thread_ts: str, after_seq: int) -> None:
-        view = await self.sessions.view(info.id, upto_seq=after_seq)
-        thread = _ThreadRender(self, info, channel, thread_ts, view)
+        try:
+            view = await self.sessions.view(info.id, upto_seq=after_seq)
+            thread = _ThreadRender(self, info, channel, thread_ts, view)
+        except Exception:
+            log.exception("cannot render session %s in Slack", info.id)
+            return
         try:
             async for event in self.sessions.follow(info.id, after_seq):
                 try:
@@ -159,6 +163,8 @@ class SlackRenderer:
                     log.exception("rendering a %s event of session %s failed", event.kind, info.id)
                 if isinstance(event.data, Status) and event.data.state == "idle":
                     break
+        except Exception:
+            log.exception("following session %s for Slack failed", info.id)
         finally:
             thread.close()
 
