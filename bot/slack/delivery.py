@@ -16,13 +16,16 @@ place while the others keep hammering. Here instead:
   backoff); only `close()` bounds it. An interim state is only ever superseded.
 - Messages of one thread are first posted in the order they were created (a later message
   waits for the earlier one's `ts`), so a thread reads in order whatever was retried.
-- One message is written at most once per `interval` (Slack asks for about one edit a second).
+- Edits of one message are at least `interval` apart (Slack asks for about one a second); an
+  interim edit also waits that long after the message was posted, a final state does not.
 - A slot can hold its final state back until others' final states landed (a turn's message
   says Done only once its answer is whole).
 - Stream slots use `chat.startStream` / `appendStream` / `stopStream`: the render gives the
   part's whole text so far and the slot sends what Slack does not have yet. If Slack refuses
   the stream, or the text stops extending what was sent, the slot turns into an ordinary
   message edited with `chat.update` (what slack-sdk documents for an expired stream).
+  slack-sdk's `chat_stream` helper is not used: it buffers by size and calls Slack directly,
+  past everything above.
 
 Without rate limiting nothing waits: a send starts as soon as a slot changes.
 """
@@ -118,7 +121,8 @@ class Slot:
     settled: bool = False
     """Nothing more will be sent: the final state landed, or the slot was cancelled or given up."""
     in_flight: bool = False
-    last_sent: float = 0.0
+    last_write: float = 0.0
+    last_edit: float = 0.0
     retry_at: float = 0.0
     failures: int = 0
     degraded: bool = False
@@ -326,8 +330,12 @@ class Outbox:
         if slot.final and slot.ts is not None and any(not s.settled for s in slot.final_after):
             return None  # woken when they settle
         at = max(slot.retry_at, self._paused_until.get(slot.next_method(), 0.0))
-        if slot.ts is not None and slot.last_sent:
-            at = max(at, slot.last_sent + self.interval)
+        if slot.ts is not None:
+            # Edits of one message are `interval` apart; an interim one also waits that long after the
+            # post, while a final state goes at once: a quick answer is not held back.
+            last = slot.last_edit if slot.final else max(slot.last_edit, slot.last_write)
+            if last:
+                at = max(at, last + self.interval)
         return at
 
     def _forget(self, slot: Slot) -> None:
@@ -404,20 +412,20 @@ class Outbox:
         client = self._api()
         content = slot.render(slot.degraded)
         if method == "chat.postMessage":
-            slot.last_sent = time.monotonic()
+            slot.last_write = time.monotonic()
             resp = await client.chat_postMessage(channel=slot.channel, thread_ts=slot.thread_ts, text=content.text,
                                                  blocks=content.blocks, unfurl_links=False, unfurl_media=False)
             self._posted(slot, str(resp["ts"]))
             return "ok"
         if method == "chat.update":
-            slot.last_sent = time.monotonic()
+            slot.last_write = slot.last_edit = time.monotonic()
             await client.chat_update(channel=slot.channel, ts=slot.ts or "", text=content.text, blocks=content.blocks)
             return "ok"
         if method == "chat.startStream":
             if not content.markdown:
                 return "ok"  # nothing to stream yet; the next change comes back here
             team, user = slot.stream or (None, None)
-            slot.last_sent = time.monotonic()
+            slot.last_write = time.monotonic()
             resp = await client.chat_startStream(channel=slot.channel, thread_ts=slot.thread_ts,
                                                  markdown_text=content.markdown, recipient_team_id=team,
                                                  recipient_user_id=user)
@@ -433,11 +441,11 @@ class Outbox:
                 slot.stream_failed = True  # the text changed under what was sent: edit it instead
         if method == "chat.appendStream" and slot.is_stream:
             if rest:
-                slot.last_sent = time.monotonic()
+                slot.last_write = slot.last_edit = time.monotonic()
                 await client.chat_appendStream(channel=slot.channel, ts=slot.ts or "", markdown_text=rest)
                 slot.sent_markdown = content.markdown
             return "ok"
-        slot.last_sent = time.monotonic()
+        slot.last_write = slot.last_edit = time.monotonic()
         await client.chat_stopStream(channel=slot.channel, ts=slot.ts or "", markdown_text=rest or None)
         slot.streaming = False
         if slot.stream_failed:
