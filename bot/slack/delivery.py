@@ -144,6 +144,7 @@ class Slot:
         if self.settled:  # it changed after its final state landed: send this one too
             self.settled, self.final, self._done = False, False, asyncio.Event()
             self.outbox._slots.add(self)
+            self.outbox._ensure_running()
         if final and not self.final:
             self.final = True
         elif self.dirty and priority >= self.priority:
@@ -325,10 +326,15 @@ class Outbox:
 
     def _ready_at(self, slot: Slot, now: float) -> float | None:
         after = slot.after
-        if slot.ts is None and after is not None and not after.settled and after.ts is None:
-            return None
-        if slot.final and slot.ts is not None and any(not s.settled for s in slot.final_after):
-            return None  # woken when they settle
+        if after is not None:
+            if slot.ts is None and not after.settled and after.ts is None:
+                return None
+            slot.after = None  # satisfied: let go of it (a chain would keep a thread's history alive)
+        if slot.final_after:
+            if slot.final and slot.ts is not None and any(not s.settled for s in slot.final_after):
+                return None  # woken when they settle
+            if all(s.settled for s in slot.final_after):
+                slot.final_after = []
         at = max(slot.retry_at, self._paused_until.get(slot.next_method(), 0.0))
         if slot.ts is not None:
             # Edits of one message are `interval` apart; an interim one also waits that long after the
