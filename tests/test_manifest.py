@@ -6,7 +6,9 @@ from pathlib import Path
 
 import yaml
 
-from tests.fakes.openai import Reply
+from tests.fakes.openai import FakeOpenAI, Reply
+from tests.fakes.slack import FakeSlack
+from tests.slack_threads import all_done
 
 MANIFEST = yaml.safe_load((Path(__file__).parents[1] / "manifest.yml").read_text())
 METHOD_SCOPES: dict[str, set[str]] = {
@@ -15,6 +17,9 @@ METHOD_SCOPES: dict[str, set[str]] = {
     "chat.postMessage": {"chat:write"},
     "chat.update": {"chat:write"},
     "chat.postEphemeral": {"chat:write"},
+    "chat.startStream": {"chat:write"},
+    "chat.appendStream": {"chat:write"},
+    "chat.stopStream": {"chat:write"},
     "conversations.info": {"channels:read", "groups:read"},
     "conversations.replies": {"channels:history", "groups:history"},
 }
@@ -26,7 +31,9 @@ EVENT_SCOPES = {
 }
 
 
-async def test_manifest_scopes_match_the_calls_and_events_the_service_uses(tmp_path, slack, model):
+async def test_manifest_scopes_match_the_calls_and_events_the_service_uses(
+    tmp_path: Path, slack: FakeSlack, model: FakeOpenAI,
+) -> None:
     import asyncio
     import copy
     import json
@@ -57,19 +64,18 @@ async def test_manifest_scopes_match_the_calls_and_events_the_service_uses(tmp_p
 
 async def exercise(slack, model, copy, json) -> None:  # type: ignore[no-untyped-def]
     """Every kind of thing the service does in Slack: answer, stop, queue, ask, pick, DM."""
-    model.add(Reply(text="x " * 100, chunk_delay=0.01), Reply(text="ok"), Reply(text="dm"))
+    model.add(Reply(text="x " * 100, chunk_delay=0.01), Reply(text="ok"), Reply(text="dm " * 100, chunk_delay=0.03))
     root = await slack.mention("U0ALICE1", "in acme/api go")
     status = (await slack.wait_for(lambda: slack.bot_messages(thread_ts=root)))[0]
     stale = copy.deepcopy(status)
     await slack.user_message("U0BOB001", "next", thread_ts=root)
     await slack.click("U0ALICE1", status, "stop_turn")
-    await slack.wait_for(
-        lambda: len(slack.bot_messages(thread_ts=root)) == 2 and "Done" in slack.bot_messages(thread_ts=root)[1].rendered()
-    )
+    await slack.wait_for(lambda: all_done(slack, root, 2))
     await slack.click("U0ALICE1", stale, "stop_turn")
     await slack.wait_for(lambda: slack.calls_to("chat.postEphemeral"))
-    await slack.user_message("U0ALICE1", "in acme/api hi", channel="D0000001")
-    await slack.wait_for(lambda: slack.bot_messages(channel="D0000001"))
+    dm = await slack.user_message("U0ALICE1", "in acme/api hi", channel="D0000001")
+    await slack.wait_for(lambda: all_done(slack, dm, 1, channel="D0000001"), what="the DM's answer, streamed")
+    assert slack.calls_to("chat.startStream"), "a slow answer is streamed"
     # a mention in someone else's thread that the rules cannot place: the bot asks, someone picks
     chatter = await slack.user_message("U0BOB001", "the numbers look odd today")
     model.add(Reply(text=json.dumps({"repo": "unknown", "confidence": 0.1, "alternatives": [], "reason": ""})))

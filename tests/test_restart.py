@@ -11,6 +11,7 @@ from pathlib import Path
 from tests.conftest import service_env
 from tests.fakes.openai import FakeOpenAI, Reply
 from tests.fakes.slack import FakeSlack
+from tests.slack_threads import turns
 
 
 async def start_serve(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
@@ -22,7 +23,8 @@ async def start_serve(env: dict[str, str], log: Path) -> asyncio.subprocess.Proc
     )
 
 
-async def test_kill_9_mid_turn_then_restart_reports_the_interruption_and_answers_the_queue(tmp_path: Path, slack: FakeSlack, model: FakeOpenAI):
+async def test_kill_9_mid_turn_then_restart_reports_the_interruption_and_answers_the_queue(
+        tmp_path: Path, slack: FakeSlack, model: FakeOpenAI):
     env = service_env(tmp_path / "data", slack, model)
     log = tmp_path / "serve.log"
     model.add(Reply(text="partial " * 500, chunk_delay=0.02))
@@ -31,7 +33,7 @@ async def test_kill_9_mid_turn_then_restart_reports_the_interruption_and_answers
         await asyncio.wait_for(slack.connected.wait(), 30)
         root = await slack.mention("U0ALICE1", "a long job")
         status = (await slack.wait_for(lambda: slack.bot_messages(thread_ts=root), what="the status message"))[0]
-        await slack.wait_for(lambda: "partial" in status.rendered(), what="streaming to start")
+        await slack.wait_for(lambda: "partial" in turns(slack, root)[0].rendered(), what="streaming to start")
         await slack.user_message("U0BOB001", "follow-up one", thread_ts=root)
         await slack.user_message("U0CAROL1", "follow-up two", thread_ts=root)
         await slack.wait_for(lambda: "2 more queued" in status.rendered(), what="both follow-ups queued")
@@ -45,15 +47,15 @@ async def test_kill_9_mid_turn_then_restart_reports_the_interruption_and_answers
         await asyncio.wait_for(slack.connected.wait(), 30)
         await slack.wait_for(lambda: "interrupted" in status.rendered(), timeout=15, what="the interruption to be reported")
         assert "The service restarted while this was running" in status.rendered()
-        assert "partial" in status.rendered(), "the text streamed before the kill is kept"
+        assert "partial" in turns(slack, root)[0].rendered(), "the text streamed before the kill is kept"
         assert "Stop" not in status.rendered()
 
         def answered() -> bool:
-            msgs = slack.bot_messages(thread_ts=root)
-            return len(msgs) == 3 and all("Done" in m.rendered() for m in msgs[1:])
+            found = turns(slack, root)
+            return len(found) == 3 and all("Done" in t.head.rendered() for t in found[1:])
 
         await slack.wait_for(answered, timeout=20, what="the queued prompts to be answered")
-        _, one, two = slack.bot_messages(thread_ts=root)
+        _, one, two = turns(slack, root)
         assert "<@U0BOB001> asked: follow-up one" in one.rendered() and "Answer to: follow-up one" in one.rendered()
         assert "<@U0CAROL1> asked: follow-up two" in two.rendered() and "Answer to: follow-up two" in two.rendered()
         # the resumed turns still know the conversation, including the interrupted partial answer

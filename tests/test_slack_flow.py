@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 from tests.fakes.openai import FakeOpenAI, Reply
 from tests.fakes.slack import FakeSlack
+from tests.slack_threads import all_done, turns
 
 
 async def test_mention_gets_a_threaded_reply_streamed_in_place(service, slack: FakeSlack, model: FakeOpenAI):
     answer = "The login page loads **three** bundles; see [the trace](https://example.com/t)."
-    model.add(Reply(text=answer, chunk_delay=0.05, chunk_chars=3))
+    model.add(Reply(text=answer, chunk_delay=0.1, chunk_chars=3))
     ts = await slack.mention("U0ALICE1", "why is the login page slow?")
 
     status = await slack.wait_for(lambda: slack.bot_messages(thread_ts=ts), what="a reply in the thread")
@@ -17,12 +20,14 @@ async def test_mention_gets_a_threaded_reply_streamed_in_place(service, slack: F
     assert "View session" in first.rendered() and "Stop" in first.rendered()
     assert first.buttons()["view_session"]["url"].startswith("http://agents.test/s/")
 
-    await slack.wait_for(lambda: "Done" in first.rendered(), what="the turn to finish")
-    assert len(slack.bot_messages(thread_ts=ts)) == 1, "one status message per turn, updated in place"
-    assert "The login page loads *three* bundles; see <https://example.com/t|the trace>." in first.rendered()
+    await slack.wait_for(lambda: all_done(slack, ts, 1), what="the turn to finish")
+    (turn,) = turns(slack, ts)
+    assert turn.head is first and "Done" in first.rendered()
+    assert len(turn.after) == 1, "the answer streams into one message below the turn's"
+    assert turn.after[0].rendered() == answer, "Slack renders the Markdown as the model wrote it"
+    assert [c.method for c in slack.calls_to("chat.startStream")] and slack.calls_to("chat.stopStream")
     assert "<@U0ALICE1> asked: why is the login page slow?" in first.rendered()
     assert "Stop" not in first.rendered()
-    assert first.updates, "the answer streamed into the message with chat.update"
     assert model.requests[0].last_user_text.endswith("why is the login page slow?")
 
 
@@ -37,9 +42,8 @@ async def test_follow_ups_while_a_turn_runs_are_answered_in_order_with_their_aut
     await slack.user_message("U0BOB001", "also check the CI config", thread_ts=root)
     await slack.user_message("U0CAROL1", "and the docker cache", thread_ts=root)
 
-    await slack.wait_for(lambda: len(slack.bot_messages(thread_ts=root)) == 3 and all(map(done, slack.bot_messages(thread_ts=root))),
-                         timeout=20, what="three finished turns")
-    first, second, third = slack.bot_messages(thread_ts=root)
+    await slack.wait_for(lambda: all_done(slack, root, 3), timeout=20, what="three finished turns")
+    first, second, third = turns(slack, root)
     assert "<@U0ALICE1> asked: look at the flaky test" in first.rendered()
     assert "<@U0BOB001> asked: also check the CI config" in second.rendered()
     assert "<@U0CAROL1> asked: and the docker cache" in third.rendered()
@@ -59,17 +63,18 @@ async def test_stop_cancels_a_slow_turn_and_keeps_the_queue(service, slack, mode
     model.add(Reply(text="word " * 400, chunk_delay=0.05))
     root = await slack.mention("U0ALICE1", "write a long essay")
     status = (await slack.wait_for(lambda: slack.bot_messages(thread_ts=root)))[0]
-    await slack.wait_for(lambda: "word" in status.rendered(), what="streaming to start")
+    await slack.wait_for(lambda: "word" in turns(slack, root)[0].rendered(), what="streaming to start")
     await slack.user_message("U0BOB001", "then summarise it", thread_ts=root)
     await slack.wait_for(lambda: "1 more queued" in status.rendered(), what="the queue to show")
 
     await slack.click("U0BOB001", status, "stop_turn")
     await slack.wait_for(lambda: "Stopped by <@U0BOB001>" in status.rendered(), timeout=3, what="the stop")
     assert model.disconnected == 1, "the model stream was closed"
-    assert status.rendered().count("word") < 400
     # the queued prompt still runs
-    await slack.wait_for(lambda: len(slack.bot_messages(thread_ts=root)) == 2 and done(slack.bot_messages(thread_ts=root)[1]))
-    assert "Answer to: then summarise it" in slack.bot_messages(thread_ts=root)[1].rendered()
+    await slack.wait_for(lambda: all_done(slack, root, 2))
+    stopped, second = turns(slack, root)
+    assert 0 < stopped.rendered().count("word") < 400
+    assert "Answer to: then summarise it" in second.rendered()
 
 
 async def test_clear_queue_drops_waiting_prompts(service, slack, model):
@@ -83,7 +88,7 @@ async def test_clear_queue_drops_waiting_prompts(service, slack, model):
     await slack.wait_for(lambda: done(status), timeout=10)
     await service.sessions.close()  # let nothing else run, then look
     assert len(model.requests) == 1
-    assert len(slack.bot_messages(thread_ts=root)) == 1
+    assert len(turns(slack, root)) == 1
 
 
 async def test_a_stale_or_forged_stop_button_gets_a_clear_ephemeral_answer(service, slack, model):
@@ -114,7 +119,7 @@ async def test_a_redelivered_event_and_the_double_delivery_of_a_mention_are_hand
     await slack.wait_for(lambda: slack.bot_messages(thread_ts=ts) and done(slack.bot_messages(thread_ts=ts)[0]))
     await slack.mention("U0BOB001", "a later mention")  # everything before it has been processed
     await slack.wait_for(lambda: len(model.requests) == 2)
-    assert len(slack.bot_messages(thread_ts=ts)) == 1
+    assert len(turns(slack, ts)) == 1
     assert [r.last_user_text for r in model.requests].count("From <@U0ALICE1>:\nhello") == 1
 
 
@@ -159,7 +164,8 @@ async def test_unknown_and_malformed_input_is_ignored_and_the_service_keeps_work
     await slack.send_event({"type": "app_mention", "user": ["U1"], "channel": {"id": 1}, "ts": 5, "text": None})
     await slack.send_envelope("events_api", "not an object")
     await slack.send_envelope("events_api", {"type": "event_callback", "event": "nope"})
-    await slack.send_envelope("interactive", {"type": "block_actions", "actions": [{"action_id": "stop_turn", "value": "../../etc"}]})
+    await slack.send_envelope("interactive",
+                              {"type": "block_actions", "actions": [{"action_id": "stop_turn", "value": "../../etc"}]})
     await slack.send_envelope("slash_commands", {"command": "/unknown"})
     await slack.send_envelope("mystery_type", {"x": 1})
     await slack.send_raw("this is not json")
@@ -178,9 +184,8 @@ async def test_model_errors_become_a_clear_message_and_the_session_lives_on(serv
     await slack.user_message("U0ALICE1", "second", thread_ts=root)
     await slack.user_message("U0ALICE1", "third", thread_ts=root)
     await slack.user_message("U0ALICE1", "fourth", thread_ts=root)
-    await slack.wait_for(lambda: len(slack.bot_messages(thread_ts=root)) == 4 and all(map(done, slack.bot_messages(thread_ts=root))),
-                         timeout=20)
-    first, second, third, fourth = (m.rendered() for m in slack.bot_messages(thread_ts=root))
+    await slack.wait_for(lambda: all_done(slack, root, 4), timeout=20)
+    first, second, third, fourth = (t.rendered() for t in turns(slack, root))
     assert "The model service answered with an error (HTTP 500): upstream exploded." in first
     assert ":warning:" in second and "Traceback" not in second
     assert "refused our API key (HTTP 401)" in third
@@ -205,6 +210,7 @@ async def test_a_silent_model_times_out_with_a_clear_message(tmp_path, slack, mo
 
 async def test_updates_are_coalesced_to_one_a_second_and_429s_are_retried(service, slack, model):
     model.add(Reply(text="token " * 600, chunk_delay=0.005, chunk_chars=6))  # about 3.5 s of streaming
+    slack.stream_error = "method_not_supported"  # in-place edits (streams: tests/test_slack_render.py)
     slack.rate_limit["chat.update"] = 1
     root = await slack.mention("U0ALICE1", "stream a lot")
     status = (await slack.wait_for(lambda: slack.bot_messages(thread_ts=root)))[0]
@@ -212,7 +218,7 @@ async def test_updates_are_coalesced_to_one_a_second_and_429s_are_retried(servic
     assert status.rendered().count("token") == 600, "the final state landed despite the 429"
     calls = [c.at for c in slack.calls_to("chat.update")]
     assert len(calls) >= 3
-    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert min(gaps) >= 0.9, f"updates closer than Slack allows: {gaps}"
     assert len(calls) <= 8
 

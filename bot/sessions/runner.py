@@ -30,6 +30,7 @@ class TurnHost(Protocol):
 
     agent: Agent
     model_timeout: float
+    closing: bool
 
     def log_of(self, session_id: str) -> SessionLog: ...
     def emit(self, session_id: str, data: EventData, turn: int | None = None) -> Event: ...
@@ -68,7 +69,7 @@ class Runner:
     async def _run(self) -> None:
         slog = self.host.log_of(self.session_id)
         try:
-            while (prompt := slog.next_prompt()) is not None:
+            while not self.host.closing and (prompt := slog.next_prompt()) is not None:
                 await self._run_turn(slog, prompt)
         except Exception:
             log.exception("runner of session %s failed; its queue waits for the next prompt", self.session_id)

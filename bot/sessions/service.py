@@ -88,6 +88,8 @@ class SessionService:
         self._status_written: LRUCache[str, str] = LRUCache(CACHE_SIZE)
         self._status_locks = KeyedLocks()
         self._background: set[asyncio.Task[Any]] = set()
+        self.closing = False
+        """Set by `close()`: runners take no new prompt (they stay queued for the next start)."""
 
     # -- reading ------------------------------------------------------------------------
 
@@ -254,10 +256,18 @@ class SessionService:
         return len(ids)
 
     async def close(self) -> None:
-        runners = [r.task for r in self._runners.values() if r.task]
-        for task in runners:
+        """Stop at a clean point: running turns are cancelled (recovery reports them after the
+        restart); a runner between turns finishes its bookkeeping and takes no new prompt."""
+        self.closing = True
+        runners = [r for r in self._runners.values() if r.task]
+        for runner in runners:
+            if runner.turn_running and runner.task is not None:
+                runner.task.cancel()
+        tasks = [r.task for r in runners if r.task]
+        _, late = await asyncio.wait(tasks, timeout=5) if tasks else (set(), set())
+        for task in late:
             task.cancel()
-        await asyncio.gather(*runners, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._runners.clear()
         if self._background:
             await asyncio.wait(self._background, timeout=5)
@@ -286,10 +296,15 @@ class SessionService:
     def runner_finished(self, runner: Runner) -> None:
         if self._runners.get(runner.session_id) is runner:
             del self._runners[runner.session_id]
-            self.emit(runner.session_id, Status(state="idle"))
+            if not self.closing:  # at shutdown its queue may still hold prompts: it is not idle
+                self.emit(runner.session_id, Status(state="idle"))
 
     async def persist_status(self, session_id: str) -> None:
-        """Write the session's current status; serialised so the last write is the truth."""
+        """Write the session's current status; serialised so the last write is the truth.
+
+        Not while closing: a session left `working` is resumed by recovery after the restart."""
+        if self.closing:
+            return
         async with self._status_locks.hold(session_id):
             status = WORKING if session_id in self._runners else IDLE
             if self._status_written.get(session_id) == status:

@@ -75,14 +75,23 @@ def _bolt_logger() -> logging.Logger:
     """Bolt reads SLACK_BOT_TOKEN from the environment itself and then warns that our client's
     (identical) token wins; that line would only confuse operators."""
     logger = logging.getLogger("slack_bolt")
-    if not any(isinstance(f, _TokenSkippedFilter) for f in logger.filters):
-        logger.addFilter(_TokenSkippedFilter())
+    if not any(isinstance(f, _BoltNoise) for f in logger.filters):
+        logger.addFilter(_BoltNoise())
     return logger
 
 
-class _TokenSkippedFilter(logging.Filter):
+class _BoltNoise(logging.Filter):
+    """Drops bolt's token warning; an ack that could not be sent because the socket was closing
+    (a shutdown or a reconnect) becomes one line: Slack redelivers an envelope it never saw acked."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "`token` will be unused" not in record.getMessage()
+        if "`token` will be unused" in record.getMessage():
+            return False
+        if record.exc_info and isinstance(record.exc_info[1], ConnectionError):
+            record.msg = "could not acknowledge a Slack envelope (%s); Slack will redeliver it"
+            record.args = (record.exc_info[1],)
+            record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.WARNING, "WARNING"
+        return True
 
 
 class SlackContext:

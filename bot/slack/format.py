@@ -1,156 +1,303 @@
-"""Turning a turn's state into Slack messages within Block Kit's limits.
+"""Turning a turn into Slack messages: Slack's own Markdown, safe text, and Slack's limits.
 
-The model writes Markdown; Slack reads mrkdwn. A section block holds at most 3,000 characters
-and a message at most 50 blocks, so long answers are split into sections, never truncated
-mid-code-block without closing the fence.
+Answers go out as standard Markdown in `markdown` blocks (Slack does the rendering, so
+`__init__`, `*italic*`, code and links stay as the model wrote them). Everything Slack reads as
+mrkdwn (the `text` fallback that notifications show, context blocks) is escaped, because model
+and prompt text must never ping `@channel`, a user group, or dress a link up as another URL.
+Only mentions of people already in the session pass.
+
+Limits (Slack rejects a call past them): message text 40,000 characters, 50 blocks, section
+text 3,000, markdown 12,000 per payload (all `markdown` blocks of a message together). Long
+answers are split at line ends into parts that each fit one message, reopening a code fence
+that a cut went through; nothing is truncated.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
-from bot.sessions.projection import SessionView, TurnView
+TEXT_LIMIT = 40_000
+BLOCKS_LIMIT = 50
+SECTION_LIMIT = 3_000
+MARKDOWN_LIMIT = 12_000
+"""Slack's limit for all `markdown` blocks of one payload together (and for streamed `markdown_text`)."""
 
-SECTION_LIMIT = 2900
-MAX_SECTIONS = 40
-FALLBACK_LIMIT = 3000
+PART_LIMIT = MARKDOWN_LIMIT - 100
+"""What one answer part may hold: below Slack's limit, with room for a fence that is closed or reopened."""
+FALLBACK_LIMIT = 3_000
+"""The `text` fallback is a notification preview and a screen reader's text, not the answer's home."""
+PROMPT_QUOTE = 150
 
 STOP_ACTION = "stop_turn"
 CLEAR_QUEUE_ACTION = "clear_queue"
 VIEW_ACTION = "view_session"
 
-_LINK = re.compile(r"\[([^\]\n]+)\]\((https?://[^)\s]+)\)")
-_BOLD = re.compile(r"\*\*(.+?)\*\*|__(.+?)__")
-_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*$", re.MULTILINE)
-_BULLET = re.compile(r"^(\s*)[-*+]\s+", re.MULTILINE)
-_STRIKE = re.compile(r"~~(.+?)~~")
+ZWSP = "\u200b"
+"""Put after a `<` that would open a Slack token (`<!here>`, `<@U…>`, `<url|text>`) in Markdown:
+the text reads the same, code copies the same bar one invisible character, and Slack sees no token."""
+
+Block = dict[str, Any]
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+_MENTION = re.compile(r"<@([UW][A-Z0-9]{2,})(?:\|[^<>\n]*)?>")
+_TOKEN_START = re.compile(r"<(?=[!@#]|[A-Za-z][A-Za-z0-9+.\-]*:)")
+_LINK = re.compile(r"\[([^\]\n]+)\]\(([^)\s]+)\)")
+_LOOKS_LIKE_URL = re.compile(
+    r"^(?:[a-z][a-z0-9+.\-]*://)?(?:[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?\.)+[a-z]{2,63}(?::\d+)?(?:[/?#]\S*)?$", re.IGNORECASE
+)
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+
+
+def is_user_id(value: str | None) -> bool:
+    return bool(value) and bool(_USER_ID.match(value or ""))
+
+
+# -- mrkdwn: escape everything, let through mentions of the session's people -----------------
 
 
 def escape(text: str) -> str:
+    """Slack's own escaping for mrkdwn: after it, no `<...>` token can form."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def markdown_to_mrkdwn(text: str) -> str:
-    """Convert the Markdown models write; code blocks and inline code are left as they are.
+def escape_mrkdwn(text: str, allowed: Collection[str] = ()) -> str:
+    """Escape for a mrkdwn field; `<@U…>` of the people in `allowed` still mention them."""
+    out = escape(text)
+    if allowed:
+        out = re.sub(r"&lt;@([UW][A-Z0-9]{2,})(?:\|[^<>\n]*?)?&gt;",
+                     lambda m: f"<@{m.group(1)}>" if m.group(1) in allowed else m.group(0), out)
+    return out
 
-    Only user mentions survive from raw `<...>` syntax: a model cannot ping @channel.
-    """
+
+def mention(user_id: str | None) -> str:
+    """A mention the service itself writes (an author, who stopped a turn), if the id is one."""
+    return f"<@{user_id}>" if user_id and is_user_id(user_id) else escape(user_id or "someone")
+
+
+# -- Markdown: as written, minus Slack tokens and links posing as other URLs -----------------
+
+
+def sanitize_markdown(text: str, allowed: Collection[str] = ()) -> str:
+    """The model's Markdown, safe to hand to Slack, changed as little as possible.
+
+    Line by line, so the result for a text is a prefix of the result for any longer text that
+    starts with it at a line end (streaming sends it in pieces)."""
     out: list[str] = []
-    for i, part in enumerate(re.split(r"(```.*?(?:```|$))", text, flags=re.DOTALL)):
-        if i % 2 == 1:  # fenced code: drop the language tag Slack would print
-            out.append(re.sub(r"^```[\w+-]*\n", "```\n", escape(part)))
-            continue
-        pieces = re.split(r"(`[^`\n]+`)", part)
-        for j, piece in enumerate(pieces):
-            if j % 2 == 1:
-                out.append(escape(piece))
-                continue
-            piece = escape(piece)
-            piece = re.sub(r"&lt;@([UW][A-Z0-9]{2,})&gt;", r"<@\1>", piece)
-            piece = _LINK.sub(lambda m: f"<{m.group(2)}|{m.group(1)}>", piece)
-            piece = _BOLD.sub(lambda m: f"*{m.group(1) or m.group(2)}*", piece)
-            piece = _STRIKE.sub(r"~\1~", piece)
-            piece = _HEADING.sub(r"*\1*", piece)
-            piece = _BULLET.sub(r"\1• ", piece)
-            out.append(piece)
+    fence: tuple[str, str] | None = None
+    for line in text.splitlines(keepends=True):
+        opened = fence
+        fence = fence_after(fence, line)
+        safe = _neutralize(line, allowed)
+        out.append(safe if opened is not None or fence is not None else _disclose_hosts(safe))
     return "".join(out)
 
 
-def split_sections(text: str, limit: int = SECTION_LIMIT) -> list[str]:
-    """Split at line ends into pieces of at most `limit`, re-opening a code fence that was cut."""
+def _neutralize(line: str, allowed: Collection[str]) -> str:
+    def repl(m: re.Match[str]) -> str:
+        who = _MENTION.match(line, m.start())
+        if who is not None and who.group(1) in allowed:
+            return "<"
+        return "<" + ZWSP
+
+    return _TOKEN_START.sub(repl, line) if "<" in line else line
+
+
+def _disclose_hosts(line: str) -> str:
+    """`[https://good.example](https://evil.example)` → the same, followed by ` (evil.example)`."""
+    if "](" not in line:
+        return line
+
+    def repl(m: re.Match[str]) -> str:
+        label, url = m.group(1).strip("`*_ "), m.group(2)
+        if not _LOOKS_LIKE_URL.match(label):
+            return m.group(0)
+        shown, real = _host(label if "://" in label else "http://" + label), _host(url)
+        return m.group(0) if real is None or shown == real else f"{m.group(0)} ({real})"
+
+    return _LINK.sub(repl, line)
+
+
+def _host(url: str) -> str | None:
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    return host.removeprefix("www.") if host else None
+
+
+# -- splitting: whole answers in parts that fit ----------------------------------------------
+
+
+def fence_after(fence: tuple[str, str] | None, line: str) -> tuple[str, str] | None:
+    """The open code fence (marker, opening line) after `line`, given the one before it."""
+    m = _FENCE.match(line)
+    if m is None:
+        return fence
+    marker = m.group(1)
+    if fence is None:
+        return marker, line.rstrip("\r\n")
+    if marker[0] == fence[0][0] and len(marker) >= len(fence[0]) and not line[m.end():].strip():
+        return None
+    return fence
+
+
+def fence_at(text: str, end: int | None = None) -> tuple[str, str] | None:
+    """The code fence open at `end` (a line start) in `text`."""
+    fence: tuple[str, str] | None = None
+    for line in text[:end].splitlines(keepends=True):
+        fence = fence_after(fence, line)
+    return fence
+
+
+def close_fence(body: str, fence: tuple[str, str] | None) -> str:
+    if fence is None:
+        return body
+    return body + ("" if body.endswith("\n") else "\n") + fence[0]
+
+
+def reopen_fence(fence: tuple[str, str] | None) -> str:
+    return fence[1] + "\n" if fence is not None else ""
+
+
+def split_markdown(text: str, limit: int = PART_LIMIT) -> list[str]:
+    """Parts of at most `limit` characters, cut at line ends (a longer line is wrapped), each
+    with its code fences balanced: a fence a cut goes through is closed and opened again."""
     if len(text) <= limit:
         return [text] if text else []
     parts: list[str] = []
-    current = ""
-    in_fence = False
+    fence: tuple[str, str] | None = None
+    body, header = "", 0
+
+    def flush() -> None:
+        nonlocal body, header
+        if len(body) > header:
+            parts.append(close_fence(body, fence))
+        body = reopen_fence(fence)
+        header = len(body)
+
     for line in text.splitlines(keepends=True):
-        while len(line) > limit - 8:  # a single huge line: hard-wrap it
-            head, line = line[: limit - 8], line[limit - 8 :]
-            parts, current = _push(parts, current, in_fence), ("```\n" if in_fence else "") + head
-        if len(current) + len(line) + 4 > limit:
-            parts, current = _push(parts, current, in_fence), ("```\n" if in_fence else "")
-        current += line
-        if line.lstrip().startswith("```"):
-            in_fence = not in_fence
-    if current.strip():
-        parts.append(current)
+        while line:
+            after = fence_after(fence, line)
+            reserve = len(after[0]) + 1 if after is not None else 0
+            if len(body) + len(line) + reserve <= limit:
+                body, fence, line = body + line, after, ""
+            elif len(body) > header:
+                flush()
+            else:  # one line longer than a part: wrap it
+                room = limit - len(body) - (len(fence[0]) + 1 if fence is not None else 0)
+                body, line = body + line[:room], line[room:]
+                flush()
+    if len(body) > header:
+        parts.append(body)
     return parts
 
 
-def _push(parts: list[str], current: str, in_fence: bool) -> list[str]:
-    if current.strip():
-        parts.append(current + ("\n```" if in_fence else ""))
-    return parts
+def excerpt(text: str, limit: int = FALLBACK_LIMIT) -> str:
+    """The start of `text` for a preview, whitespace folded."""
+    text = " ".join(text[: limit * 2].split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- messages ---------------------------------------------------------------------------------
 
 
 @dataclass
-class TurnState:
-    """What one turn's status message shows: the turn, and the session's queue."""
+class Head:
+    """What a turn's own message shows: who asked what, its status, its controls, maybe the answer."""
 
-    turn: TurnView
-    view: SessionView
+    author: str
+    prompt: str
     session_id: str
     session_url: str
+    allowed: frozenset[str] = frozenset()
+    answer: str | None = None
+    """Sanitized Markdown of the answer's first part, when the answer lives in this message."""
+    answer_preview: str = ""
+    """Raw start of the answer, for the notification text."""
+    activity: str | None = None
+    queued: int = 0
+    outcome: str | None = None
+    detail: str | None = None
+    """Who stopped the turn, or what went wrong."""
+    duration_ms: float | None = None
 
     @property
     def running(self) -> bool:
-        return self.turn.running
-
-    @property
-    def queued(self) -> int:
-        return len(self.view.queue)
+        return self.outcome is None
 
 
-def status_line(state: TurnState) -> str:
-    turn = state.turn
-    queued = f" · {state.queued} more queued" if state.queued and turn.running else ""
-    if turn.outcome is None:
-        return f":hourglass_flowing_sand: {escape(turn.activity or 'Working…')}{queued}"
-    took = f" in {turn.duration_ms / 1000:.1f} s" if turn.duration_ms is not None else ""
-    if turn.outcome == "done":
-        return f":white_check_mark: Done{took}"
-    if turn.outcome == "stopped":
-        who = f" by <@{turn.stopped_by}>" if turn.stopped_by else ""
-        return f":black_square_for_stop: Stopped{who}{took}"
-    if turn.outcome == "interrupted":
-        return f":warning: {escape(turn.error or 'Interrupted.')}"
-    return f":warning: {escape(turn.error or 'This turn failed.')}"
+def status_line(head: Head) -> str:
+    """The status, as mrkdwn (escaped)."""
+    queued = f" · {head.queued} more queued" if head.queued else ""
+    if head.outcome is None:
+        return f":hourglass_flowing_sand: {escape(head.activity or 'Working…')}{queued}"
+    took = f" in {head.duration_ms / 1000:.1f} s" if head.duration_ms is not None else ""
+    if head.outcome == "done":
+        return f":white_check_mark: Done{took}{queued}"
+    if head.outcome == "stopped":
+        who = f" by {mention(head.detail)}" if head.detail else ""
+        return f":black_square_for_stop: Stopped{who}{took}{queued}"
+    if head.outcome == "interrupted":
+        return f":warning: {escape(head.detail or 'Interrupted.')}{queued}"
+    return f":warning: {escape(head.detail or 'This turn failed.')}{queued}"
 
 
-def render_turn(state: TurnState) -> tuple[str, list[dict]]:
-    """The status message of a turn: who asked, the answer so far, its status, its controls."""
-    turn = state.turn
-    quoted = " ".join(turn.prompt.split())
-    quoted = quoted if len(quoted) <= 150 else quoted[:149] + "…"
-    blocks: list[dict] = [
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"<@{turn.author.id}> asked: {escape(quoted)}"}]}
+def render_head(head: Head) -> tuple[str, list[Block]]:
+    """The turn's message: `<@author> asked: …`, the answer (if it lives here), status, buttons."""
+    quoted = " ".join(head.prompt.split())
+    quoted = quoted if len(quoted) <= PROMPT_QUOTE else quoted[: PROMPT_QUOTE - 1] + "…"
+    asked = f"{mention(head.author)} asked: {escape_mrkdwn(quoted, head.allowed)}"
+    blocks: list[Block] = [_context(asked)]
+    if head.answer:
+        blocks.append(markdown_block(head.answer))
+    elif head.outcome == "done" and head.answer is not None:
+        blocks.append(markdown_block("_No answer._"))
+    status = status_line(head)
+    blocks.append(_context(status))
+    blocks.append({"type": "actions", "block_id": "controls", "elements": _buttons(head)})
+    preview = head.answer_preview if head.answer else ""
+    text = escape_mrkdwn(excerpt(preview), head.allowed) if preview.strip() else f"{asked} · {status}"
+    return text, blocks
+
+
+def render_part(markdown: str, preview: str, allowed: Collection[str] = ()) -> tuple[str, list[Block]]:
+    """A message holding one part of an answer (`markdown` is already sanitized)."""
+    return escape_mrkdwn(excerpt(preview), allowed) or "…", [markdown_block(markdown)]
+
+
+def render_note(text: str, allowed: Collection[str] = ()) -> list[tuple[str, list[Block]]]:
+    """A milestone the agent posts (plan, PR opened), in as many messages as it needs."""
+    parts = split_markdown(sanitize_markdown(text, allowed), PART_LIMIT - 10) or ["_(empty note)_"]
+    return [(escape_mrkdwn(excerpt(":memo: " + text), allowed), [markdown_block((":memo: " if i == 0 else "") + part)])
+            for i, part in enumerate(parts)]
+
+
+def markdown_block(text: str) -> Block:
+    return {"type": "markdown", "text": text}
+
+
+def _context(mrkdwn: str) -> Block:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": mrkdwn[:SECTION_LIMIT]}]}
+
+
+def _buttons(head: Head) -> list[Block]:
+    buttons: list[Block] = [
+        {"type": "button", "action_id": VIEW_ACTION, "text": {"type": "plain_text", "text": "View session"},
+         "url": head.session_url, "value": head.session_id}
     ]
-    body = markdown_to_mrkdwn(turn.text) if turn.text else ("_Thinking…_" if state.running else "_No answer._")
-    sections = split_sections(body)
-    if len(sections) > MAX_SECTIONS:
-        sections = sections[:MAX_SECTIONS] + ["_…the rest is in the session view._"]
-    blocks += [{"type": "section", "text": {"type": "mrkdwn", "text": s}} for s in sections]
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": status_line(state)}]})
-    buttons: list[dict] = [
-        {"type": "button", "action_id": VIEW_ACTION, "text": {"type": "plain_text", "text": "View session"}, "url": state.session_url}
-    ]
-    if state.running:
+    if head.running:
+        buttons.append({"type": "button", "action_id": STOP_ACTION, "style": "danger", "value": head.session_id,
+                        "text": {"type": "plain_text", "text": "Stop"}})
+    if head.queued:
         buttons.append(
-            {"type": "button", "action_id": STOP_ACTION, "style": "danger", "value": state.session_id,
-             "text": {"type": "plain_text", "text": "Stop"}}
-        )
-    if state.queued and state.running:
-        buttons.append(
-            {"type": "button", "action_id": CLEAR_QUEUE_ACTION, "value": state.session_id,
-             "text": {"type": "plain_text", "text": f"Clear queue ({state.queued})"},
+            {"type": "button", "action_id": CLEAR_QUEUE_ACTION, "value": head.session_id,
+             "text": {"type": "plain_text", "text": f"Clear queue ({head.queued})"},
              "confirm": {"title": {"type": "plain_text", "text": "Clear the queue?"},
-                         "text": {"type": "plain_text", "text": f"{state.queued} queued prompt(s) will not run."},
+                         "text": {"type": "plain_text", "text": f"{head.queued} queued prompt(s) will not run."},
                          "confirm": {"type": "plain_text", "text": "Clear"},
                          "deny": {"type": "plain_text", "text": "Keep"}}}
         )
-    blocks.append({"type": "actions", "block_id": "controls", "elements": buttons})
-    fallback = turn.text or status_line(state)
-    if len(fallback) > FALLBACK_LIMIT:
-        fallback = fallback[: FALLBACK_LIMIT - 1] + "…"
-    return fallback, blocks
+    return buttons

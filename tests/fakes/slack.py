@@ -5,6 +5,16 @@ Retry-After when asked to) and Socket Mode (`apps.connections.open` hands out a
 `ws://127.0.0.1` URL; the socket sends `hello`, then envelopes, and records acks). Like Slack,
 it echoes the bot's own posts and edits back as `message` events, and a mention reaches the app
 twice (`app_mention` and `message`). Helpers act as a user would: post, mention, click.
+
+Every write is held to Slack's documented limits and answered as Slack does when it breaks
+them: text 40,000 characters (`msg_too_long`), 50 blocks, section text 3,000, a `markdown`
+block 12,000 (`invalid_blocks`), all `markdown` blocks of a message together 12,000
+(`msg_blocks_too_long`). Streaming (`chat.startStream` / `appendStream` / `stopStream`)
+follows the method docs: `channel` and `ts`/`thread_ts` required, `recipient_team_id` and
+`recipient_user_id` required outside DMs, `markdown_text` up to 12,000 characters per call and
+not together with `chunks`, no append after a stop. A streamed message is held to the markdown
+limit as a whole too (it becomes `markdown` blocks). Knobs: `stream_error` refuses streaming
+with that error; `write_limit` answers 429 + Retry-After past that many writes a second.
 """
 
 from __future__ import annotations
@@ -14,8 +24,9 @@ import itertools
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -25,6 +36,13 @@ class Call:
     method: str
     params: dict[str, Any]
     at: float = field(default_factory=time.monotonic)
+    status: int = 200
+    reply: dict[str, Any] = field(default_factory=dict)
+    """what the fake answered"""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and bool(self.reply.get("ok"))
 
 
 @dataclass
@@ -38,6 +56,14 @@ class Message:
     bot: bool = False
     updates: list[float] = field(default_factory=list)
     """monotonic times of chat.update calls that changed this message"""
+    streaming: bool = False
+    """started with chat.startStream and not stopped yet"""
+    streamed: str = ""
+    """the Markdown streamed into it"""
+    stream_mode: str | None = None
+    """`markdown_text` or `chunks`: how the stream was started (appends must match)"""
+    appends: list[float] = field(default_factory=list)
+    """monotonic times of chat.appendStream calls"""
 
     def rendered(self) -> str:
         """All text a person would read in the message: its blocks, or its text."""
@@ -47,6 +73,8 @@ class Message:
         for block in self.blocks:
             if block.get("type") == "section":
                 parts.append(block["text"]["text"])
+            elif block.get("type") == "markdown":
+                parts.append(block.get("text", ""))
             elif block.get("type") == "context":
                 parts.extend(e.get("text", "") for e in block.get("elements", []))
             elif block.get("type") == "actions":
@@ -82,6 +110,12 @@ class FakeSlack:
         self.rate_limit: dict[str, int] = {}
         """method -> how many of its next calls get a 429"""
         self.retry_after = 1
+        self.write_limit: int | None = None
+        """answer 429 + Retry-After to writes past this many a second (all write methods together)"""
+        self.stream_error: str | None = None
+        """refuse chat.startStream with this error (e.g. `method_not_supported`), to test the fallback"""
+        self._writes: list[float] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self.sent_envelopes: list[tuple[str, float]] = []
         """(envelope_id, monotonic time it was written to the socket)"""
         self._sockets: list[web.WebSocketResponse] = []
@@ -137,19 +171,37 @@ class FakeSlack:
             if isinstance(params.get(key), str):
                 params[key] = json.loads(params[key])
         token = request.headers.get("Authorization", "").removeprefix("Bearer ") or params.get("token", "")
-        self.calls.append(Call(method, params))
+        call = Call(method, params)
+        self.calls.append(call)
+        status, reply = await self._answer(method, params, token)
+        call.status, call.reply = status, reply
+        if status == 429:
+            return web.json_response(reply, status=429, headers={"Retry-After": str(self.retry_after)})
+        return web.json_response(reply)
+
+    async def _answer(self, method: str, params: dict[str, Any], token: str) -> tuple[int, dict[str, Any]]:
         if self.rate_limit.get(method, 0) > 0:
             self.rate_limit[method] -= 1
-            return web.json_response(
-                {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": str(self.retry_after)}
-            )
+            return 429, {"ok": False, "error": "ratelimited"}
+        if method in WRITES and self.write_limit is not None:
+            now = time.monotonic()
+            self._writes = [t for t in self._writes if t > now - 1.0]
+            if len(self._writes) >= self.write_limit:
+                return 429, {"ok": False, "error": "ratelimited"}
+            self._writes.append(now)
         wanted = self.app_token if method == "apps.connections.open" else self.bot_token
         if token != wanted:
-            return web.json_response({"ok": False, "error": "invalid_auth"})
+            return 200, {"ok": False, "error": "invalid_auth"}
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
-            return web.json_response({"ok": False, "error": "unknown_method"})
-        return web.json_response(await handler(params))
+            return 200, {"ok": False, "error": "unknown_method"}
+        reply: dict[str, Any] = await handler(params)
+        return 200, reply
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _m_auth_test(self, _: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -167,30 +219,120 @@ class FakeSlack:
             return {"ok": False, "error": "channel_not_found"}
         if not p.get("text") and not p.get("blocks"):
             return {"ok": False, "error": "no_text"}
-        error = _check_blocks(p.get("blocks"))
+        error = _check_message(p)
         if error:
-            return {"ok": False, "error": "invalid_blocks", "errors": [error]}
+            return error
         msg = Message(channel, self.next_ts(), self.bot_user_id, p.get("text", ""), p.get("thread_ts"),
                       p.get("blocks") or [], bot=True)
         self.messages[(channel, msg.ts)] = msg
         if self.echo_bot_messages:
-            asyncio.create_task(self._echo(msg))
+            self._spawn(self._echo(msg))
         return {"ok": True, "channel": channel, "ts": msg.ts, "message": self._as_event(msg)}
 
     async def _m_chat_update(self, p: dict[str, Any]) -> dict[str, Any]:
         msg = self.messages.get((p.get("channel", ""), p.get("ts", "")))
         if msg is None:
             return {"ok": False, "error": "message_not_found"}
-        error = _check_blocks(p.get("blocks"))
+        if not msg.bot:
+            return {"ok": False, "error": "cant_update_message"}
+        error = _check_message(p)
         if error:
-            return {"ok": False, "error": "invalid_blocks", "errors": [error]}
+            return error
         msg.text = p.get("text", msg.text)
         if "blocks" in p:
             msg.blocks = p["blocks"] or []
+        msg.streaming = False  # an edit ends a stream (what slack-sdk suggests for an expired one)
         msg.updates.append(time.monotonic())
         if self.echo_bot_messages:
-            asyncio.create_task(self._echo(msg, edited=True))
+            self._spawn(self._echo(msg, edited=True))
         return {"ok": True, "channel": msg.channel, "ts": msg.ts, "text": msg.text}
+
+    # -- streaming: https://docs.slack.dev/reference/methods/chat.startStream (appendStream, stopStream)
+
+    async def _m_chat_startStream(self, p: dict[str, Any]) -> dict[str, Any]:
+        channel, thread_ts = p.get("channel"), p.get("thread_ts")
+        if self.stream_error:
+            return {"ok": False, "error": self.stream_error}
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        if not thread_ts:
+            return {"ok": False, "error": "invalid_arguments"}
+        if not str(channel).startswith("D"):
+            if not p.get("recipient_team_id"):
+                return {"ok": False, "error": "missing_recipient_team_id"}
+            if not p.get("recipient_user_id"):
+                return {"ok": False, "error": "missing_recipient_user_id"}
+            if p["recipient_team_id"] != self.team_id:
+                return {"ok": False, "error": "team_not_found"}
+            if not str(p["recipient_user_id"]).startswith(("U", "W")):
+                return {"ok": False, "error": "user_not_found"}
+        text, mode, error = _stream_text(p, None)
+        if error:
+            return error
+        msg = Message(channel, self.next_ts(), self.bot_user_id, "", thread_ts, [], bot=True, streaming=True,
+                      stream_mode=mode)
+        self._stream_into(msg, text)
+        self.messages[(channel, msg.ts)] = msg
+        if self.echo_bot_messages:
+            self._spawn(self._echo(msg))
+        return {"ok": True, "channel": channel, "ts": msg.ts}
+
+    async def _m_chat_appendStream(self, p: dict[str, Any]) -> dict[str, Any]:
+        msg, error = self._stream_target(p)
+        if error:
+            return error
+        assert msg is not None
+        if p.get("markdown_text") is None and p.get("chunks") is None:
+            return {"ok": False, "error": "markdown_text_or_chunks_required"}
+        text, _, error = _stream_text(p, msg.stream_mode)
+        if error:
+            return error
+        if len(msg.streamed) + len(text) > MARKDOWN_LIMIT:
+            return {"ok": False, "error": "msg_too_long"}
+        self._stream_into(msg, text)
+        msg.appends.append(time.monotonic())
+        return {"ok": True, "channel": msg.channel, "ts": msg.ts}
+
+    async def _m_chat_stopStream(self, p: dict[str, Any]) -> dict[str, Any]:
+        msg, error = self._stream_target(p)
+        if error:
+            return error
+        assert msg is not None
+        text, _, error = _stream_text(p, msg.stream_mode)
+        if error:
+            return error
+        if len(msg.streamed) + len(text) > MARKDOWN_LIMIT:
+            return {"ok": False, "error": "msg_too_long"}
+        blocks = p.get("blocks") or []
+        block_error = _check_message({"blocks": blocks}) if blocks else None
+        if block_error:
+            return block_error
+        self._stream_into(msg, text)
+        msg.blocks = msg.blocks + list(blocks)
+        msg.streaming = False
+        if self.echo_bot_messages:
+            self._spawn(self._echo(msg, edited=True))
+        return {"ok": True, "channel": msg.channel, "ts": msg.ts, "message": self._as_event(msg)}
+
+    def _stream_target(self, p: dict[str, Any]) -> tuple[Message | None, dict[str, Any] | None]:
+        if not p.get("channel"):
+            return None, {"ok": False, "error": "channel_not_found"}
+        if not p.get("ts"):
+            return None, {"ok": False, "error": "invalid_arguments"}
+        msg = self.messages.get((p["channel"], p["ts"]))
+        if msg is None:
+            return None, {"ok": False, "error": "message_not_found"}
+        if not msg.bot:
+            return None, {"ok": False, "error": "message_not_owned_by_app"}
+        if not msg.streaming:
+            return None, {"ok": False, "error": "message_not_in_streaming_state"}
+        return msg, None
+
+    def _stream_into(self, msg: Message, text: str) -> None:
+        msg.streamed += text
+        msg.text = msg.streamed
+        extra = [b for b in msg.blocks if b.get("type") != "markdown" or b.get("block_id") != "streamed"]
+        msg.blocks = ([{"type": "markdown", "block_id": "streamed", "text": msg.streamed}] if msg.streamed else []) + extra
 
     async def _m_chat_postEphemeral(self, p: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "message_ts": self.next_ts()}
@@ -301,7 +443,8 @@ class FakeSlack:
     async def click(self, user: str, message: Message, action_id: str) -> str:
         button = message.buttons()[action_id]
         payload = {
-            "type": "block_actions", "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": self.team_id},
+            "type": "block_actions",
+            "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": self.team_id},
             "api_app_id": "A0000001", "token": "verification-token-unused",
             "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel, "is_ephemeral": False},
             "trigger_id": f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:8]}", "team": {"id": self.team_id, "domain": "fake"},
@@ -317,7 +460,8 @@ class FakeSlack:
         block = next(b for b in message.blocks if b.get("type") == "actions"
                      and any(e.get("action_id") == action_id for e in b["elements"]))
         payload = {
-            "type": "block_actions", "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": self.team_id},
+            "type": "block_actions",
+            "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": self.team_id},
             "api_app_id": "A0000001", "token": "verification-token-unused",
             "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel, "is_ephemeral": False},
             "trigger_id": f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:8]}", "team": {"id": self.team_id, "domain": "fake"},
@@ -333,7 +477,8 @@ class FakeSlack:
 
     def bot_messages(self, channel: str = "C0000001", thread_ts: str | None = None) -> list[Message]:
         return sorted(
-            (m for m in self.messages.values() if m.bot and m.channel == channel and (thread_ts is None or m.thread_ts == thread_ts)),
+            (m for m in self.messages.values()
+             if m.bot and m.channel == channel and (thread_ts is None or m.thread_ts == thread_ts)),
             key=lambda m: float(m.ts),
         )
 
@@ -351,13 +496,86 @@ class FakeSlack:
             await asyncio.sleep(0.02)
 
 
-def _check_blocks(blocks: Any) -> str | None:
-    """The limits Slack enforces that the app must respect."""
+WRITES = frozenset({"chat.postMessage", "chat.update", "chat.startStream", "chat.appendStream", "chat.stopStream"})
+TEXT_LIMIT, BLOCKS_LIMIT, SECTION_LIMIT, MARKDOWN_LIMIT = 40_000, 50, 3_000, 12_000
+BLOCK_TYPES = {"section", "markdown", "context", "actions", "divider", "header", "rich_text", "image", "input"}
+
+
+def _check_message(p: dict[str, Any]) -> dict[str, Any] | None:
+    """Slack's answer to a message that breaks its limits, or None."""
+    text = p.get("text")
+    if isinstance(text, str) and len(text) > TEXT_LIMIT:
+        return {"ok": False, "error": "msg_too_long"}
+    blocks = p.get("blocks")
     if blocks is None:
         return None
-    if not isinstance(blocks, list) or len(blocks) > 50:
-        return "must be a list of at most 50 blocks"
-    for i, block in enumerate(blocks):
-        if block.get("type") == "section" and len(block.get("text", {}).get("text", "")) > 3000:
-            return f"blocks[{i}].text must be at most 3000 characters"
+    error = _check_blocks(blocks)
+    if error:
+        return {"ok": False, "error": "invalid_blocks", "errors": [error]}
+    if sum(len(b.get("text", "")) for b in blocks if b.get("type") == "markdown") > MARKDOWN_LIMIT:
+        return {"ok": False, "error": "msg_blocks_too_long"}
     return None
+
+
+def _check_blocks(blocks: Any) -> str | None:
+    """The limits Slack enforces on blocks that the app must respect."""
+    if not isinstance(blocks, list) or len(blocks) > BLOCKS_LIMIT:
+        return f"must be a list of at most {BLOCKS_LIMIT} blocks"
+    for i, block in enumerate(blocks):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind not in BLOCK_TYPES:
+            return f"blocks[{i}]: unknown block type {kind!r}"
+        if len(str(block.get("block_id", ""))) > 255:
+            return f"blocks[{i}].block_id must be at most 255 characters"
+        if kind == "section":
+            if len(block.get("text", {}).get("text", "")) > SECTION_LIMIT:
+                return f"blocks[{i}].text must be at most {SECTION_LIMIT} characters"
+            if any(len(f.get("text", "")) > 2000 for f in block.get("fields", [])):
+                return f"blocks[{i}].fields[] must be at most 2000 characters"
+        elif kind == "markdown":
+            if not isinstance(block.get("text"), str) or not block["text"]:
+                return f"blocks[{i}].text is required"
+            if len(block["text"]) > MARKDOWN_LIMIT:
+                return f"blocks[{i}].text must be at most {MARKDOWN_LIMIT} characters"
+        elif kind == "context":
+            elements = block.get("elements", [])
+            if not elements or len(elements) > 10:
+                return f"blocks[{i}].elements must hold 1 to 10 items"
+            if any(len(e.get("text", "")) > SECTION_LIMIT for e in elements):
+                return f"blocks[{i}].elements[].text must be at most {SECTION_LIMIT} characters"
+        elif kind == "actions":
+            elements = block.get("elements", [])
+            if not elements or len(elements) > 25:
+                return f"blocks[{i}].elements must hold 1 to 25 items"
+            for e in elements:
+                if e.get("type") == "button" and (len(e.get("text", {}).get("text", "")) > 75 or len(e.get("url", "")) > 3000
+                                                  or len(e.get("value", "")) > 2000 or len(e.get("action_id", "")) > 255):
+                    return f"blocks[{i}]: a button breaks its limits"
+    return None
+
+
+def _stream_text(p: dict[str, Any], mode: str | None) -> tuple[str, str | None, dict[str, Any] | None]:
+    """The Markdown a streaming call adds, the mode it uses, or Slack's error."""
+    markdown, chunks = p.get("markdown_text"), p.get("chunks")
+    if markdown is not None and chunks is not None:
+        return "", None, {"ok": False, "error": "cannot_provide_both_markdown_text_and_chunks"}
+    if markdown is not None:
+        if not isinstance(markdown, str) or len(markdown) > MARKDOWN_LIMIT:
+            return "", None, {"ok": False, "error": "msg_too_long"}
+        used = "markdown_text"
+        text = markdown
+    elif chunks is not None:
+        if isinstance(chunks, str):
+            chunks = json.loads(chunks)
+        if not isinstance(chunks, list) or not all(isinstance(c, dict) and c.get("type") in
+                                                    ("markdown_text", "task_update", "plan_update", "blocks") for c in chunks):
+            return "", None, {"ok": False, "error": "invalid_chunks"}
+        used = "chunks"
+        text = "".join(c.get("text", "") for c in chunks if c["type"] == "markdown_text")
+        if len(text) > MARKDOWN_LIMIT:
+            return "", None, {"ok": False, "error": "msg_too_long"}
+    else:
+        return "", mode, None
+    if mode is not None and used != mode:
+        return "", None, {"ok": False, "error": "streaming_mode_mismatch"}
+    return text, used, None
