@@ -13,8 +13,9 @@ import json
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -100,7 +101,8 @@ class FakeOpenAI:
         item = self.script.popleft() if self.script else self.default
         reply = item(req) if callable(item) else item
         if reply.status != 200:
-            return web.json_response({"error": {"message": reply.error, "type": "server_error", "code": None}}, status=reply.status)
+            error = {"message": reply.error, "type": "server_error", "code": None}
+            return web.json_response({"error": error}, status=reply.status)
         if not body.get("stream"):
             if reply.hang:
                 await asyncio.sleep(3600)
@@ -150,7 +152,8 @@ class FakeOpenAI:
         if reply.tool_calls:
             message["tool_calls"] = [
                 {"id": c.id or f"call_{uuid.uuid4().hex[:8]}", "type": "function",
-                 "function": {"name": c.name, "arguments": c.arguments if isinstance(c.arguments, str) else json.dumps(c.arguments)}}
+                 "function": {"name": c.name,
+                              "arguments": c.arguments if isinstance(c.arguments, str) else json.dumps(c.arguments)}}
                 for c in reply.tool_calls
             ]
         self.completed += 1
