@@ -164,6 +164,7 @@ async def baseline_app() -> None:
 
     from bot.agent.conversation import SYSTEM_PROMPT, user_text
     from bot.config import Settings
+    from bot.events import Author
 
     env = os.environ
     token = env.pop("SLACK_BOT_TOKEN")  # else bolt reads it as well and warns that the client's wins
@@ -177,7 +178,8 @@ async def baseline_app() -> None:
         text = re.sub(r"<@[A-Z0-9]+>", " ", event.get("text", "")).strip()
         stream = await model.chat.completions.create(
             model=model_name,
-            messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user_text(event["user"], text)}],
+            messages=[{"role": "system", "content": SYSTEM_PROMPT},
+                      {"role": "user", "content": user_text(Author(id=event["user"]), text)}],
             stream=True,
         )
         parts: list[str] = []
