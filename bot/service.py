@@ -19,6 +19,7 @@ from bot.repos import RepoCatalog, load_repos
 from bot.sessions.intake import Intake
 from bot.sessions.service import SessionService
 from bot.slack.app import SlackClient, SlackContext
+from bot.store.batch import BatchWriter
 from bot.store.db import Database
 from bot.store.pending import PendingRequests
 from bot.store.processed_events import ProcessedEvents
@@ -43,8 +44,9 @@ class Service:
         self._model: AsyncOpenAI | None = make_client(settings) if settings.model_configured else None
         tools = tool_registry(self.hooks)
         self.agent = Agent(self._model_client, settings.agent_model, tools, settings.max_tool_steps)
-        self.sessions = SessionService(settings, self.db, self.agent, self.catalog, manager, self.hooks)
-        self.processed = ProcessedEvents(self.db)
+        self.writer = BatchWriter(self.db)
+        self.sessions = SessionService(settings, self.db, self.agent, self.catalog, manager, self.hooks, self.writer)
+        self.processed = ProcessedEvents(self.db, self.writer)
         self.classifier = self._classifier() if len(self.catalog) else None
         self.intake = Intake(self.sessions, self.classifier, PendingRequests(self.db, settings.pending_request_ttl),
                              settings.max_prompt_chars)

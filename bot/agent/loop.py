@@ -6,6 +6,7 @@ does is emitted as an event; it keeps no state of its own between turns.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -65,8 +66,9 @@ class Agent:
         text: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         finished = False
+        deltas = _Deltas(ctx)
         try:
-            specs = self.tools.specs()
+            specs = self.tools.specs(workspace=ctx.workspace is not None)
             # The conversation is plain dicts rebuilt from the log; the API checks their shape.
             stream = await self._client().chat.completions.create(
                 model=self.model,
@@ -83,7 +85,7 @@ class Agent:
                         if delta.content:
                             stats.token()
                             text.append(delta.content)
-                            ctx.emit(TextDelta(text=delta.content))
+                            deltas.add(delta.content)
                         for tc in delta.tool_calls or []:
                             stats.token()
                             slot = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
@@ -97,6 +99,7 @@ class Agent:
         except (json.JSONDecodeError, pydantic.ValidationError) as exc:
             raise BadModelOutput("The model service sent a malformed answer, so this turn was ended.") from exc
         finally:
+            deltas.flush()
             tool_calls = [
                 {"id": c["id"] or f"call_{uuid.uuid4().hex[:12]}", "name": c["name"], "arguments": c["arguments"]}
                 for _, c in sorted(calls.items())
@@ -108,3 +111,33 @@ class Agent:
         if not text and not tool_calls:
             raise BadModelOutput("The model ended its answer without any text or tool call.")
         return "".join(text), tool_calls
+
+
+class _Deltas:
+    """Streamed text goes out as it arrives, but as at most one event per window: a fast model's
+    many small chunks become a few events (each is a log write and a fan-out to every client)."""
+
+    WINDOW = 0.05
+
+    def __init__(self, ctx: ToolContext):
+        self.ctx = ctx
+        self.pending: list[str] = []
+        self.last = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, text: str) -> None:
+        self.pending.append(text)
+        wait = self.last + self.WINDOW - time.monotonic()
+        if wait <= 0:
+            self.flush()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(wait, self.flush)
+
+    def flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.pending:
+            self.ctx.emit(TextDelta(text="".join(self.pending)))
+            self.pending.clear()
+            self.last = time.monotonic()

@@ -56,6 +56,7 @@ class ReadFile:
     name: ClassVar[str] = "read_file"
     description: ClassVar[str] = "Read a text file of the repository, whole or a range of lines (1-based, inclusive)."
     writes: ClassVar[bool] = False
+    needs_workspace: ClassVar[bool] = True
 
     class Args(BaseModel):
         path: str = Path
@@ -79,6 +80,7 @@ class ListDirectory:
     name: ClassVar[str] = "list_directory"
     description: ClassVar[str] = "List a directory of the repository (names, kinds and sizes)."
     writes: ClassVar[bool] = False
+    needs_workspace: ClassVar[bool] = True
 
     class Args(BaseModel):
         path: str = Field(".", description="Directory relative to the repository root.", max_length=4096)
@@ -94,6 +96,7 @@ class Search:
     name: ClassVar[str] = "search"
     description: ClassVar[str] = "Search file contents with a regular expression (ripgrep or grep -E); prints path:line:text."
     writes: ClassVar[bool] = False
+    needs_workspace: ClassVar[bool] = True
 
     class Args(BaseModel):
         pattern: str = Field(min_length=1, max_length=1000)
@@ -115,6 +118,7 @@ class EditFile:
         "include enough surrounding lines to make it unique."
     )
     writes: ClassVar[bool] = True
+    needs_workspace: ClassVar[bool] = True
 
     class Args(BaseModel):
         path: str = Path
@@ -133,6 +137,7 @@ class WriteFile:
     name: ClassVar[str] = "write_file"
     description: ClassVar[str] = "Create or overwrite a file with the given content (parent directories are created)."
     writes: ClassVar[bool] = True
+    needs_workspace: ClassVar[bool] = True
 
     class Args(BaseModel):
         path: str = Path
@@ -152,6 +157,7 @@ class RunCommand:
         "cut at 30,000 characters. Processes it starts end with it."
     )
     writes: ClassVar[bool] = True
+    needs_workspace: ClassVar[bool] = True
 
     def __init__(self, max_timeout: float = 600.0):
         self.max_timeout = max_timeout
@@ -171,6 +177,7 @@ class GitStatus:
     name: ClassVar[str] = "git_status"
     description: ClassVar[str] = "Show the branch and the changed, added and untracked files."
     writes: ClassVar[bool] = False
+    needs_workspace: ClassVar[bool] = True
 
     class Args(BaseModel):
         pass
@@ -185,6 +192,7 @@ class GitDiff:
     name: ClassVar[str] = "git_diff"
     description: ClassVar[str] = "Show the diff of the working tree (or of one path) against the last commit."
     writes: ClassVar[bool] = False
+    needs_workspace: ClassVar[bool] = True
 
     class Args(BaseModel):
         path: str | None = Field(None, max_length=4096)

@@ -64,6 +64,7 @@ class Tool(Protocol):
     description: ClassVar[str]
     writes: ClassVar[bool]
     """Changes the workspace: such calls wait for the git sync (a plugin decides)."""
+    # Optional: `needs_workspace: ClassVar[bool] = True` keeps a tool away from sessions without one.
 
     @property
     def Args(self) -> type[BaseModel]: ...
@@ -82,6 +83,7 @@ class ToolRegistry:
     def __init__(self, tools: Sequence[Tool] = (), hooks: pluggy.PluginManager | None = None):
         self._tools: dict[str, Tool] = {}
         self._specs: list[dict[str, Any]] = []
+        self._specs_without_workspace: list[dict[str, Any]] = []
         self.hooks = hooks
         for tool in tools:
             self.register(tool)
@@ -96,13 +98,18 @@ class ToolRegistry:
              "function": {"name": t.name, "description": t.description, "parameters": t.Args.model_json_schema()}}
             for t in self._tools.values()
         ]
+        self._specs_without_workspace = [
+            spec for spec, t in zip(self._specs, self._tools.values(), strict=True) if not getattr(t, "needs_workspace", False)
+        ]
 
     @property
     def names(self) -> list[str]:
         return list(self._tools)
 
-    def specs(self) -> list[dict[str, Any]]:
-        return self._specs
+    def specs(self, workspace: bool = True) -> list[dict[str, Any]]:
+        """The tools the model is offered; without a workspace, none of those that need one
+        (the model cannot use them, and every request would carry their schemas)."""
+        return self._specs if workspace else self._specs_without_workspace
 
     async def call(self, name: str, raw_arguments: str, ctx: ToolContext) -> ToolOutcome:
         tool = self._tools.get(name)

@@ -54,6 +54,9 @@ class Request:
     """Costlier hints (a thread's history), fetched only when the cheap ones do not decide."""
     order_key: float | None = None
     parent_id: str | None = None
+    new_surface: bool = False
+    """The surface was made by this very request (a top-level Slack message is its own thread),
+    so no session can be bound to it yet: intake skips looking."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ class Intake:
             return Refused("too_long", f"That message is {len(text):,} characters long; I take up to {self.max_prompt_chars:,}. "
                                        "Please shorten it (a link to a file or a gist works well) and send it again.")
         request = replace(request, text=text)
-        existing = await self.find(request.surface) if request.surface is not None else None
+        existing = await self.find(request.surface) if request.surface is not None and not request.new_surface else None
         if existing is not None:
             prompt = await self.sessions.submit(existing.id, text, request.author, request.order_key)
             return Started(existing, prompt, created=False)

@@ -78,11 +78,15 @@ class SessionLog:
 
     @property
     def conn(self) -> sqlite3.Connection:
+        return self._conn or self.open()
+
+    def open(self) -> sqlite3.Connection:
+        """Open (creating the file if new); safe to call from a thread, as a new session does."""
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(SCHEMA)
             self._conn = conn
         return self._conn

@@ -20,6 +20,7 @@ import pluggy
 from cachetools import LRUCache
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.agent.conversation import SYSTEM_PROMPT
 from bot.agent.loop import Agent, TurnStats
@@ -30,6 +31,7 @@ from bot.sessions.bus import EventBus
 from bot.sessions.log import RUNNING, Prompt, SessionLog, SessionLogs
 from bot.sessions.projection import SessionView, project
 from bot.sessions.runner import Runner
+from bot.store.batch import BatchWriter
 from bot.store.db import Database
 from bot.store.tables import SessionRow, SurfaceRow, TurnRow
 from bot.util.keyed_locks import KeyedLocks
@@ -71,9 +73,11 @@ Observer = Callable[[SessionInfo, int], None]
 
 class SessionService:
     def __init__(self, settings: Settings, db: Database, agent: Agent, catalog: RepoCatalog | None = None,
-                 sandboxes: SandboxManager | None = None, hooks: pluggy.PluginManager | None = None):
+                 sandboxes: SandboxManager | None = None, hooks: pluggy.PluginManager | None = None,
+                 writer: BatchWriter | None = None):
         self.settings = settings
         self.db = db
+        self.writer = writer or BatchWriter(db)
         self.agent = agent
         self.model_timeout = settings.model_timeout
         self.catalog = catalog or RepoCatalog([])
@@ -161,26 +165,35 @@ class SessionService:
     async def open(self, origin: Origin, creator: Author, repo: str | None, surface: Surface | None = None,
                    parent_id: str | None = None) -> SessionInfo:
         """A new session, bound to `surface` if given; if that place already has one, that one (once, even if raced)."""
-        row = SessionRow(
-            id=secrets.token_hex(8),
-            share_token=secrets.token_urlsafe(24),
-            status=WORKING,  # a prompt follows at once; recovery sets it idle if none does
-            origin=origin.value,
-            creator=creator.id,
-            repo=repo or self._default_repo(),
-            parent_id=parent_id,
-        )
+        fields = {
+            "id": secrets.token_hex(8),
+            "share_token": secrets.token_urlsafe(24),
+            "status": WORKING,  # a prompt follows at once; recovery sets it idle if none does
+            "origin": origin.value,
+            "creator": creator.id,
+            "repo": repo or self._default_repo(),
+            "parent_id": parent_id,
+        }
+
+        async def insert(db: AsyncSession) -> SessionRow:
+            row = SessionRow(**fields)
+            db.add(row)
+            await db.flush()  # the session row first: its surface refers to it
+            if surface is not None:
+                db.add(SurfaceRow(session_id=row.id, kind=surface.kind, key=surface.key))
+            return row
+
+        # The session's own log file is created off the event loop meanwhile.
+        opening = asyncio.create_task(asyncio.to_thread(self._logs.get(str(fields["id"])).open))
         try:
-            async with self.db.session() as db, db.begin():
-                db.add(row)
-                await db.flush()
-                if surface is not None:
-                    db.add(SurfaceRow(session_id=row.id, kind=surface.kind, key=surface.key))
+            row = await self.writer.write(insert)
         except IntegrityError:
+            await opening
             existing = await self.find_by_surface(surface) if surface is not None else None
             if existing is None:
                 raise
             return existing
+        await opening
         self._status_written[row.id] = WORKING
         return self._remember(row, (surface,) if surface else ())
 
@@ -271,6 +284,7 @@ class SessionService:
         self._runners.clear()
         if self._background:
             await asyncio.wait(self._background, timeout=5)
+        await self.writer.close()
         self._logs.close_all()
 
     # -- what a runner needs (runner.TurnHost) ---------------------------------------------
@@ -309,20 +323,19 @@ class SessionService:
             status = WORKING if session_id in self._runners else IDLE
             if self._status_written.get(session_id) == status:
                 return
-            async with self.db.session() as db, db.begin():
-                await db.execute(
-                    update(SessionRow).where(SessionRow.id == session_id).values(status=status, updated_at=_now())
-                )
+            await self.writer.write(lambda db: db.execute(
+                update(SessionRow).where(SessionRow.id == session_id).values(status=status, updated_at=_now())))
             self._status_written[session_id] = status
 
     def record_turn(self, session_id: str, prompt: Prompt, started: float, stats: TurnStats, ended: TurnEnded) -> None:
-        async def write() -> None:
-            async with self.db.session() as db, db.begin():
-                db.add(TurnRow(session_id=session_id, prompt_id=prompt.id, author=prompt.author.id, started_at=started,
-                               ended_at=time.time(), first_token_ms=stats.first_token_ms, outcome=ended.outcome.value,
-                               error=ended.error))
+        ended_at = time.time()
 
-        self.background(write())
+        async def insert(db: AsyncSession) -> None:
+            db.add(TurnRow(session_id=session_id, prompt_id=prompt.id, author=prompt.author.id, started_at=started,
+                           ended_at=ended_at, first_token_ms=stats.first_token_ms, outcome=ended.outcome.value,
+                           error=ended.error))
+
+        self.background(self.writer.write(insert))
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -341,7 +354,7 @@ class SessionService:
         )
         return "\n\n".join([SYSTEM_PROMPT, *[e for e in extra if e]])
 
-    def background(self, coro: Coroutine[Any, Any, None]) -> None:
+    def background(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(_finish_background(self._background))

@@ -193,7 +193,7 @@ class SlackClient:
     async def _handle_message(self, msg: IncomingMessage, bot: str | None) -> None:
         request = Request(
             text=prompt_text(msg, bot), author=author_of(msg), surface=thread_surface(msg.channel, msg.root),
-            more_hints=lambda: self._hints(msg), order_key=float(msg.ts),
+            more_hints=lambda: self._hints(msg), order_key=float(msg.ts), new_surface=msg.thread_ts is None,
         )
         result = await self.intake.submit(request)
         if isinstance(result, Refused):
