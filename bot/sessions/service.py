@@ -18,6 +18,7 @@ from typing import Any
 
 import pluggy
 from cachetools import LRUCache
+from sqlalchemy import insert as insert_into
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -130,6 +131,8 @@ class SessionService:
 
     async def view(self, session_id: str, upto_seq: int | None = None) -> SessionView:
         """The projection of the session's log (up to a seq), built off the event loop."""
+        if upto_seq == 0:
+            return SessionView()  # a new session's first working period: nothing to read
         path = self._logs.get(session_id).path
 
         def build() -> SessionView:
@@ -175,18 +178,16 @@ class SessionService:
             "parent_id": parent_id,
         }
 
-        async def insert(db: AsyncSession) -> SessionRow:
-            row = SessionRow(**fields)
-            db.add(row)
-            await db.flush()  # the session row first: its surface refers to it
+        async def insert(db: AsyncSession) -> None:
+            # Core statements, not the ORM's unit of work: a burst of sessions is written in a burst.
+            await db.execute(insert_into(SessionRow).values(**fields))
             if surface is not None:
-                db.add(SurfaceRow(session_id=row.id, kind=surface.kind, key=surface.key))
-            return row
+                await db.execute(insert_into(SurfaceRow).values(session_id=fields["id"], kind=surface.kind, key=surface.key))
 
         # The session's own log file is created off the event loop meanwhile.
         opening = asyncio.create_task(asyncio.to_thread(self._logs.get(str(fields["id"])).open))
         try:
-            row = await self.writer.write(insert)
+            await self.writer.write(insert)
         except IntegrityError:
             await opening
             existing = await self.find_by_surface(surface) if surface is not None else None
@@ -194,8 +195,8 @@ class SessionService:
                 raise
             return existing
         await opening
-        self._status_written[row.id] = WORKING
-        return self._remember(row, (surface,) if surface else ())
+        self._status_written[str(fields["id"])] = WORKING
+        return self._remember(SessionRow(**fields), (surface,) if surface else ())
 
     async def bind(self, session_id: str, surface: Surface) -> SessionInfo:
         """Bind one more place to a session (a web page, a second thread); idempotent."""
@@ -330,12 +331,10 @@ class SessionService:
     def record_turn(self, session_id: str, prompt: Prompt, started: float, stats: TurnStats, ended: TurnEnded) -> None:
         ended_at = time.time()
 
-        async def insert(db: AsyncSession) -> None:
-            db.add(TurnRow(session_id=session_id, prompt_id=prompt.id, author=prompt.author.id, started_at=started,
-                           ended_at=ended_at, first_token_ms=stats.first_token_ms, outcome=ended.outcome.value,
-                           error=ended.error))
-
-        self.background(self.writer.write(insert))
+        statement = insert_into(TurnRow).values(
+            session_id=session_id, prompt_id=prompt.id, author=prompt.author.id, started_at=started, ended_at=ended_at,
+            first_token_ms=stats.first_token_ms, outcome=ended.outcome.value, error=ended.error)
+        self.background(self.writer.write(lambda db: db.execute(statement)))
 
     # -- helpers --------------------------------------------------------------------------
 
