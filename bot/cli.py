@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the subcommands import what they need when they run, to kee
 def _logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     quiet = logging.DEBUG if level == "DEBUG" else logging.WARNING
-    for noisy in ("slack_bolt", "slack_sdk", "httpx", "httpcore", "openai", "aiohttp.access", "alembic"):
+    for noisy in ("slack_bolt", "slack_sdk", "httpx", "httpx2", "httpcore", "openai", "aiohttp.access", "alembic", "apscheduler"):
         logging.getLogger(noisy).setLevel(quiet)
 
 
