@@ -277,9 +277,9 @@ class Outbox:
         if tasks:
             await asyncio.wait(tasks, timeout=2)
         self._task = None
-        if self._session is not None:
+        if self._session is not None:  # its own; a shared one is closed by its owner
             await self._session.close()
-            self._session, self._client = None, None
+        self._session, self._client = None, None
 
     # -- scheduling ---------------------------------------------------------------------------
 
@@ -523,15 +523,17 @@ class Outbox:
         return "give_up"
 
     def _api(self) -> AsyncWebClient:
-        """A client like the app's, sharing one HTTP session, without slack-sdk's 429 retries:
-        a rate limit must come back here so the whole outbox can pause that method."""
+        """A client like the app's, on the app client's HTTP session (one connection pool for the
+        service; a session of its own only when that client has none), without slack-sdk's 429
+        retries: a rate limit must come back here so the whole outbox can pause that method."""
         if self._client is None:
             base = self._template
             handlers: list[AsyncRetryHandler] = [h for h in base.retry_handlers
                                                  if not isinstance(h, AsyncRateLimitErrorRetryHandler)]
-            self._session = aiohttp.ClientSession()
+            session = base.session
+            if session is None or session.closed:
+                session = self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=base.timeout))
             self._client = AsyncWebClient(token=base.token, base_url=base.base_url, timeout=base.timeout,
                                           ssl=base.ssl, proxy=base.proxy, headers=dict(base.headers),
-                                          session=self._session, retry_handlers=handlers, logger=base.logger)
+                                          session=session, retry_handlers=handlers, logger=base.logger)
         return self._client
-
