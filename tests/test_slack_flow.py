@@ -92,7 +92,7 @@ async def test_clear_queue_drops_waiting_prompts(service, slack, model):
 async def test_a_stale_or_forged_stop_button_gets_a_clear_ephemeral_answer(service, slack, model):
     import copy
 
-    model.add(Reply(text="short answer", ttft=0.3))
+    model.add(Reply(text="short answer", ttft=1.5))  # outlasts the first post, which has a Stop button
     root = await slack.mention("U0ALICE1", "quick one")
     status = (await slack.wait_for(lambda: slack.bot_messages(thread_ts=root)))[0]
     stale = copy.deepcopy(status)  # what a client that has not refreshed still shows
