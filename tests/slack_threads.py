@@ -8,6 +8,7 @@ the turn's message or edited into it.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -59,3 +60,13 @@ def all_done(slack: FakeSlack, thread_ts: str, count: int, channel: str = "C0000
 def content_lines(markdown: str) -> list[str]:
     """The lines of an answer without its fence lines (a split closes and reopens fences)."""
     return [line for line in markdown.splitlines() if not _FENCE.match(line)]
+
+
+def pace_breaks(times: list[float], interval: float = 1.0, burst: int = 2, slack: float = 0.1) -> list[str]:
+    """How writes to one message (times, in order, the last one the final state) break the
+    outbox's pace: interim writes `interval` apart, and never `burst + 1` writes within one
+    `interval` (so the final one may follow the one before at once). `slack` absorbs timer jitter."""
+    breaks = [f"interim writes {b - a:.2f} s apart" for a, b in itertools.pairwise(times[:-1]) if b - a < interval - slack]
+    breaks += [f"{burst + 1} writes within {times[i + burst] - times[i]:.2f} s"
+               for i in range(len(times) - burst) if times[i + burst] - times[i] < interval - slack]
+    return breaks

@@ -196,7 +196,7 @@ async def test_stop_during_a_command_kills_its_whole_process_tree(sandboxed, sla
     root = await slack.mention("U0ALICE1", "run something slow")
     session = await until(lambda: sandboxed.sessions.find_by_surface(thread_surface("C0000001", root)))
     await until(lambda: _running_command(sandboxed, session.id), timeout=60, what="the command to start")
-    status = slack.bot_messages(thread_ts=root)[0]
+    status = (await slack.wait_for(lambda: slack.bot_messages(thread_ts=root)))[0]  # posted 0.5 s into the turn
     await slack.wait_for(lambda: "stop_turn" in status.buttons())
     await slack.click("U0BOB001", status, "stop_turn")
     await slack.wait_for(lambda: "Stopped by <@U0BOB001>" in status.rendered(), timeout=5)

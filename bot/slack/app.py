@@ -8,11 +8,13 @@ once however often Slack delivers it); one error handler logs a failure and tell
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from cachetools import TTLCache
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.app.async_app import AsyncApp
@@ -58,9 +60,11 @@ MESSAGE = "hosted_agents_message"
 """Where the middleware leaves the parsed message in bolt's context."""
 
 
-def web_client(settings: Settings) -> AsyncWebClient:
+def web_client(settings: Settings) -> SlackWebClient:
+    """The service's Slack Web API client; the app, bolt's per-request copies and the outbox share
+    its one HTTP session (`SlackWebClient`), closed by `SlackWebClient.close()`."""
     assert settings.slack_bot_token is not None
-    return AsyncWebClient(
+    return SlackWebClient(
         token=settings.slack_bot_token.get_secret_value(),
         base_url=settings.slack_api_url,
         retry_handlers=[
@@ -69,6 +73,42 @@ def web_client(settings: Settings) -> AsyncWebClient:
             AsyncServerErrorRetryHandler(max_retry_count=2),
         ],
     )
+
+
+class SlackWebClient(AsyncWebClient):
+    """slack-sdk's client on one aiohttp session, opened on first use and shared.
+
+    Without a session slack-sdk opens and closes one per call: a new connection every time, about
+    twice the cost of a call on a kept-alive one. aiohttp binds a session to the running loop, so
+    it is opened on the first call, inside the loop. Whoever copies the client reads `session`
+    (bolt makes a copy per request; the outbox makes one without the 429 retries) and so shares
+    it. After `close()` calls still work, each on a session of its own, as slack-sdk does.
+    """
+
+    _shared: aiohttp.ClientSession | None = None
+    _closed = False
+
+    @property  # the base class sets it in __init__; this makes reading it open the shared session
+    def session(self) -> aiohttp.ClientSession | None:
+        if self._shared is None and not self._closed:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return None  # outside a loop: nothing to bind a session to yet
+            self._shared = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout),
+                                                 trust_env=self.trust_env_in_session)
+        return self._shared
+
+    @session.setter
+    def session(self, value: aiohttp.ClientSession | None) -> None:
+        self._shared = value
+
+    async def close(self) -> None:
+        """Close the shared session (at shutdown, after the last write that must land)."""
+        self._closed = True
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            await shared.close()
 
 
 def _bolt_logger() -> logging.Logger:
@@ -130,6 +170,7 @@ class SlackClient:
         if self._socket is not None:
             await self._socket.close_async()
         await self.renderer.close()
+        await self.web.close()
 
     # -- wiring -------------------------------------------------------------------------
 

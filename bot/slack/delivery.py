@@ -16,8 +16,11 @@ place while the others keep hammering. Here instead:
   backoff); only `close()` bounds it. An interim state is only ever superseded.
 - Messages of one thread are first posted in the order they were created (a later message
   waits for the earlier one's `ts`), so a thread reads in order whatever was retried.
-- Edits of one message are at least `interval` apart (Slack asks for about one a second); an
-  interim edit also waits that long after the message was posted, a final state does not.
+- Writes to one message are paced (Slack asks for about one a second per message): an interim
+  edit waits `interval` after the message's last write; a final state waits only if the message
+  already had `burst` writes (default 2) within the last `interval`. So a final edit right after
+  the first post or after one interim edit goes at once (a quick answer is never held a second),
+  and no message ever gets more than `burst` writes in any `interval`.
 - A slot can hold its final state back until others' final states landed (a turn's message
   says Done only once its answer is whole).
 - Stream slots use `chat.startStream` / `appendStream` / `stopStream`: the render gives the
@@ -121,8 +124,10 @@ class Slot:
     settled: bool = False
     """Nothing more will be sent: the final state landed, or the slot was cancelled or given up."""
     in_flight: bool = False
-    last_write: float = 0.0
-    last_edit: float = 0.0
+    writes: list[float] = field(default_factory=list)
+    """When the latest few writes to this message were sent (monotonic), oldest first."""
+    shown: tuple[str, list[Block]] | None = None
+    """The text and blocks Slack has from the last post or edit: an edit to the same is skipped."""
     retry_at: float = 0.0
     failures: int = 0
     degraded: bool = False
@@ -186,6 +191,10 @@ class Slot:
             return "chat.stopStream"  # end a stream before editing the message
         return "chat.postMessage" if self.ts is None else "chat.update"
 
+    def _wrote(self) -> None:
+        self.writes.append(time.monotonic())
+        del self.writes[:-self.outbox.burst]
+
     def _settle(self) -> None:
         self.settled, self.dirty = True, False
         self._done.set()
@@ -195,10 +204,12 @@ class Slot:
 class Outbox:
     """Delivers slots' latest states within Slack's limits; see the module docstring."""
 
-    def __init__(self, client: AsyncWebClient, *, interval: float = 1.0, max_in_flight: int = 32,
+    def __init__(self, client: AsyncWebClient, *, interval: float = 1.0, burst: int = 2, max_in_flight: int = 32,
                  max_backoff: float = 30.0, default_retry_after: float = 1.0):
         self._template = client
         self.interval = interval
+        self.burst = max(1, burst)
+        """Most writes one message gets within `interval` (the first post and a final edit, say)."""
         self.max_in_flight = max_in_flight
         self.max_backoff = max_backoff
         self.default_retry_after = default_retry_after
@@ -266,9 +277,9 @@ class Outbox:
         if tasks:
             await asyncio.wait(tasks, timeout=2)
         self._task = None
-        if self._session is not None:
+        if self._session is not None:  # its own; a shared one is closed by its owner
             await self._session.close()
-            self._session, self._client = None, None
+        self._session, self._client = None, None
 
     # -- scheduling ---------------------------------------------------------------------------
 
@@ -336,12 +347,13 @@ class Outbox:
             if all(s.settled for s in slot.final_after):
                 slot.final_after = []
         at = max(slot.retry_at, self._paused_until.get(slot.next_method(), 0.0))
-        if slot.ts is not None:
-            # Edits of one message are `interval` apart; an interim one also waits that long after the
-            # post, while a final state goes at once: a quick answer is not held back.
-            last = slot.last_edit if slot.final else max(slot.last_edit, slot.last_write)
-            if last:
-                at = max(at, last + self.interval)
+        if slot.ts is not None and slot.writes:
+            # An interim edit waits `interval` after the last write; a final state only when the message
+            # already had `burst` writes within `interval`: a quick answer is not held back.
+            if not slot.final:
+                at = max(at, slot.writes[-1] + self.interval)
+            elif len(slot.writes) >= self.burst:
+                at = max(at, slot.writes[-self.burst] + self.interval)
         return at
 
     def _forget(self, slot: Slot) -> None:
@@ -418,20 +430,25 @@ class Outbox:
         client = self._api()
         content = slot.render(slot.degraded)
         if method == "chat.postMessage":
-            slot.last_write = time.monotonic()
+            slot._wrote()
             resp = await client.chat_postMessage(channel=slot.channel, thread_ts=slot.thread_ts, text=content.text,
                                                  blocks=content.blocks, unfurl_links=False, unfurl_media=False)
+            slot.shown = (content.text, content.blocks)
             self._posted(slot, str(resp["ts"]))
             return "ok"
         if method == "chat.update":
-            slot.last_write = slot.last_edit = time.monotonic()
+            if slot.shown == (content.text, content.blocks):
+                return "ok"  # changes that render the same (an event after the final state, say)
+            slot._wrote()
             await client.chat_update(channel=slot.channel, ts=slot.ts or "", text=content.text, blocks=content.blocks)
+            slot.shown = (content.text, content.blocks)
             return "ok"
         if method == "chat.startStream":
             if not content.markdown:
                 return "ok"  # nothing to stream yet; the next change comes back here
             team, user = slot.stream or (None, None)
-            slot.last_write = time.monotonic()
+            slot._wrote()
+            slot.shown = None
             resp = await client.chat_startStream(channel=slot.channel, thread_ts=slot.thread_ts,
                                                  markdown_text=content.markdown, recipient_team_id=team,
                                                  recipient_user_id=user)
@@ -447,11 +464,11 @@ class Outbox:
                 slot.stream_failed = True  # the text changed under what was sent: edit it instead
         if method == "chat.appendStream" and slot.is_stream:
             if rest:
-                slot.last_write = slot.last_edit = time.monotonic()
+                slot._wrote()
                 await client.chat_appendStream(channel=slot.channel, ts=slot.ts or "", markdown_text=rest)
                 slot.sent_markdown = content.markdown
             return "ok"
-        slot.last_write = slot.last_edit = time.monotonic()
+        slot._wrote()
         await client.chat_stopStream(channel=slot.channel, ts=slot.ts or "", markdown_text=rest or None)
         slot.streaming = False
         if slot.stream_failed:
@@ -506,15 +523,17 @@ class Outbox:
         return "give_up"
 
     def _api(self) -> AsyncWebClient:
-        """A client like the app's, sharing one HTTP session, without slack-sdk's 429 retries:
-        a rate limit must come back here so the whole outbox can pause that method."""
+        """A client like the app's, on the app client's HTTP session (one connection pool for the
+        service; a session of its own only when that client has none), without slack-sdk's 429
+        retries: a rate limit must come back here so the whole outbox can pause that method."""
         if self._client is None:
             base = self._template
             handlers: list[AsyncRetryHandler] = [h for h in base.retry_handlers
                                                  if not isinstance(h, AsyncRateLimitErrorRetryHandler)]
-            self._session = aiohttp.ClientSession()
+            session = base.session
+            if session is None or session.closed:
+                session = self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=base.timeout))
             self._client = AsyncWebClient(token=base.token, base_url=base.base_url, timeout=base.timeout,
                                           ssl=base.ssl, proxy=base.proxy, headers=dict(base.headers),
-                                          session=self._session, retry_handlers=handlers, logger=base.logger)
+                                          session=session, retry_handlers=handlers, logger=base.logger)
         return self._client
-

@@ -4,7 +4,11 @@ Message layout, per turn:
 
 - The turn's own message ("head"): `<@author> asked: …`, the status line (Working… / Running
   tool… / Done in 1.2 s / Stopped by <@U> / what went wrong), *View session*, *Stop* and
-  *Clear queue (n)*. Posted when the turn starts, edited as its status changes.
+  *Clear queue (n)*. Posted when there is something worth showing: when the turn ends, or
+  FIRST_POST_AFTER (0.5 s) after it started, whichever comes first (a note from the agent
+  posts it at once, above the note). So a person sees a reply within a second, and a quick
+  turn is a single `chat.postMessage` holding the answer, the final status and the buttons.
+  From its first post on, the head is edited as the status changes.
 - The answer, when the model writes for a while, is streamed with Slack's streaming methods
   (`chat.startStream` / `appendStream` / `stopStream`) into its own message right below the
   head. A streamed message is append-only: it cannot carry a status line that changes or a Stop
@@ -12,8 +16,9 @@ Message layout, per turn:
 - A short answer (complete within SLACK_UPDATE_INTERVAL of its first word), and every answer
   where streaming is refused or does not apply (no Slack user to stream to, `chat.startStream`
   rate limited, a workspace or channel that refuses it), lives in the head itself, edited in
-  place at most once per interval. So a quick turn is one message and two writes, which is also
-  what keeps a thread whole when Slack rate-limits a burst of sessions.
+  place at most once per interval (the final edit is not held back; see the outbox). A turn
+  that outlives the first post but not its first second of text is one message and two
+  writes; fewer writes are also what keeps threads whole when Slack rate-limits a burst.
 - Past one message's Markdown limit an answer continues in further messages, split at line
   ends, nothing cut off.
 
@@ -57,6 +62,8 @@ log = logging.getLogger(__name__)
 
 SOFT_LIMIT = PART_LIMIT - 2_000
 """Past this much of a streamed part, only whole lines are streamed, so a cut can fall at a line end."""
+FIRST_POST_AFTER = 0.5
+"""Seconds after a turn starts that its message is posted if the turn has not ended by then."""
 CLOSE_RESERVE = 20
 """Room kept in a streamed part for the fence that closes it."""
 STREAM_GLOBAL_REFUSALS = frozenset({"unknown_method", "method_not_supported", "method_deprecated", "not_allowed",
@@ -88,13 +95,14 @@ class SlackRenderer:
 
     def __init__(self, client: AsyncWebClient, sessions: SlackSessions, settings: Settings, *,
                  outbox: Outbox | None = None, streaming: bool = True, stream_after: float | None = None,
-                 close_timeout: float = 5.0):
+                 first_post_after: float = FIRST_POST_AFTER, close_timeout: float = 5.0):
         self.client = client
         self.sessions = sessions
         self.settings = settings
         self.outbox = outbox or Outbox(client, interval=settings.slack_update_interval)
         self.streaming = streaming
         self.stream_after = settings.slack_update_interval if stream_after is None else stream_after
+        self.first_post_after = first_post_after
         self.close_timeout = close_timeout
         self.team_id: str | None = None
         self._team_lookup: asyncio.Task[None] | None = None
@@ -180,7 +188,7 @@ class _ThreadRender:
             return
         render = self.turns.get(turn.prompt_id)
         if render is None:
-            render = self.turns[turn.prompt_id] = _TurnRender(self, turn)
+            render = self.turns[turn.prompt_id] = _TurnRender(self, turn, since=event.ts)
         if isinstance(data, TextDelta):
             render.text_changed()
         elif isinstance(data, TurnEnded):
@@ -196,6 +204,8 @@ class _ThreadRender:
         return frozenset(p for p in people if is_user_id(p))
 
     def post_note(self, text: str) -> None:
+        for turn in self.turns.values():
+            turn.show()  # a milestone is worth showing, and it goes below its turn's message
         for fallback, blocks in render_note(text, self.allowed()):
             self.r.outbox.post(self.channel, self.thread_ts, Content(fallback, blocks))
 
@@ -211,12 +221,13 @@ class _ThreadRender:
     def close(self) -> None:
         for turn in self.turns.values():
             turn.cancel_timer()
+            turn.show()  # stopped following (shutdown) mid-turn: the turn's message must still land
 
 
 class _TurnRender:
     """One turn's messages: its head, and the answer in the head or in messages below it."""
 
-    def __init__(self, thread: _ThreadRender, turn: TurnView):
+    def __init__(self, thread: _ThreadRender, turn: TurnView, since: float):
         self.t, self.turn = thread, turn
         self.key = f"slack.turn.{turn.prompt_id}"
         outbox = thread.r.outbox
@@ -239,15 +250,36 @@ class _TurnRender:
         """How much longer the sanitized answer was than the raw one, last time."""
         self._text_since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._show_timer: asyncio.TimerHandle | None = None
+        self.held = head_ts is None
+        """The head is not posted yet: it waits for the turn's end or `first_post_after` (see `show`)."""
         self._cache: dict[tuple[int, bool, frozenset[str]], str] = {}
         self._split: tuple[int, list[str]] = (-1, [])
-        if head_ts is None:
-            self.head.changed(Priority.URGENT, final=not turn.running)
+        if self.held:
+            delay = thread.r.first_post_after - max(0.0, time.time() - since)
+            if not turn.running or delay <= 0:
+                self.show()
+            else:
+                self._show_timer = asyncio.get_running_loop().call_later(delay, self.show)
 
     # -- events -------------------------------------------------------------------------------
 
+    def show(self) -> None:
+        """Post the turn's message now (its current state) if it is still held."""
+        if self._show_timer is not None:
+            self._show_timer.cancel()
+            self._show_timer = None
+        if self.held:
+            self.held = False
+            self.head.changed(Priority.URGENT, final=not self.turn.running)
+
+    def _head_changed(self, priority: Priority, final: bool = False) -> None:
+        """The head's state changed; while it is held this waits for `show()`, which sends the latest."""
+        if not self.held:
+            self.head.changed(priority, final=final)
+
     def status_changed(self) -> None:
-        self.head.changed(Priority.STATUS, final=not self.turn.running)
+        self._head_changed(Priority.STATUS, final=not self.turn.running)
 
     def text_changed(self) -> None:
         """O(1) per delta: the text is rendered when a message is sent, at most once per interval."""
@@ -257,7 +289,7 @@ class _TurnRender:
                 self._timer = asyncio.get_running_loop().call_later(self.t.r.stream_after, self._decide)
             return
         if self.mode == "inline":
-            self.head.changed(Priority.ANSWER)
+            self._head_changed(Priority.ANSWER)
         elif self.streamed and len(self.turn.text) + self._extra + 200 > self._cap_end():
             self._advance_stream(final=False)  # near the end of a part: it may need cutting now
         if self.parts:
@@ -276,12 +308,14 @@ class _TurnRender:
         for part in self.parts:
             part.changed(Priority.URGENT, final=True)
         self.head.final_after = list(self.parts)
+        self.held = False  # a quick turn: its one message is posted in its final state
         self.head.changed(Priority.URGENT, final=True)
 
     def cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._show_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._show_timer = None
 
     # -- streaming ----------------------------------------------------------------------------
 
@@ -299,7 +333,7 @@ class _TurnRender:
             self.parts[-1].changed(Priority.URGENT)
         else:
             self.mode = "inline"
-            self.head.changed(Priority.ANSWER)
+            self._head_changed(Priority.ANSWER)
 
     def _cap_end(self) -> int:
         return self.cuts[-1] + PART_LIMIT - len(self.reopens[-1]) - CLOSE_RESERVE
@@ -341,7 +375,7 @@ class _TurnRender:
         self.t.r.stream_refused(self.t.channel, error)
         if self.parts and slot is self.parts[0] and slot.cancel():
             self._to_inline()  # nothing was shown yet: the answer moves into the head
-            self.head.changed(Priority.ANSWER, final=not self.turn.running)
+            self._head_changed(Priority.ANSWER, final=not self.turn.running)
 
     def _to_inline(self) -> None:
         self.mode, self.streamed, self.parts = "inline", False, []

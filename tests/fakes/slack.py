@@ -39,6 +39,8 @@ class Call:
     status: int = 200
     reply: dict[str, Any] = field(default_factory=dict)
     """what the fake answered"""
+    peer: tuple[str, int] | None = None
+    """the client's address and port: calls on one kept-alive connection share it"""
 
     @property
     def ok(self) -> bool:
@@ -171,7 +173,8 @@ class FakeSlack:
             if isinstance(params.get(key), str):
                 params[key] = json.loads(params[key])
         token = request.headers.get("Authorization", "").removeprefix("Bearer ") or params.get("token", "")
-        call = Call(method, params)
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        call = Call(method, params, peer=(str(peer[0]), int(peer[1])) if peer else None)
         self.calls.append(call)
         status, reply = await self._answer(method, params, token)
         call.status, call.reply = status, reply
