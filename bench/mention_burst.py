@@ -4,7 +4,7 @@ Two apps, each in its own process, talk to the same Slack and OpenAI fakes (in t
 
 - baseline: a minimal slack-bolt AsyncApp over Socket Mode that, on `app_mention`, makes the
   same streaming chat-completions call with the openai client (same model, system prompt and
-  user message; no tool specs) and posts the answer in the thread (one `chat.postMessage`);
+  user message, the same tools offered: post_note) and posts the answer in the thread (one `chat.postMessage`);
 - hosted-agents: the real `hosted-agents serve`, no repositories configured, so no sandbox.
 
 Each gets a few warm-up mentions, then N mentions in N new threads, sent as fast as the socket
@@ -163,8 +163,15 @@ async def baseline_app() -> None:
     from slack_sdk.web.async_client import AsyncWebClient
 
     from bot.agent.conversation import SYSTEM_PROMPT, user_text
+    from bot.agent.plugins import BuiltinTools, plugin_manager, tool_registry
     from bot.config import Settings
     from bot.events import Author
+    from bot.slack.app import SlackContext
+
+    # The same model call as hosted-agents makes for a session without a repository: its system
+    # prompt (with what the Slack surface adds) and the tools it offers there (post_note).
+    system = "\n\n".join([SYSTEM_PROMPT, SlackContext().session_context(("slack_thread",)) or ""])
+    tools: Any = tool_registry(plugin_manager(builtins=[BuiltinTools()])).specs(workspace=False)
 
     env = os.environ
     token = env.pop("SLACK_BOT_TOKEN")  # else bolt reads it as well and warns that the client's wins
@@ -178,8 +185,9 @@ async def baseline_app() -> None:
         text = re.sub(r"<@[A-Z0-9]+>", " ", event.get("text", "")).strip()
         stream = await model.chat.completions.create(
             model=model_name,
-            messages=[{"role": "system", "content": SYSTEM_PROMPT},
+            messages=[{"role": "system", "content": system},
                       {"role": "user", "content": user_text(Author(id=event["user"]), text)}],
+            tools=tools,
             stream=True,
         )
         parts: list[str] = []

@@ -7,17 +7,16 @@ does is emitted as an event; it keeps no state of its own between turns.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import pydantic
 from openai import AsyncOpenAI, omit
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
+from bot.agent import stream
 from bot.agent.model import BadModelOutput, StepLimitReached
 from bot.agent.tools import ToolContext, ToolRegistry
 from bot.events import AssistantMessage, TextDelta, ToolCalled, ToolCallSpec, ToolResult
@@ -70,34 +69,26 @@ class Agent:
         try:
             specs = self.tools.specs(workspace=ctx.workspace is not None)
             # The conversation is plain dicts rebuilt from the log; the API checks their shape.
-            stream = await self._client().chat.completions.create(
+            request = self._client().chat.completions.with_streaming_response.create(
                 model=self.model,
                 messages=cast(list[ChatCompletionMessageParam], messages),
                 tools=cast(list[ChatCompletionToolParam], specs) if specs else omit,
                 stream=True,
             )
-            async with stream:
-                async for chunk in stream:
-                    for choice in chunk.choices or []:
-                        delta = choice.delta
-                        if delta is None:
-                            continue
-                        if delta.content:
-                            stats.token()
-                            text.append(delta.content)
-                            deltas.add(delta.content)
-                        for tc in delta.tool_calls or []:
-                            stats.token()
-                            slot = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
-                            if tc.id:
-                                slot["id"] = tc.id
-                            if tc.function and tc.function.name:
-                                slot["name"] += tc.function.name
-                            if tc.function and tc.function.arguments:
-                                slot["arguments"] += tc.function.arguments
+            async with request as response:
+                async for delta in stream.deltas(response):
+                    if delta.content:
+                        stats.token()
+                        text.append(delta.content)
+                        deltas.add(delta.content)
+                    for tc in delta.tool_calls:
+                        stats.token()
+                        slot = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+                        if tc.id:
+                            slot["id"] = tc.id
+                        slot["name"] += tc.name or ""
+                        slot["arguments"] += tc.arguments or ""
             finished = True
-        except (json.JSONDecodeError, pydantic.ValidationError) as exc:
-            raise BadModelOutput("The model service sent a malformed answer, so this turn was ended.") from exc
         finally:
             deltas.flush()
             tool_calls = [

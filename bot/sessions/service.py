@@ -91,6 +91,7 @@ class SessionService:
         self._by_id: LRUCache[str, SessionInfo] = LRUCache(CACHE_SIZE)
         self._by_surface: LRUCache[Surface, SessionInfo] = LRUCache(CACHE_SIZE)
         self._status_written: LRUCache[str, str] = LRUCache(CACHE_SIZE)
+        self._refs: LRUCache[tuple[str, str], str | None] = LRUCache(CACHE_SIZE * 4)
         self._status_locks = KeyedLocks()
         self._background: set[asyncio.Task[Any]] = set()
         self.closing = False
@@ -148,11 +149,16 @@ class SessionService:
         return self._logs.get(session_id).queued_count()
 
     def get_ref(self, session_id: str, key: str) -> str | None:
-        """A small value a surface keeps with the session (e.g. the Slack message of a turn)."""
-        return self._logs.get(session_id).get_ref(key)
+        """A small value a surface keeps with the session (e.g. the Slack message of a turn).
+
+        Surfaces ask often (every render); this process writes them, so memory answers."""
+        if (session_id, key) not in self._refs:
+            self._refs[(session_id, key)] = self._logs.get(session_id).get_ref(key)
+        return self._refs[(session_id, key)]
 
     def set_ref(self, session_id: str, key: str, value: str) -> None:
         self._logs.get(session_id).set_ref(key, value)
+        self._refs[(session_id, key)] = value
 
     async def recent_repos(self, user: str, limit: int = 3) -> list[str]:
         """The repos of a person's latest sessions, most recent first (a classification hint)."""
