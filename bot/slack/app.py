@@ -127,7 +127,7 @@ class _BoltNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if "`token` will be unused" in record.getMessage():
             return False
-        if record.exc_info and isinstance(record.exc_info[1], ConnectionError):
+        if record.exc_info and isinstance(record.exc_info[1], ConnectionResetError):
             record.msg = "could not acknowledge a Slack envelope (%s); Slack will redeliver it"
             record.args = (record.exc_info[1],)
             record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.WARNING, "WARNING"
