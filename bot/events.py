@@ -212,8 +212,15 @@ def dump(data: EventData) -> dict[str, Any]:
 def load(kind: str, raw: dict[str, Any]) -> EventData | None:
     """The typed payload of a stored event, or None (logged) when it is unknown or malformed."""
     version = raw.get("v", 1)
+    if not isinstance(version, int):
+        log.warning("skipping a %s event with a malformed version %r", kind, version)
+        return None
     if kind in _UPGRADES and version < VERSION:
-        kind, raw = _UPGRADES[kind](raw)
+        try:
+            kind, raw = _UPGRADES[kind](raw)
+        except (TypeError, ValueError, AttributeError):
+            log.warning("skipping a malformed %s event (version %s)", kind, version)
+            return None
     if kind not in KINDS:
         log.warning("skipping an event of unknown kind %r (version %s)", kind, version)
         return None

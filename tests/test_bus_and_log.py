@@ -50,6 +50,8 @@ def test_old_and_unknown_and_malformed_events_are_read_or_skipped_never_a_crash(
         ("from_the_future", None, {"x": 1}),
         ("text_delta", 1, {"no_text": True}),
         ("note", None, "not an object"),
+        ("prompt_queued", 1, {"prompt_id": 1, "text": "x", "author": "U1"}),  # an author that is not an object
+        ("turn_started", 1, {"v": "two", "prompt_id": 1, "text": "x", "author": {"id": "U1"}}),
     ]
     for kind, turn, data in rows:
         raw.execute("INSERT INTO events (ts, kind, turn, data) VALUES (0, ?, ?, ?)", (kind, turn, json.dumps(data)))

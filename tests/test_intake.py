@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from bot.events import Author, Origin
 from bot.service import Service
@@ -167,3 +169,41 @@ async def test_the_likeliest_repo_warms_while_the_model_classifies_a_web_request
         assert isinstance(await vague, Held)
     finally:
         await svc.stop()
+
+
+class BrokenTable:
+    """The central database loses a table under the running service, then gets it back."""
+
+    def __init__(self, svc: Service, table: str):
+        self.db = sqlite3.connect(svc.settings.data_dir / "hosted-agents.db")
+        self.table = table
+
+    def __enter__(self) -> None:
+        self.db.execute(f"ALTER TABLE {self.table} RENAME TO {self.table}_away")
+        self.db.commit()
+
+    def __exit__(self, *_: object) -> None:
+        self.db.execute(f"ALTER TABLE {self.table}_away RENAME TO {self.table}")
+        self.db.commit()
+        self.db.close()
+
+
+async def test_a_prompt_that_cannot_be_recorded_leaves_the_session_idle_and_the_next_one_runs(web_only: Service):
+    first = await web_only.intake.submit(Request("in acme/api hello", DANA))
+    assert isinstance(first, Started)
+    await answered(web_only, first.session.id)
+    with BrokenTable(web_only, "sessions"), pytest.raises(OperationalError):
+        await web_only.sessions.submit(first.session.id, "and this?", DANA)
+    prompt = await web_only.sessions.submit(first.session.id, "and now?", DANA)
+    await answered(web_only, first.session.id, turns=2)
+    assert (await web_only.sessions.view(first.session.id)).turns[prompt.id].text.startswith("Answer to:")
+
+
+async def test_a_pick_whose_session_cannot_start_waits_for_the_next_pick(web_only: Service, model):
+    model.add(vote("unknown", 0.1))
+    held = await web_only.intake.submit(Request("the numbers look odd", DANA))
+    assert isinstance(held, Held)
+    with BrokenTable(web_only, "sessions"), pytest.raises(OperationalError):
+        await web_only.intake.pick(held.id, "acme/api", ERIN)
+    started = await web_only.intake.pick(held.id, "acme/api", ERIN)
+    assert isinstance(started, Started) and started.session.repo == "acme/api"

@@ -62,7 +62,7 @@ async def _deltas(response: AsyncAPIResponse[Any]) -> AsyncIterator[Delta]:
             raise BadModelOutput(MALFORMED) from exc
         if not isinstance(chunk, dict):
             raise BadModelOutput(MALFORMED)
-        if "error" in chunk:  # an error reported inside the stream
+        if chunk.get("error"):  # an error reported inside the stream (some servers send `"error": null`)
             error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
             raise openai.APIError(str(error.get("message") or "error in the stream"), response.http_request, body=error)
         for choice in _list(chunk.get("choices")):

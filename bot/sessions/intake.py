@@ -163,7 +163,11 @@ class Intake:
             return Refused("expired", "That request expired before anyone picked a repository; please ask again.")
         held = HeldRequest.from_row(row)
         classification = Classification(repo, 1.0, (), f"picked by {by.id}", "picked")
-        return await self._start(Request(held.text, held.author, held.surface, order_key=row.order_key), repo, classification)
+        try:
+            return await self._start(Request(held.text, held.author, held.surface, order_key=row.order_key), repo, classification)
+        except BaseException:
+            await self.pending.release(held_id)  # not lost: the next pick starts it
+            raise
 
     async def set_ui_ref(self, held_id: str, ref: str) -> None:
         """Remember what the surface showed to ask (e.g. its message), to update it later."""

@@ -226,7 +226,12 @@ class SessionService:
         started = runner is None
         if runner is None:
             runner = self._begin_working(info)
-            await self.persist_status(session_id)  # before the prompt exists: a crash after it recovers it
+            try:
+                await self.persist_status(session_id)  # before the prompt exists: a crash after it recovers it
+            except BaseException:
+                # Nothing was queued: the session is idle again, so its followers stop and the next prompt starts anew.
+                self.runner_finished(runner)
+                raise
         prompt, event = self._logs.get(session_id).enqueue(text, author, order_key or time.time())
         self.bus.publish(session_id, event)
         if started:

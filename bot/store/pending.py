@@ -47,6 +47,13 @@ class PendingRequests:
             ))
         return await self.get(pending_id) if result.rowcount == 1 else None
 
+    async def release(self, pending_id: str) -> None:
+        """Starting a picked request failed: it waits again, for the next pick."""
+        async with self.db.session() as s, s.begin():
+            await s.execute(update(PendingRequestRow)
+                            .where(PendingRequestRow.id == pending_id, PendingRequestRow.status == STARTED)
+                            .values(status=WAITING, repo=None, picked_by=None))
+
     async def expire_due(self) -> list[PendingRequestRow]:
         """Mark the requests that waited too long as expired and return them."""
         cutoff = time.time() - self.ttl
