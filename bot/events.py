@@ -32,6 +32,14 @@ class Origin(StrEnum):
     PARENT_SESSION = "parent_session"
     GITHUB = "github"
 
+    @classmethod
+    def parse(cls, value: str | None) -> Origin:
+        """A stored origin; `slack` (and anything unknown) is what rows before version 2 say."""
+        try:
+            return cls(value or "slack")
+        except ValueError:
+            return cls.SLACK_THREAD
+
 
 class Outcome(StrEnum):
     DONE = "done"

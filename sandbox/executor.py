@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 SCRIPT = (Path(__file__).parent / "executor_agent.py").read_text()
 R = TypeVar("R", bound=BaseModel)
 
-SandboxLost = WorkspaceLost
-"""The former name, still imported by bot/agent/model.py."""
 
 
 class ExecutorError(WorkspaceError):

@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from bot.events import Author, Origin
 from bot.service import Service
 from bot.sessions.intake import Held, HeldRequest, Hints, Refused, Request, Started
+from bot.sessions.service import Surface
 from bot.store.tables import SessionRow
 from tests.conftest import make_settings, service_env
 from tests.fakes.openai import FakeOpenAI, Reply
@@ -207,3 +208,13 @@ async def test_a_pick_whose_session_cannot_start_waits_for_the_next_pick(web_onl
         await web_only.intake.pick(held.id, "acme/api", ERIN)
     started = await web_only.intake.pick(held.id, "acme/api", ERIN)
     assert isinstance(started, Started) and started.session.repo == "acme/api"
+
+
+async def test_a_session_can_be_bound_to_more_places(web_only: Service):
+    started = await web_only.intake.submit(Request("in acme/api hello", DANA))
+    assert isinstance(started, Started)
+    page = Surface("web_page", started.session.id)
+    bound = await web_only.sessions.bind(started.session.id, page)
+    assert bound.surfaces == (page,) and await web_only.sessions.bind(started.session.id, page) == bound  # idempotent
+    found = await web_only.sessions.find_by_surface(page)
+    assert found is not None and found.id == started.session.id

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bot.events import FileChanged, ToolResult, TurnStarted
+from bot.events import FileChanged, GitSynced, SandboxReady, ToolResult, TurnStarted
 from bot.service import Service
 from bot.slack.messages import thread_surface
 from sandbox.backend import LABEL
@@ -83,6 +83,9 @@ async def test_a_session_reads_edits_and_runs_commands_in_its_sandbox(sandboxed,
     session = await sandboxed.sessions.find_by_surface(thread_surface("C0000001", root))
     events = list(sandboxed.sessions.log_of(session.id).read())
     assert FileChanged(path="app.py", action="edited") in [e.data for e in events]
+    ready = [e.data for e in events if isinstance(e.data, SandboxReady)]
+    assert len(ready) == 1 and ready[0].source in ("pool", "image", "build")
+    assert GitSynced(branch=f"hosted-agents/{session.id}") in [e.data for e in events], "the log says the branch is synced"
     system = model.requests[0].body["messages"][0]["content"]
     assert f"checkout of acme/api in a sandbox container, on the branch hosted-agents/{session.id}" in system
 

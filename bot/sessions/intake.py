@@ -103,8 +103,7 @@ class HeldRequest:
     @classmethod
     def from_row(cls, row: PendingRequestRow) -> HeldRequest:
         surface = Surface(row.surface_kind, row.surface_key) if row.surface_kind and row.surface_key else None
-        origin = Origin(row.origin) if row.origin in {o.value for o in Origin} else Origin.SLACK_THREAD
-        return cls(row.id, Author(id=row.author_id, name=row.author_name, origin=origin), row.text, surface,
+        return cls(row.id, Author(id=row.author_id, name=row.author_name, origin=Origin.parse(row.origin)), row.text, surface,
                    row.status, row.ui_ref, row.repo, row.picked_by)
 
 

@@ -174,8 +174,7 @@ class SessionLog:
         if row is None:
             return None
         pid, text, author_id, author_name, source, status, order_key = row
-        origin = Origin.SLACK_THREAD if source == "slack" else Origin(source)  # "slack": before version 2
-        return Prompt(pid, text, Author(id=author_id, name=author_name, origin=origin), status, order_key)
+        return Prompt(pid, text, Author(id=author_id, name=author_name, origin=Origin.parse(source)), status, order_key)
 
     def set_prompt_status(self, prompt_id: int, status: str) -> None:
         self.conn.execute("UPDATE prompts SET status = ? WHERE id = ?", (status, prompt_id))

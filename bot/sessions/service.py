@@ -26,7 +26,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.agent.conversation import SYSTEM_PROMPT
 from bot.agent.loop import Agent, TurnStats
 from bot.config import Settings
-from bot.events import AssistantMessage, Author, Event, EventData, Origin, Outcome, QueueChanged, Status, TurnEnded
+from bot.events import (
+    AssistantMessage,
+    Author,
+    ErrorRaised,
+    Event,
+    EventData,
+    GitSynced,
+    Origin,
+    Outcome,
+    QueueChanged,
+    SandboxReady,
+    Status,
+    TurnEnded,
+)
 from bot.repos import RepoCatalog
 from bot.sessions.bus import EventBus
 from bot.sessions.log import RUNNING, Prompt, SessionLog, SessionLogs
@@ -36,7 +49,7 @@ from bot.store.batch import BatchWriter
 from bot.store.db import Database
 from bot.store.tables import SessionRow, SurfaceRow, TurnRow
 from bot.util.keyed_locks import KeyedLocks
-from sandbox.sessions import SandboxManager
+from sandbox.sessions import SandboxManager, SessionSandbox
 from sandbox.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -92,6 +105,8 @@ class SessionService:
         self._by_surface: LRUCache[Surface, SessionInfo] = LRUCache(CACHE_SIZE)
         self._status_written: LRUCache[str, str] = LRUCache(CACHE_SIZE)
         self._refs: LRUCache[tuple[str, str], str | None] = LRUCache(CACHE_SIZE * 4)
+        self._reported: LRUCache[str, SessionSandbox] = LRUCache(CACHE_SIZE)
+        """The sandbox whose readiness each session's log already tells (a new one is told again)."""
         self._status_locks = KeyedLocks()
         self._background: set[asyncio.Task[Any]] = set()
         self.closing = False
@@ -144,9 +159,6 @@ class SessionService:
                 reader.close()
 
         return await asyncio.to_thread(build)
-
-    def queued_count(self, session_id: str) -> int:
-        return self._logs.get(session_id).queued_count()
 
     def get_ref(self, session_id: str, key: str) -> str | None:
         """A small value a surface keeps with the session (e.g. the Slack message of a turn).
@@ -308,8 +320,24 @@ class SessionService:
         info = await self.get(session_id)
         repo = info.repo if info else None
         # The sandbox is acquired in parallel: the first model call does not wait for it.
-        workspace = self.sandboxes.for_turn(session_id, repo) if self.sandboxes else None
-        return self.system_prompt(session_id, info), workspace
+        sandbox = self.sandboxes.for_turn(session_id, repo) if self.sandboxes else None
+        if sandbox is not None and sandbox is not self._reported.get(session_id):
+            self._reported[session_id] = sandbox
+            self.background(self._report_sandbox(session_id, sandbox))
+        return self.system_prompt(session_id, info), sandbox
+
+    async def _report_sandbox(self, session_id: str, sandbox: SessionSandbox) -> None:
+        """Into the log, as they happen: the sandbox is ready (how, how long it took), the branch is
+        synced, or it could not be prepared. Clients show them; the turn never waits for this."""
+        try:
+            await sandbox.executor()
+            ready = sandbox.timings.get("ready", time.monotonic())
+            self.emit(session_id, SandboxReady(source=sandbox.source or "unknown",
+                                               wait_ms=(ready - sandbox.timings["requested"]) * 1000))
+            await sandbox.wait_synced()
+            self.emit(session_id, GitSynced(branch=sandbox.branch, note=sandbox.sync_note))
+        except Exception as exc:
+            self.emit(session_id, ErrorRaised(message=f"The sandbox could not be prepared: {exc}"))
 
     async def end_turn(self, session_id: str, prompt: Prompt, lost_workspace: bool) -> None:
         if self.sandboxes is not None:
@@ -392,8 +420,7 @@ class SessionService:
         return tuple(Surface(kind, key) for kind, key in rows)
 
     def _remember(self, row: SessionRow, surfaces: tuple[Surface, ...]) -> SessionInfo:
-        origin = Origin(row.origin) if row.origin in Origin.__members__.values() else Origin.SLACK_THREAD
-        info = SessionInfo(row.id, row.share_token, origin, row.creator, row.repo, surfaces, row.parent_id)
+        info = SessionInfo(row.id, row.share_token, Origin.parse(row.origin), row.creator, row.repo, surfaces, row.parent_id)
         self._by_id[info.id] = info
         for surface in surfaces:
             self._by_surface[surface] = info
