@@ -6,11 +6,13 @@ reported as one line per setting by `describe_errors`, never as a traceback.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SLACK_API_URL = "https://slack.com/api/"
 
@@ -19,6 +21,25 @@ def _http_url(v: str) -> str:
     if not v.startswith(("http://", "https://")):
         raise ValueError("must be an http:// or https:// URL")
     return v
+
+
+_SLACK_ID = re.compile(r"^[A-Z0-9]{2,32}$")
+
+
+def _id_list(v: Any) -> Any:
+    """`U1,U2` (or a list) as a set of Slack ids; anything that is not an id is an error naming it."""
+    if isinstance(v, str):
+        v = [part.strip() for part in v.split(",") if part.strip()]
+    if isinstance(v, list | tuple | set | frozenset):
+        bad = [str(item) for item in v if not _SLACK_ID.match(str(item))]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: not Slack ids (comma-separated, like U0123ABCD or S0123ABCD)")
+        return frozenset(str(item) for item in v)
+    return v
+
+
+SlackIds = Annotated[frozenset[str], NoDecode, BeforeValidator(_id_list)]
+"""A comma-separated list of Slack ids in the environment."""
 
 
 class Settings(BaseSettings):
@@ -85,6 +106,25 @@ class Settings(BaseSettings):
     plugins: str = ""
     """Extra plugins, comma-separated `module:attribute` (plugins also load from the `hosted_agents` entry-point group)."""
 
+    allow_guests: bool = False
+    """Let Slack guests (multi- and single-channel) use the bot."""
+    allow_external: bool = False
+    """Let people from other organisations (Slack Connect) use the bot."""
+    allow_users: SlackIds = frozenset()
+    """When set (with or without ALLOW_USERGROUPS), only these Slack users may use the bot."""
+    allow_usergroups: SlackIds = frozenset()
+    """When set, members of these Slack user groups (ids like S0123ABCD) may use the bot."""
+    admin_users: SlackIds = frozenset()
+    """May stop any session or clear any queue."""
+    session_prompters: Literal["repo", "participants"] = "repo"
+    """Who may prompt in a session: anyone allowed on its repository, or its participants only."""
+    max_sessions_per_user: int = Field(3, ge=1)
+    """Sessions one person may have running at once; more wait their turn."""
+    max_prompts_per_minute: int = Field(20, ge=1)
+    """Prompts one person may send in a minute."""
+    max_sandboxes: int = Field(0, ge=0)
+    """Sessions with a sandbox running at once, service-wide; 0: machine memory / SANDBOX_MEMORY."""
+
     slack_update_interval: float = Field(1.0, ge=0.2)
     """Least seconds between two updates of one Slack message (Slack allows about one a second)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -118,6 +158,12 @@ class Settings(BaseSettings):
     def _database_url(cls, v: str) -> str:
         return normalise_database_url(v) if v else ""
 
+    @field_validator("sandbox_memory")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        parse_size(v)
+        return v
+
     @field_validator("git_clone_url")
     @classmethod
     def _clone_template(cls, v: str) -> str:
@@ -142,6 +188,14 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def sandbox_slots(self) -> int:
+        """MAX_SANDBOXES, or as many sandboxes as the machine's memory holds at SANDBOX_MEMORY each."""
+        if self.max_sandboxes:
+            return self.max_sandboxes
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return max(1, total // parse_size(self.sandbox_memory))
+
+    @property
     def slack_enabled(self) -> bool:
         return self.slack_bot_token is not None and self.slack_app_token is not None
 
@@ -152,6 +206,17 @@ class Settings(BaseSettings):
     def session_url(self, share_token: str) -> str:
         """The link format of a session's page; the web view serves it."""
         return f"{self.public_url}/s/{share_token}"
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)b?$", re.IGNORECASE)
+
+
+def parse_size(value: str) -> int:
+    """Bytes in `512m`, `2g`, `10G` or a plain number (Docker's notation)."""
+    match = _SIZE.match(value.strip())
+    if match is None:
+        raise ValueError(f"{value!r} is not a size like 512m or 2g")
+    return int(float(match.group(1)) * 1024 ** " kmgt".index(match.group(2).lower() or " "))
 
 
 def normalise_database_url(url: str) -> str:

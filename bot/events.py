@@ -59,6 +59,8 @@ class Author(_Payload):
     name: str | None = None
     email: str | None = None
     origin: Origin = Origin.SLACK_THREAD
+    team: str | None = None
+    """The author's own workspace or organisation as the surface reported it (Slack's `user_team`)."""
 
     @property
     def handle(self) -> str:

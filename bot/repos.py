@@ -24,6 +24,39 @@ from pydantic import (
 from bot.config import ConfigError
 
 REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+$")
+_SCP_URL = re.compile(r"^(?P<user>[A-Za-z0-9._-]+@)?(?P<host>[A-Za-z0-9.-]+):(?!/)(?P<path>[^\s]+)$")
+"""`git@github.com:owner/repo.git`, the short ssh form git accepts."""
+_BRANCH = re.compile(r"^(?!-)(?!/)(?!.*\.\.)(?!.*//)(?!.*@\{)[^\x00-\x20\x7f~^:?*\[\\]{1,200}(?<![/.])$")
+"""A branch name git accepts (the rules of `git check-ref-format --branch`), never an option."""
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{1,31}$")
+
+
+def clone_url_host(url: str) -> str | None:
+    """The host of an https/http/ssh clone URL (or scp-like `git@host:path`), else None."""
+    parts = urlsplit(url)
+    if parts.scheme in ("https", "http", "ssh") and parts.hostname:
+        return parts.hostname
+    scp = _SCP_URL.match(url) if "://" not in url else None
+    return scp.group("host") if scp else None
+
+
+def check_clone_url(url: str) -> str:
+    """A clone URL git gets as an argument: https, http or ssh only (no `ext::`, `file://` or an
+    option in disguise), and no credentials (they would be readable inside every sandbox)."""
+    if url.startswith("-") or any(c.isspace() for c in url):
+        raise ValueError("must be an https://, http:// or ssh:// URL (no spaces, not starting with '-')")
+    if clone_url_host(url) is None:
+        raise ValueError("must be an https://, http:// or ssh:// URL, or git@host:owner/repo.git")
+    parts = urlsplit(url)
+    if parts.password or (parts.scheme in ("http", "https") and parts.username):
+        raise ValueError("must not contain credentials (they would be readable inside every sandbox)")
+    return url
+
+
+def _branch_name(v: str) -> str:
+    if not _BRANCH.match(v) or v.endswith(".lock") or "/." in v or v.startswith(".") or v == "@":
+        raise ValueError(f"{v[:100]!r} is not a valid branch name")
+    return v
 
 
 class ImageRecipe(BaseModel):
@@ -63,6 +96,9 @@ class Repo(BaseModel):
     aliases: list[str] = Field(default_factory=list)
     keywords: list[str] = Field(default_factory=list)
     channels: list[str] = Field(default_factory=list)
+    """Channels (names or ids) whose requests go to this repo; when set, the only channels it may be used from."""
+    users: list[str] = Field(default_factory=list)
+    """When set, the only Slack users (ids) who may use this repo."""
     examples: list[str] = Field(default_factory=list)
     image: ImageRecipe = Field(default_factory=ImageRecipe)
     pool_size: int = Field(1, ge=0, le=50)
@@ -76,12 +112,20 @@ class Repo(BaseModel):
 
     @field_validator("clone_url")
     @classmethod
-    def _no_credentials(cls, v: str | None) -> str | None:
-        # A token in the URL would land in build logs and in every sandbox's .git/config.
-        # (`ssh://git@host/...` names a user, not a secret.)
-        parts = urlsplit(v or "")
-        if parts.password or (parts.scheme in ("http", "https") and parts.username):
-            raise ValueError("must not contain credentials (they would be readable inside every sandbox)")
+    def _clone_url(cls, v: str | None) -> str | None:
+        return check_clone_url(v) if v is not None else None
+
+    @field_validator("default_branch")
+    @classmethod
+    def _branch(cls, v: str) -> str:
+        return _branch_name(v)
+
+    @field_validator("users")
+    @classmethod
+    def _user_ids(cls, v: list[str]) -> list[str]:
+        bad = [u for u in v if not _USER_ID.match(u)]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: not Slack user ids (like U0123ABCD)")
         return v
 
     @field_validator("channels")
@@ -182,5 +226,8 @@ def load_repos(path: Path | None, clone_url_template: str) -> RepoCatalog:
         raise ConfigError(f"REPOS_CONFIG: {path}: {_describe(exc, raw)}") from None
     for repo in parsed.repos:
         if repo.clone_url is None:
-            repo.clone_url = clone_url_template.format(repo=repo.name)
+            try:
+                repo.clone_url = check_clone_url(clone_url_template.format(repo=repo.name))
+            except ValueError as exc:
+                raise ConfigError(f"GIT_CLONE_URL: {exc}") from None
     return RepoCatalog(parsed.repos)

@@ -15,7 +15,9 @@ from bot.agent.loop import Agent
 from bot.agent.model import ModelNotConfigured, make_client
 from bot.agent.plugins import BuiltinTools, GitSyncGate, SandboxContext, plugin_manager, tool_registry
 from bot.config import ConfigError, Settings
+from bot.events import Origin
 from bot.repos import RepoCatalog, load_repos
+from bot.sessions.access import Access, SignedIn
 from bot.sessions.intake import Intake
 from bot.sessions.service import SessionService
 from bot.slack.app import SlackClient, SlackContext
@@ -48,8 +50,10 @@ class Service:
         self.sessions = SessionService(settings, self.db, self.agent, self.catalog, manager, self.hooks, self.writer)
         self.processed = ProcessedEvents(self.db, self.writer)
         self.classifier = self._classifier() if len(self.catalog) else None
+        self.access = Access(settings, self.catalog)
+        self.access.add_directory([Origin.WEB, Origin.PARENT_SESSION], SignedIn())
         self.intake = Intake(self.sessions, self.classifier, PendingRequests(self.db, settings.pending_request_ttl),
-                             settings.max_prompt_chars)
+                             settings, self.access)
         self.scheduler = AsyncIOScheduler()
         self.slack: SlackClient | None = None
         self._web: web.AppRunner | None = None

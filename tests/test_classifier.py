@@ -69,7 +69,7 @@ def test_thread_binding_and_earlier_messages():
 
 
 def test_a_catalog_of_one_decides_at_once():
-    one = load_repos(DATA / "acme_repos.yml", "x/{repo}")
+    one = load_repos(DATA / "acme_repos.yml", "https://git.example.com/{repo}.git")
     one.repos = one.repos[:1]
     assert Classifier(one, None).decide_by_rules(RequestContext("anything")).source == "only-repo"
 

@@ -120,8 +120,20 @@ async def test_an_expired_request_says_so_and_a_late_pick_is_refused(tmp_path, s
         await svc.stop()
 
 
-async def test_in_owner_repo_overrides_the_channel(classified, slack, model):
+async def test_in_owner_repo_overrides_the_channel_where_that_repo_may_be_used(classified, slack, model):
+    slack.channels["C0000WEB"] = {"name": "design", "topic": ""}  # acme/web's (and only its) channel
+    root = await slack.mention("U0ALICE1", "in acme/api make the invoices table sortable", channel="C0000001")
+    await slack.wait_for(lambda: slack.bot_messages(channel="C0000001", thread_ts=root))
+    assert (await classified.sessions.find_by_surface(thread_surface("C0000001", root))).repo == "acme/api"
+
+
+async def test_in_owner_repo_for_a_repo_not_allowed_in_that_channel_is_refused_with_the_allowed_list(
+        classified, slack, model):
     root = await slack.mention("U0ALICE1", "in acme/web make the invoices table sortable", channel="C0000API")
-    await slack.wait_for(lambda: slack.bot_messages(channel="C0000API", thread_ts=root))
+    refusal = (await slack.wait_for(lambda: slack.calls_to("chat.postEphemeral")))[0].params
+    assert refusal["user"] == "U0ALICE1" and refusal["channel"] == "C0000API"
+    assert refusal["text"] == "You can't use acme/web here. Repositories you can use here: acme/api."
     await asyncio.sleep(0.2)
-    assert (await classified.sessions.find_by_surface(thread_surface("C0000API", root))).repo == "acme/web"
+    assert await classified.sessions.find_by_surface(thread_surface("C0000API", root)) is None
+    assert not slack.bot_messages(channel="C0000API", thread_ts=root) and model.requests == []
+    assert classified.access.refusals["repo_not_allowed"] == 1

@@ -24,14 +24,14 @@ def test_repos_file_with_defaults(tmp_path):
         "defaults:\n  image: {base: 'hosted-agents/base:bookworm', setup: ['make deps']}\n  pool_size: 2\n"
         "repos:\n"
         "  - name: acme/api\n    aliases: [api]\n    channels: ['#eng-api']\n    image: {warm: ['pytest -q || true']}\n"
-        "  - name: acme/web\n    clone_url: git://127.0.0.1:9418/acme/web.git\n    pool_size: 0\n"
+        "  - name: acme/web\n    clone_url: http://127.0.0.1:9418/acme/web.git\n    pool_size: 0\n"
     )
     catalog = load_repos(path, "https://github.com/{repo}.git")
     api, web = catalog.repos
     assert api.clone_url == "https://github.com/acme/api.git" and api.pool_size == 2
     assert api.image.setup == ["make deps"] and api.image.warm == ["pytest -q || true"]
     assert api.channels == ["eng-api"]
-    assert web.clone_url == "git://127.0.0.1:9418/acme/web.git" and web.pool_size == 0
+    assert web.clone_url == "http://127.0.0.1:9418/acme/web.git" and web.pool_size == 0
     assert catalog.get("ACME/API") is api
 
 
@@ -52,6 +52,13 @@ def test_repos_file_with_defaults(tmp_path):
             "repos:\n  - name: acme/api\n    clone_url: https://ghp_secret@github.com/acme/api.git\n",
             "must not contain credentials",
         ),
+        # git arguments from the file can never be options or other transports
+        ("repos:\n  - name: acme/api\n    clone_url: --upload-pack=touch /tmp/pwned\n", "field 'clone_url': must be an https://"),
+        ("repos:\n  - name: acme/api\n    clone_url: 'ext::sh -c touch% /tmp/pwned'\n", "field 'clone_url'"),
+        ("repos:\n  - name: acme/api\n    clone_url: file:///etc\n", "field 'clone_url': must be an https://"),
+        ("repos:\n  - name: acme/api\n    default_branch: --orphan\n", "field 'default_branch': '--orphan' is not a valid branch"),
+        ("repos:\n  - name: acme/api\n    default_branch: a..b\n", "is not a valid branch name"),
+        ("repos:\n  - name: acme/api\n    users: [alice]\n", "field 'users': alice: not Slack user ids"),
     ],
 )
 def test_bad_repos_files_name_the_repo_and_field(tmp_path, yaml_text, message):
@@ -61,3 +68,23 @@ def test_bad_repos_files_name_the_repo_and_field(tmp_path, yaml_text, message):
         load_repos(path, "https://github.com/{repo}.git")
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_clone_url_template_that_is_not_a_url_is_refused(tmp_path):
+    path = tmp_path / "repos.yml"
+    path.write_text("repos:\n  - name: acme/api\n")
+    with pytest.raises(ConfigError, match="GIT_CLONE_URL: must be an https://"):
+        load_repos(path, "-c core.sshCommand=x {repo}")
+
+
+def test_access_lists_are_slack_ids(tmp_path):
+    from bot.config import load_settings
+
+    settings = load_settings(_env_file=None, allow_users="U0ALICE1, W0BOB0001", admin_users="U0ADMIN1",
+                             allow_usergroups="S0DEVS01")
+    assert settings.allow_users == {"U0ALICE1", "W0BOB0001"} and settings.allow_usergroups == {"S0DEVS01"}
+    with pytest.raises(ConfigError, match="ALLOW_USERS: alice@example.com: not Slack ids"):
+        load_settings(_env_file=None, allow_users="alice@example.com")
+    with pytest.raises(ConfigError, match="SESSION_PROMPTERS"):
+        load_settings(_env_file=None, session_prompters="everyone")
+    assert load_settings(_env_file=None, sandbox_memory="2g", max_sandboxes=0).sandbox_slots >= 1

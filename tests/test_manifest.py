@@ -22,6 +22,8 @@ METHOD_SCOPES: dict[str, set[str]] = {
     "chat.stopStream": {"chat:write"},
     "conversations.info": {"channels:read", "groups:read"},
     "conversations.replies": {"channels:history", "groups:history"},
+    "users.info": {"users:read"},
+    "usergroups.users.list": {"usergroups:read"},
 }
 EVENT_SCOPES = {
     "app_mention": "app_mentions:read",
@@ -42,7 +44,8 @@ async def test_manifest_scopes_match_the_calls_and_events_the_service_uses(
     from tests.conftest import make_settings, service_env
 
     env = service_env(tmp_path, slack, model, repos_config=Path(__file__).parent / "data" / "acme_repos.yml",
-                      sandbox_backend="none")
+                      sandbox_backend="none", allow_usergroups="S0DEVS01")
+    slack.usergroups["S0DEVS01"] = ["U0ALICE1", "U0BOB001", "U0CAROL1"]
     service = Service(make_settings(env))
     await service.start()
     await asyncio.wait_for(slack.connected.wait(), 10)

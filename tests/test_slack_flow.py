@@ -65,8 +65,11 @@ async def test_stop_cancels_a_slow_turn_and_keeps_the_queue(service, slack, mode
     await slack.user_message("U0BOB001", "then summarise it", thread_ts=root)
     await slack.wait_for(lambda: "1 more queued" in status.rendered(), what="the queue to show")
 
-    await slack.click("U0BOB001", status, "stop_turn")
-    await slack.wait_for(lambda: "Stopped by <@U0BOB001>" in status.rendered(), timeout=3, what="the stop")
+    await slack.click("U0BOB001", status, "stop_turn")  # only queued: not his turn to stop
+    refusal = await slack.wait_for(lambda: slack.calls_to("chat.postEphemeral"), what="Bob's refusal")
+    assert refusal[0].params["user"] == "U0BOB001" and "Only the person whose request is running" in refusal[0].params["text"]
+    await slack.click("U0ALICE1", status, "stop_turn")
+    await slack.wait_for(lambda: "Stopped by <@U0ALICE1>" in status.rendered(), timeout=3, what="the stop")
     assert model.disconnected == 1, "the model stream was closed"
     # the queued prompt still runs
     await slack.wait_for(lambda: all_done(slack, root, 2))
@@ -97,7 +100,7 @@ async def test_a_stale_or_forged_stop_button_gets_a_clear_ephemeral_answer(servi
     status = (await slack.wait_for(lambda: slack.bot_messages(thread_ts=root)))[0]
     stale = copy.deepcopy(status)  # what a client that has not refreshed still shows
     await slack.wait_for(lambda: done(status))
-    await slack.click("U0BOB001", stale, "stop_turn")
+    await slack.click("U0ALICE1", stale, "stop_turn")
     await slack.wait_for(lambda: slack.calls_to("chat.postEphemeral"), what="an ephemeral answer")
     assert slack.calls_to("chat.postEphemeral")[-1].params["text"] == "Nothing is running in this session right now."
 
@@ -149,9 +152,10 @@ async def test_empty_and_oversized_mentions_get_a_clear_reply_and_no_session(ser
     assert "Tell me what you need" in reply.text
 
     huge = await slack.mention("U0ALICE1", "x" * 40_000)
-    reply = (await slack.wait_for(lambda: slack.bot_messages(thread_ts=huge)))[0]
-    assert "40,000 characters" in reply.text and "20,000" in reply.text
-    assert model.requests == []
+    reply = (await slack.wait_for(lambda: slack.calls_to("chat.postEphemeral")))[0].params
+    assert "40,000 characters" in reply["text"] and "20,000" in reply["text"]
+    assert (reply["user"], reply["thread_ts"]) == ("U0ALICE1", huge), "told privately, in the thread"
+    assert model.requests == [] and not slack.bot_messages(thread_ts=huge)
 
 
 async def test_unknown_and_malformed_input_is_ignored_and_the_service_keeps_working(service, slack, model):

@@ -3,8 +3,10 @@ one, or a request held until someone picks its repository.
 
 Slack, the web page, App Home, a message shortcut, a parent session and GitHub comments all
 call `Intake.submit`; classification, held requests (expiry, resolution by anyone), the warm-up
-of the likely repository while the classifier thinks, and "which session does this place belong
-to" live here, so a new surface is a thin adapter that parses its input and renders the result.
+of the likely repository while the classifier thinks, "which session does this place belong
+to", and the access rules (who may ask, on which repository, who may prompt or stop a session,
+how often) live here, so a new surface is a thin adapter that parses its input and renders the
+result. A refusal queues nothing, starts no sandbox and calls no model.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-from bot.events import Author, Origin
+from bot.config import Settings
+from bot.events import Author, Note, Origin
+from bot.repos import Repo
+from bot.sessions.access import Access, Denied, Place
 from bot.sessions.log import Prompt
 from bot.sessions.service import SessionInfo, SessionService, Surface
 from bot.store.pending import EXPIRED, STARTED, PendingRequests
@@ -31,6 +36,8 @@ HELD_ID = re.compile(r"^[0-9a-f]{16}$")
 class Hints:
     """What the surface knows about where the request was made; all optional."""
 
+    channel_id: str | None = None
+    """The channel's id (Slack); None in a DM or on the web."""
     channel: str | None = None
     """The channel's name (Slack), for channel-mapped repositories."""
     topic: str | None = None
@@ -57,6 +64,8 @@ class Request:
     new_surface: bool = False
     """The surface was made by this very request (a top-level Slack message is its own thread),
     so no session can be bound to it yet: intake skips looking."""
+    mentions: tuple[str, ...] = ()
+    """People the text names (Slack user ids): the session's starter adds them as participants."""
 
 
 @dataclass(frozen=True)
@@ -83,8 +92,13 @@ class Refused:
     """The request was not taken; `message` tells the person why. Nothing was queued."""
 
     reason: str
-    """empty, too_long, unknown_repo, unknown_request, already_started, expired."""
+    """empty, too_long, unknown_repo, unknown_request, already_started, expired, nothing_running, and
+    the access rules' reasons (bot/sessions/access.py: guest, external, repo_not_allowed, ...)."""
     message: str
+
+    @classmethod
+    def denied(cls, denied: Denied) -> Refused:
+        return cls(denied.reason, denied.message)
 
 
 @dataclass(frozen=True)
@@ -99,12 +113,13 @@ class HeldRequest:
     ui_ref: str | None
     repo: str | None
     picked_by: str | None
+    place: Place = Place()
 
     @classmethod
     def from_row(cls, row: PendingRequestRow) -> HeldRequest:
         surface = Surface(row.surface_kind, row.surface_key) if row.surface_kind and row.surface_key else None
         return cls(row.id, Author(id=row.author_id, name=row.author_name, origin=Origin.parse(row.origin)), row.text, surface,
-                   row.status, row.ui_ref, row.repo, row.picked_by)
+                   row.status, row.ui_ref, row.repo, row.picked_by, Place(row.channel_id, row.channel_name))
 
 
 ExpiryObserver = Callable[[HeldRequest], Awaitable[None]]
@@ -112,11 +127,13 @@ ExpiryObserver = Callable[[HeldRequest], Awaitable[None]]
 
 class Intake:
     def __init__(self, sessions: SessionService, classifier: Classifier | None, pending: PendingRequests,
-                 max_prompt_chars: int):
+                 settings: Settings, access: Access):
         self.sessions = sessions
         self.classifier = classifier
         self.pending = pending
-        self.max_prompt_chars = max_prompt_chars
+        self.settings = settings
+        self.max_prompt_chars = settings.max_prompt_chars
+        self.access = access
         self._expiry_observers: list[ExpiryObserver] = []
 
     @property
@@ -128,31 +145,52 @@ class Intake:
         return await self.sessions.find_by_surface(surface)
 
     async def submit(self, request: Request) -> Started | Held | Refused:
+        author = request.author
         text = request.text.strip()
         if not text:
             return Refused("empty", "There is no request in that message.")
         if len(text) > self.max_prompt_chars:
-            return Refused("too_long", f"That message is {len(text):,} characters long; I take up to {self.max_prompt_chars:,}. "
-                                       "Please shorten it (a link to a file or a gist works well) and send it again.")
+            return self._refuse(author, Refused("too_long", f"That message is {len(text):,} characters long; I take up to "
+                                f"{self.max_prompt_chars:,}. Please shorten it (a link to a file or a gist works well) "
+                                "and send it again."))
+        if denied := await self.access.check_person(author) or self.access.check_rate(author):
+            return self._refuse(author, Refused.denied(denied))
         request = replace(request, text=text)
         existing = await self.find(request.surface) if request.surface is not None and not request.new_surface else None
         if existing is not None:
-            prompt = await self.sessions.submit(existing.id, text, request.author, request.order_key)
+            if denied := await self._may_prompt(existing, request):
+                return self._refuse(author, Refused.denied(denied))
+            prompt = await self.sessions.submit(existing.id, text, author, request.order_key)
+            await self._add_participants(existing, request)
             return Started(existing, prompt, created=False)
+        if self.access.needs_channel_name() and request.hints.channel_id and not request.hints.channel and request.more_hints:
+            request = replace(request, hints=_merge_hints(request.hints, await request.more_hints()), more_hints=None)
         decision = await self._classify(request)
         if isinstance(decision, Refused):
-            return decision
+            return self._refuse(author, decision)
         if decision is not None and decision.repo is None:
             return await self._hold(request, decision)
-        return await self._start(request, decision.repo if decision else None, decision)
+        started = await self._start(request, decision.repo if decision else None, decision)
+        await self._add_participants(started.session, request)
+        return started
 
     async def pick(self, held_id: str, repo: str, by: Author) -> Started | Refused:
-        """Someone picked the repository of a held request: start it with its original text and author."""
-        if self.classifier is None or self.classifier.catalog.get(repo) is None:
-            return Refused("unknown_repo", "I don't know that repository.")
-        row = await self.pending.pick(held_id, repo, by.id) if HELD_ID.match(held_id) else None
+        """Someone picked the repository of a held request: start it with its original text and author.
+        Both the picker and the author must be allowed on that repository where it was asked."""
+        configured = self.classifier.catalog.get(repo) if self.classifier is not None else None
+        if configured is None:
+            return self._refuse(by, Refused("unknown_repo", "I don't know that repository."))
+        if denied := await self.access.check_person(by):
+            return self._refuse(by, Refused.denied(denied))
+        current = await self.pending.get(held_id) if HELD_ID.match(held_id) else None
+        if current is not None:
+            held = HeldRequest.from_row(current)
+            for person in (by, held.author):
+                if not self.access.may_use_repo(person, configured, held.place):
+                    return self._refuse(by, Refused.denied(self.access.repo_denied(person, repo, held.place)))
+        row = await self.pending.pick(held_id, repo, by.id) if current is not None else None
         if row is None:
-            current = await self.pending.get(held_id) if HELD_ID.match(held_id) else None
+            current = await self.pending.get(held_id) if current is not None else None
             if current is None:
                 return Refused("unknown_request", "I can't find that request any more.")
             if current.status == STARTED:
@@ -163,10 +201,33 @@ class Intake:
         held = HeldRequest.from_row(row)
         classification = Classification(repo, 1.0, (), f"picked by {by.id}", "picked")
         try:
-            return await self._start(Request(held.text, held.author, held.surface, order_key=row.order_key), repo, classification)
+            hints = Hints(channel_id=held.place.channel_id, channel=held.place.channel_name)
+            return await self._start(Request(held.text, held.author, held.surface, hints, order_key=row.order_key),
+                                     repo, classification)
         except BaseException:
             await self.pending.release(held_id)  # not lost: the next pick starts it
             raise
+
+    async def stop(self, session_id: str, by: Author) -> Refused | None:
+        """Stop the running turn: its prompter, the session's starter or an admin may."""
+        info = await self.sessions.get(session_id)
+        if info is None:
+            return Refused("unknown_session", "I can't find that session any more.")
+        if denied := await self._may_control(info, by, "stop it"):
+            return self._refuse(by, Refused.denied(denied))
+        if not self.sessions.stop(session_id, by=by.id):
+            return Refused("nothing_running", "Nothing is running in this session right now.")
+        return None
+
+    async def clear_queue(self, session_id: str, by: Author) -> Refused | int:
+        """Drop the queued prompts: the running turn's prompter, the session's starter or an admin may."""
+        info = await self.sessions.get(session_id)
+        if info is None:
+            return Refused("unknown_session", "I can't find that session any more.")
+        if denied := await self._may_control(info, by, "clear its queue"):
+            return self._refuse(by, Refused.denied(denied))
+        count = self.sessions.clear_queue(session_id, by=by.id)
+        return count if count else Refused("queue_empty", "The queue is already empty.")
 
     async def set_ui_ref(self, held_id: str, ref: str) -> None:
         """Remember what the surface showed to ask (e.g. its message), to update it later."""
@@ -189,15 +250,20 @@ class Intake:
     # -- internals ----------------------------------------------------------------------
 
     async def _classify(self, request: Request) -> Classification | Refused | None:
-        """The repository, None when there is nothing to choose from, or a Classification asking."""
+        """The repository, None when there is nothing to choose from, or a Classification asking.
+        Only repositories the person may use where they asked are chosen or offered."""
         classifier = self.classifier
         if classifier is None:
             return None
-        hints = request.hints
+        author, hints = request.author, request.hints
+        place = Place(hints.channel_id, hints.channel)
+        allowed = self.access.repos_for(author, place)
         if hints.repo is not None:
             if classifier.catalog.get(hints.repo) is None:
                 return Refused("unknown_repo", f"I don't know the repository {hints.repo}.")
-            return Classification(hints.repo, 1.0, (), "chosen by the person", "chosen")
+            return self._allowed(Classification(hints.repo, 1.0, (), "chosen by the person", "chosen"), allowed, place, author)
+        if not allowed:
+            return Refused.denied(self.access.repo_denied(author, "any repository", place))
         if len(classifier.catalog) == 1:  # nothing to decide: skip gathering context
             return await classifier.classify(RequestContext(request.text))
         if request.more_hints is not None:
@@ -205,22 +271,35 @@ class Intake:
         ctx = RequestContext(request.text, list(hints.thread), hints.channel, hints.topic)
         decided = classifier.decide_by_rules(ctx)
         if decided is not None:
-            return decided  # the session acquires its own sandbox: nothing extra to warm
-        if hints.default_repo and classifier.catalog.get(hints.default_repo):
+            return self._allowed(decided, allowed, place, author)  # the session acquires its own sandbox
+        if hints.default_repo and any(r.name == hints.default_repo for r in allowed):
             return Classification(hints.default_repo, 0.8, (), "the default repository here", "default")
-        ctx = replace(ctx, recent_repos=await self.sessions.recent_repos(request.author.id))
+        if len(allowed) == 1:
+            return Classification(allowed[0].name, 0.9, (), "the only repository you can use here", "only-allowed")
+        ctx = replace(ctx, recent_repos=await self.sessions.recent_repos(author.id))
         self.sessions.warm(classifier.likeliest(ctx))  # warm while the model thinks
-        return await classifier.classify(ctx)
+        return self._allowed(await classifier.classify(ctx), allowed, place, author)
+
+    def _allowed(self, decision: Classification, allowed: list[Repo], place: Place, author: Author) -> Classification | Refused:
+        """A decision the person may act on: a repository they named but may not use is refused
+        (with the ones they may); one the rules or the model guessed becomes a question."""
+        names = [r.name for r in allowed]
+        if decision.repo is None or decision.repo in names:
+            return replace(decision, alternatives=tuple(a for a in decision.alternatives if a in names))
+        if decision.source in NAMED:
+            return Refused.denied(self.access.repo_denied(author, decision.repo, place))
+        return Classification(None, 0.0, tuple(names[:5]), f"{decision.repo} is not allowed here", "ask")
 
     async def _hold(self, request: Request, decision: Classification) -> Held:
         assert self.classifier is not None
         surface = request.surface
+        hints = request.hints
         row = await self.pending.hold(
             origin=request.author.origin.value, author_id=request.author.id, author_name=request.author.name,
             text=request.text, surface_kind=surface.kind if surface else None, surface_key=surface.key if surface else None,
-            order_key=request.order_key,
+            order_key=request.order_key, channel_id=hints.channel_id, channel_name=hints.channel,
         )
-        repos = tuple(r.name for r in self.classifier.catalog.repos)
+        repos = tuple(r.name for r in self.access.repos_for(request.author, Place(hints.channel_id, hints.channel)))
         return Held(row.id, decision.alternatives, repos, self.pending.ttl)
 
     async def _start(self, request: Request, repo: str | None, decision: Classification | None) -> Started:
@@ -229,8 +308,52 @@ class Intake:
         return Started(session, prompt, created=True, classification=decision)
 
 
+    async def _may_prompt(self, info: SessionInfo, request: Request) -> Denied | None:
+        """SESSION_PROMPTERS: `repo`, anyone allowed on the session's repository here; `participants`,
+        its starter and the people they added. Admins may always."""
+        author = request.author
+        if author.id == info.creator or self.access.is_admin(author):
+            return None
+        if self.settings.session_prompters == "participants":
+            if author.id in await self.sessions.participants(info.id):
+                return None
+            starter = Author(id=info.creator, origin=info.origin).handle if info.creator else "its starter"
+            return Denied("not_participant", f"Only the people taking part in this session can prompt it; {starter} "
+                                             "can add you by mentioning you in a message to me in this thread.")
+        repo = self.access.catalog.get(info.repo) if info.repo else None
+        place = Place(request.hints.channel_id, request.hints.channel)
+        if repo is not None and not self.access.may_use_repo(author, repo, place):
+            return self.access.repo_denied(author, repo.name, place)
+        return None
+
+    async def _add_participants(self, info: SessionInfo, request: Request) -> None:
+        """People the starter mentions take part in the session (SESSION_PROMPTERS=participants)."""
+        if self.settings.session_prompters != "participants" or request.author.id != info.creator:
+            return
+        added = await self.sessions.add_participants(info.id, set(request.mentions) - {request.author.id}, by=request.author.id)
+        if added:
+            names = ", ".join(Author(id=p, origin=request.author.origin).handle for p in sorted(added))
+            self.sessions.emit(info.id, Note(text=f"{names} can now prompt this session."))
+
+    async def _may_control(self, info: SessionInfo, by: Author, what: str) -> Denied | None:
+        if denied := await self.access.check_person(by):
+            return denied
+        if by.id in (info.creator, self.sessions.running_author(info.id)) or self.access.is_admin(by):
+            return None
+        return Denied("not_yours", f"Only the person whose request is running, the one who started this session, "
+                                   f"or an admin can {what}.")
+
+    def _refuse(self, author: Author, refused: Refused) -> Refused:
+        self.access.refuse(author, Denied(refused.reason, refused.message))
+        return refused
+
+
+NAMED = frozenset({"override", "explicit", "chosen"})
+"""Classification sources where the person named the repository themselves."""
+
+
 def _merge_hints(first: Hints, more: Hints) -> Hints:
     return Hints(
-        channel=first.channel or more.channel, topic=first.topic or more.topic, thread=first.thread or more.thread,
+        channel_id=first.channel_id or more.channel_id, channel=first.channel or more.channel, topic=first.topic or more.topic, thread=first.thread or more.thread,
         repo=first.repo or more.repo, default_repo=first.default_repo or more.default_repo,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from bot.agent.conversation import HISTORY_KINDS, messages_from_events
@@ -39,6 +40,8 @@ class TurnHost(Protocol):
     async def end_turn(self, session_id: str, prompt: Prompt, lost_workspace: bool) -> None:
         """Per-turn cleanup after the agent stopped (snapshot, plugins); may raise."""
     def record_turn(self, session_id: str, prompt: Prompt, started: float, stats: TurnStats, ended: TurnEnded) -> None: ...
+    def admit(self, session_id: str) -> AbstractAsyncContextManager[None]:
+        """Held for the working period: waits while the person or the service is at its limit."""
     def runner_finished(self, runner: Runner) -> None: ...
     async def persist_status(self, session_id: str) -> None: ...
 
@@ -50,6 +53,10 @@ class Runner:
         self.task: asyncio.Task[None] | None = None
         self._turn: asyncio.Task[None] | None = None
         self._stopped_by: str | None = None
+        self.admitted = False
+        """Past admission (a runner still waiting for its slot has nothing to finish at shutdown)."""
+        self.prompt: Prompt | None = None
+        """The prompt of the turn running now (or last run)."""
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"runner-{self.session_id}")
@@ -69,8 +76,10 @@ class Runner:
     async def _run(self) -> None:
         slog = self.host.log_of(self.session_id)
         try:
-            while not self.host.closing and (prompt := slog.next_prompt()) is not None:
-                await self._run_turn(slog, prompt)
+            async with self.host.admit(self.session_id):
+                self.admitted = True
+                while not self.host.closing and (prompt := slog.next_prompt()) is not None:
+                    await self._run_turn(slog, prompt)
         except Exception:
             log.exception("runner of session %s failed; its queue waits for the next prompt", self.session_id)
         finally:
@@ -81,6 +90,7 @@ class Runner:
 
     async def _run_turn(self, slog: SessionLog, prompt: Prompt) -> None:
         host = self.host
+        self.prompt = prompt
         slog.set_prompt_status(prompt.id, RUNNING)
         host.emit(self.session_id, TurnStarted(prompt_id=prompt.id, text=prompt.text, author=prompt.author), turn=prompt.id)
         stats, wall_start = TurnStats(), time.time()

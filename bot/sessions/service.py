@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ import pluggy
 from cachetools import LRUCache
 from sqlalchemy import insert as insert_into
 from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,6 +35,7 @@ from bot.events import (
     Event,
     EventData,
     GitSynced,
+    Note,
     Origin,
     Outcome,
     QueueChanged,
@@ -41,13 +44,14 @@ from bot.events import (
     TurnEnded,
 )
 from bot.repos import RepoCatalog
+from bot.sessions.admission import Admission, Waiting
 from bot.sessions.bus import EventBus
 from bot.sessions.log import RUNNING, Prompt, SessionLog, SessionLogs
 from bot.sessions.projection import SessionView, project
 from bot.sessions.runner import Runner
 from bot.store.batch import BatchWriter
 from bot.store.db import Database
-from bot.store.tables import SessionRow, SurfaceRow, TurnRow
+from bot.store.tables import ParticipantRow, SessionRow, SurfaceRow, TurnRow
 from bot.util.keyed_locks import KeyedLocks
 from sandbox.sessions import SandboxManager, SessionSandbox
 from sandbox.workspace import Workspace
@@ -107,7 +111,9 @@ class SessionService:
         self._refs: LRUCache[tuple[str, str], str | None] = LRUCache(CACHE_SIZE * 4)
         self._reported: LRUCache[str, SessionSandbox] = LRUCache(CACHE_SIZE)
         """The sandbox whose readiness each session's log already tells (a new one is told again)."""
+        self._participants: LRUCache[str, frozenset[str]] = LRUCache(CACHE_SIZE)
         self._status_locks = KeyedLocks()
+        self.admission = Admission(settings.max_sessions_per_user, settings.sandbox_slots)
         self._background: set[asyncio.Task[Any]] = set()
         self.closing = False
         """Set by `close()`: runners take no new prompt (they stay queued for the next start)."""
@@ -261,6 +267,37 @@ class SessionService:
             self.emit(session_id, QueueChanged(queued=0, cleared=count, by=by))
         return count
 
+    def running_author(self, session_id: str) -> str | None:
+        """Who prompted the turn running now, if one is."""
+        runner = self._runners.get(session_id)
+        return runner.prompt.author.id if runner and runner.turn_running and runner.prompt else None
+
+    async def participants(self, session_id: str) -> frozenset[str]:
+        """The people the session's starter added (SESSION_PROMPTERS=participants); the starter is not listed."""
+        if (cached := self._participants.get(session_id)) is not None:
+            return cached
+        async with self.db.session() as db:
+            rows = (await db.execute(select(ParticipantRow.user_id).where(ParticipantRow.session_id == session_id))).scalars()
+            people = frozenset(rows)
+        self._participants[session_id] = people
+        return people
+
+    async def add_participants(self, session_id: str, people: set[str], by: str) -> frozenset[str]:
+        """Add people (idempotent); returns those who were not participants before."""
+        new = frozenset(people - await self.participants(session_id))
+        if new:
+            rows = [{"session_id": session_id, "user_id": p, "added_by": by} for p in sorted(new)]
+
+            dialect = postgresql if self.db.engine.dialect.name == "postgresql" else sqlite
+
+            async def insert(db: AsyncSession) -> None:
+                # A concurrent add of the same person is no error (and must not fail the shared batch).
+                await db.execute(dialect.insert(ParticipantRow).values(rows).on_conflict_do_nothing())
+
+            await self.writer.write(insert)
+            self._participants[session_id] = await self.participants(session_id) | new
+        return new
+
     def emit(self, session_id: str, data: EventData, turn: int | None = None) -> Event:
         event = self._logs.get(session_id).append(data, turn)
         self.bus.publish(session_id, event)
@@ -298,7 +335,7 @@ class SessionService:
         self.closing = True
         runners = [r for r in self._runners.values() if r.task]
         for runner in runners:
-            if runner.turn_running and runner.task is not None:
+            if (runner.turn_running or not runner.admitted) and runner.task is not None:
                 runner.task.cancel()
         tasks = [r.task for r in runners if r.task]
         _, late = await asyncio.wait(tasks, timeout=5) if tasks else (set(), set())
@@ -346,6 +383,27 @@ class SessionService:
             for result in self.hooks.hook.turn_ended(session_id=session_id, prompt_id=prompt.id):
                 if asyncio.iscoroutine(result):
                     await result
+
+    @asynccontextmanager
+    async def admit(self, session_id: str) -> AsyncIterator[None]:
+        """A working period's slot: MAX_SESSIONS_PER_USER per starter, MAX_SANDBOXES in all.
+        While it waits the thread is told why, and where it is in line."""
+        info = await self.get(session_id)
+        person = info.creator if info else None
+        sandbox = bool(info and info.repo and self.sandboxes is not None)
+
+        async def tell(waiting: Waiting) -> None:
+            if waiting.person_limit:
+                who = Author(id=person, origin=info.origin).handle if person and info else "You"
+                text = (f"{who} already has {self.admission.per_person} sessions running; this one starts "
+                        "when one of them finishes.")
+            else:
+                place = "next" if waiting.position == 1 else f"number {waiting.position} in line"
+                text = f"All {self.admission.sandboxes} sandboxes are busy; this session is {place} and starts as soon as one is free."
+            self.emit(session_id, Note(text=text))
+
+        async with self.admission.slot(person, sandbox, tell):
+            yield
 
     def runner_finished(self, runner: Runner) -> None:
         if self._runners.get(runner.session_id) is runner:

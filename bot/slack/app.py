@@ -29,14 +29,16 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.agent.hookspecs import hookimpl
 from bot.config import Settings
-from bot.events import Author, Origin
+from bot.events import SLACK_ORIGINS, Author, Origin
 from bot.sessions.intake import Held, HeldRequest, Hints, Intake, Refused, Request
 from bot.sessions.service import SessionService
+from bot.slack.directory import SlackDirectory
 from bot.slack.format import CLEAR_QUEUE_ACTION, STOP_ACTION, VIEW_ACTION
 from bot.slack.messages import (
     THREAD,
     IncomingMessage,
     author_of,
+    mentioned_people,
     parse_message,
     prompt_text,
     thread_of,
@@ -157,6 +159,7 @@ class SlackClient:
         self.renderer = SlackRenderer(self.web, sessions, settings)
         sessions.add_observer(self.renderer.on_working)
         intake.on_expired(self._show_expired)
+        intake.access.add_directory((o.value for o in SLACK_ORIGINS), SlackDirectory(self.web))
         self._register()
         self._socket: AsyncSocketModeHandler | None = None
         self._thread_locks = KeyedLocks()
@@ -234,25 +237,28 @@ class SlackClient:
     async def _handle_message(self, msg: IncomingMessage, bot: str | None) -> None:
         request = Request(
             text=prompt_text(msg, bot), author=author_of(msg), surface=thread_surface(msg.channel, msg.root),
-            more_hints=lambda: self._hints(msg), order_key=float(msg.ts), new_surface=msg.thread_ts is None,
+            hints=Hints(channel_id=None if msg.direct else msg.channel), more_hints=lambda: self._hints(msg),
+            order_key=float(msg.ts), new_surface=msg.thread_ts is None, mentions=mentioned_people(msg, bot),
         )
         result = await self.intake.submit(request)
-        if isinstance(result, Refused):
-            await self._reply(msg.channel, msg.root, HELP if result.reason == "empty" else result.message)
+        if isinstance(result, Refused) and result.reason == "empty":
+            await self._reply(msg.channel, msg.root, HELP)
+        elif isinstance(result, Refused):  # only the person sees why; the thread stays clean
+            await self._ephemeral(msg.channel, msg.user, result.message, thread_ts=msg.root)
         elif isinstance(result, Held):
             await self._ask_for_repo(msg, result)
 
     async def on_stop(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         session_id, user, channel = await self._action_target(body, action)
-        if session_id and not self.sessions.stop(session_id, by=user):
-            await self._ephemeral(channel, user, "Nothing is running in this session right now.")
+        if session_id and isinstance(refused := await self.intake.stop(session_id, _clicker(body)), Refused):
+            await self._ephemeral(channel, user, refused.message)
 
     async def on_clear_queue(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
         session_id, user, channel = await self._action_target(body, action)
-        if session_id and not self.sessions.clear_queue(session_id, by=user):
-            await self._ephemeral(channel, user, "The queue is already empty.")
+        if session_id and isinstance(refused := await self.intake.clear_queue(session_id, _clicker(body)), Refused):
+            await self._ephemeral(channel, user, refused.message)
 
     async def on_pick(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         """Someone picked the repository of a held request: intake starts its session."""
@@ -260,7 +266,7 @@ class SlackClient:
         user, channel = _actor(body)
         held_id = str(action.get("block_id", "")).removeprefix("pick:")
         repo = str((action.get("selected_option") or {}).get("value", ""))
-        result = await self.intake.pick(held_id, repo, Author(id=user, origin=Origin.SLACK_THREAD))
+        result = await self.intake.pick(held_id, repo, _clicker(body))
         if isinstance(result, Refused):
             await self._ephemeral(channel, user, result.message)
             return
@@ -352,13 +358,21 @@ class SlackClient:
         except Exception as exc:
             log.warning("replying in %s failed: %r", channel, exc)
 
-    async def _ephemeral(self, channel: str, user: str, text: str) -> None:
+    async def _ephemeral(self, channel: str, user: str, text: str, thread_ts: str | None = None) -> None:
         if not channel or not user:
             return
         try:
-            await self.web.chat_postEphemeral(channel=channel, user=user, text=text)
+            await self.web.chat_postEphemeral(channel=channel, user=user, text=text, thread_ts=thread_ts)
         except Exception as exc:
             log.warning("ephemeral reply in %s failed: %r", channel, exc)
+
+
+def _clicker(body: dict[str, Any]) -> Author:
+    """Who clicked a button, as the access rules see them (their own team: Slack Connect)."""
+    user = body.get("user") or {}
+    team = user.get("team_id")
+    return Author(id=str(user.get("id", "")) or "unknown", origin=Origin.SLACK_THREAD,
+                  team=team if isinstance(team, str) and team else None)
 
 
 def _actor(body: dict[str, Any]) -> tuple[str, str]:

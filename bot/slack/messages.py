@@ -29,6 +29,8 @@ class IncomingMessage:
     text: str
     mentioned: bool
     direct: bool
+    team: str | None = None
+    """The author's own team (`user_team`; Slack Connect sends messages from other organisations)."""
 
     @property
     def root(self) -> str:
@@ -63,7 +65,9 @@ def parse_message(event: dict[str, Any], bot_user_id: str | None) -> IncomingMes
         return None
     mentioned = event.get("type") == "app_mention" or (bot_user_id is not None and f"<@{bot_user_id}" in text)
     direct = event.get("channel_type") == "im" or channel.startswith("D")
-    return IncomingMessage(channel, ts, thread_ts if thread_ts != ts else None, user, text, mentioned, direct)
+    team = event.get("user_team") or event.get("team")
+    return IncomingMessage(channel, ts, thread_ts if thread_ts != ts else None, user, text, mentioned, direct,
+                           team if isinstance(team, str) and _ID.match(team) else None)
 
 
 def prompt_text(message: IncomingMessage, bot_user_id: str | None) -> str:
@@ -92,4 +96,14 @@ def thread_of(info: SessionInfo) -> tuple[str, str] | None:
 
 
 def author_of(message: IncomingMessage) -> Author:
-    return Author(id=message.user, origin=Origin.SLACK_DM if message.direct else Origin.SLACK_THREAD)
+    return Author(id=message.user, origin=Origin.SLACK_DM if message.direct else Origin.SLACK_THREAD, team=message.team)
+
+
+def mentioned_ids(text: str) -> tuple[str, ...]:
+    """The user ids `<@U…>` mentions in a text name, once each, in order."""
+    return tuple(dict.fromkeys(m.group(1) for m in _MENTION.finditer(text)))
+
+
+def mentioned_people(message: IncomingMessage, bot_user_id: str | None) -> tuple[str, ...]:
+    """The people a message mentions, the bot and the author left out, in order."""
+    return tuple(p for p in mentioned_ids(message.text) if p not in (bot_user_id, message.user))

@@ -56,7 +56,7 @@ from bot.slack.format import (
     sanitize_markdown,
     split_markdown,
 )
-from bot.slack.messages import thread_of
+from bot.slack.messages import mentioned_ids, thread_of
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +197,11 @@ class _ThreadRender:
             render.status_changed()
 
     def allowed(self) -> frozenset[str]:
-        """Whose mentions may pass: the people who prompted this session, stopped a turn, or created it."""
+        """Whose mentions may pass: the people who prompted this session, stopped a turn, or created it,
+        and the people those prompts mention (a person already pinged them)."""
         people = {t.author.id for t in self.view.turns.values()} | {q.author.id for q in self.view.queue}
+        for text in [t.prompt for t in self.view.turns.values()] + [q.text for q in self.view.queue]:
+            people.update(mentioned_ids(text))
         people |= {t.stopped_by for t in self.view.turns.values() if t.stopped_by}
         people.add(getattr(self.info, "creator", None) or "")
         return frozenset(p for p in people if is_user_id(p))

@@ -20,9 +20,11 @@ class PendingRequests:
         self.ttl = ttl
 
     async def hold(self, *, origin: str, author_id: str, author_name: str | None, text: str,
-                   surface_kind: str | None, surface_key: str | None, order_key: float | None) -> PendingRequestRow:
+                   surface_kind: str | None, surface_key: str | None, order_key: float | None,
+                   channel_id: str | None = None, channel_name: str | None = None) -> PendingRequestRow:
         row = PendingRequestRow(id=secrets.token_hex(8), origin=origin, author_id=author_id, author_name=author_name,
                                 text=text, surface_kind=surface_kind, surface_key=surface_key, order_key=order_key,
+                                channel_id=channel_id, channel_name=channel_name,
                                 status=WAITING, created_at=time.time())
         async with self.db.session() as s, s.begin():
             s.add(row)

@@ -46,6 +46,17 @@ class SessionRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class ParticipantRow(Base):
+    """Someone the session's starter added: with SESSION_PROMPTERS=participants, they may prompt it too."""
+
+    __tablename__ = "session_participants"
+
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    added_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class SurfaceRow(Base):
     """A place a session is bound to, e.g. `slack_thread` + `C123:1700000000.000100`; one session per place."""
 
@@ -146,6 +157,9 @@ class PendingRequestRow(Base):
     surface_kind: Mapped[str | None] = mapped_column(String(32))
     surface_key: Mapped[str | None] = mapped_column(String(200))
     """Where the session goes once a repository is picked (e.g. the Slack thread)."""
+    channel_id: Mapped[str | None] = mapped_column(String(64))
+    channel_name: Mapped[str | None] = mapped_column(String(200))
+    """Where it was asked: a pick is checked against the repositories allowed there."""
     order_key: Mapped[float | None] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(16))
     """`waiting`, `started` or `expired`."""

@@ -129,6 +129,13 @@ class FakeSlack:
         self.connections = 0
         self.channels: dict[str, dict[str, str]] = {"C0000001": {"name": "general", "topic": "Company-wide"}}
         """channel id -> name and topic, for conversations.info"""
+        self.users: dict[str, dict[str, Any]] = {}
+        """user id -> fields users.info returns over a full member's defaults (`is_restricted`,
+        `is_ultra_restricted`, `team_id`: another team makes them a Slack Connect user)"""
+        self.hidden_users: set[str] = set()
+        """users.info answers `user_not_found` for these"""
+        self.usergroups: dict[str, list[str]] = {}
+        """user group id -> member ids, for usergroups.users.list"""
 
     # -- server ---------------------------------------------------------------------------
 
@@ -340,6 +347,20 @@ class FakeSlack:
     async def _m_chat_postEphemeral(self, p: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "message_ts": self.next_ts()}
 
+    async def _m_users_info(self, p: dict[str, Any]) -> dict[str, Any]:
+        user = p.get("user", "")
+        if not user or user in self.hidden_users:
+            return {"ok": False, "error": "user_not_found"}
+        return {"ok": True, "user": {"id": user, "team_id": self.team_id, "name": user.lower(), "deleted": False,
+                                     "is_bot": False, "is_admin": False, "is_owner": False, "is_restricted": False,
+                                     "is_ultra_restricted": False, **self.users.get(user, {})}}
+
+    async def _m_usergroups_users_list(self, p: dict[str, Any]) -> dict[str, Any]:
+        members = self.usergroups.get(p.get("usergroup", ""))
+        if members is None:
+            return {"ok": False, "error": "no_such_subteam"}
+        return {"ok": True, "users": list(members)}
+
     async def _m_conversations_info(self, p: dict[str, Any]) -> dict[str, Any]:
         info = self.channels.get(p.get("channel", ""))
         if info is None:
@@ -353,7 +374,10 @@ class FakeSlack:
         return {"ok": True, "messages": [self._as_event(m) for m in sorted(items, key=lambda m: float(m.ts))]}
 
     def _as_event(self, msg: Message) -> dict[str, Any]:
-        event: dict[str, Any] = {"type": "message", "user": msg.user, "text": msg.text, "ts": msg.ts, "team": self.team_id}
+        team = self.users.get(msg.user, {}).get("team_id", self.team_id)
+        event: dict[str, Any] = {"type": "message", "user": msg.user, "text": msg.text, "ts": msg.ts, "team": team}
+        if not msg.bot:  # Slack Connect: whose organisation the author is from, and where the message was sent
+            event["user_team"], event["source_team"] = team, team
         if msg.blocks:
             event["blocks"] = msg.blocks
         if msg.thread_ts:
@@ -447,7 +471,8 @@ class FakeSlack:
         button = message.buttons()[action_id]
         payload = {
             "type": "block_actions",
-            "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": self.team_id},
+            "user": {"id": user, "username": user.lower(), "name": user.lower(),
+                     "team_id": self.users.get(user, {}).get("team_id", self.team_id)},
             "api_app_id": "A0000001", "token": "verification-token-unused",
             "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel, "is_ephemeral": False},
             "trigger_id": f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:8]}", "team": {"id": self.team_id, "domain": "fake"},
@@ -464,7 +489,8 @@ class FakeSlack:
                      and any(e.get("action_id") == action_id for e in b["elements"]))
         payload = {
             "type": "block_actions",
-            "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": self.team_id},
+            "user": {"id": user, "username": user.lower(), "name": user.lower(),
+                     "team_id": self.users.get(user, {}).get("team_id", self.team_id)},
             "api_app_id": "A0000001", "token": "verification-token-unused",
             "container": {"type": "message", "message_ts": message.ts, "channel_id": message.channel, "is_ephemeral": False},
             "trigger_id": f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:8]}", "team": {"id": self.team_id, "domain": "fake"},
