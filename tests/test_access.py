@@ -59,7 +59,7 @@ async def test_guests_and_other_organisations_are_refused_privately_and_nothing_
         assert (await refused(slack, OUTSIDER))["thread_ts"] == roots[OUTSIDER]
         await slack.mention(ALICE, "hello")  # a member, after them: everything before was handled
         await slack.wait_for(lambda: model.requests)
-        for user, root in roots.items():
+        for root in roots.values():
             assert await svc.sessions.find_by_surface(thread_surface("C0000001", root)) is None
             assert not slack.bot_messages(thread_ts=root), "nothing public in their thread"
         assert len(model.requests) == 1 and model.requests[0].last_user_text.endswith("hello")

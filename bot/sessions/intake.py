@@ -113,7 +113,7 @@ class HeldRequest:
     ui_ref: str | None
     repo: str | None
     picked_by: str | None
-    place: Place = Place()
+    place: Place = field(default_factory=Place)
 
     @classmethod
     def from_row(cls, row: PendingRequestRow) -> HeldRequest:
@@ -354,6 +354,7 @@ NAMED = frozenset({"override", "explicit", "chosen"})
 
 def _merge_hints(first: Hints, more: Hints) -> Hints:
     return Hints(
-        channel_id=first.channel_id or more.channel_id, channel=first.channel or more.channel, topic=first.topic or more.topic, thread=first.thread or more.thread,
+        channel_id=first.channel_id or more.channel_id, channel=first.channel or more.channel,
+        topic=first.topic or more.topic, thread=first.thread or more.thread,
         repo=first.repo or more.repo, default_repo=first.default_repo or more.default_repo,
     )

@@ -399,7 +399,8 @@ class SessionService:
                         "when one of them finishes.")
             else:
                 place = "next" if waiting.position == 1 else f"number {waiting.position} in line"
-                text = f"All {self.admission.sandboxes} sandboxes are busy; this session is {place} and starts as soon as one is free."
+                text = (f"All {self.admission.sandboxes} sandboxes are busy; this session is {place} "
+                        "and starts as soon as one is free.")
             self.emit(session_id, Note(text=text))
 
         async with self.admission.slot(person, sandbox, tell):
