@@ -30,7 +30,11 @@ class SandboxStack:
         self.egress: EgressProxy | None = None
         """The sandboxes' way out with SANDBOX_NETWORK=proxy; `observe` it for their connections."""
         if settings.sandbox_network == "proxy":
-            self.egress = EgressProxy(settings.data_dir / "egress", EgressPolicy.parse(settings.sandbox_egress_allow))
+            # Until `start` reads the base images' apt sources: the configured list, or the defaults
+            # without the Debian mirrors (enough for the CLI's image builds, which never start).
+            policy = (EgressPolicy.parse(settings.sandbox_egress_allow) if settings.sandbox_egress_allow
+                      else EgressPolicy(default_patterns([repo.clone_url or "" for repo in catalog.repos], [])))
+            self.egress = EgressProxy(settings.data_dir / "egress", policy)
         try:
             self.backend = DockerBackend(limits, egress=self.egress)
         except DockerUnavailable as exc:
