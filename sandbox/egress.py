@@ -279,8 +279,7 @@ class EgressProxy:
         self._observers.append(callback)
         return lambda: self._observers.remove(callback) if callback in self._observers else None
 
-    def _report(self, key: str, record: EgressRecord) -> None:
-        owner = self.owner(key)
+    def _report(self, owner: str, record: EgressRecord) -> None:
         if record.allowed:
             log.debug("egress %s %s:%d %s up=%d down=%d", owner, record.host, record.port, record.reason,
                       record.bytes_up, record.bytes_down)
@@ -323,12 +322,13 @@ class EgressProxy:
 
     async def _serve(self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         started, wall = time.monotonic(), time.time()
+        owner = self.owner(key)  # whoever had the container when the connection came in
         try:
             request = await self._read_request(reader)
         except _BadRequest as exc:
             await _respond(writer, exc.status, str(exc))
             if exc.host:
-                self._report(key, EgressRecord(exc.host, exc.port, exc.method, False, str(exc), started_at=wall))
+                self._report(owner, EgressRecord(exc.host, exc.port, exc.method, False, str(exc), started_at=wall))
             return
         if request is None:
             return
@@ -341,12 +341,12 @@ class EgressProxy:
         except EgressRefused as exc:
             await _respond(writer, 403, f"{request.host}:{request.port} is not reachable from this sandbox: {exc}. "
                                         "Allowed destinations are set by SANDBOX_EGRESS_ALLOW.")
-            self._report(key, record(False, str(exc), duration_s=time.monotonic() - started))
+            self._report(owner, record(False, str(exc), duration_s=time.monotonic() - started))
             return
         except (OSError, TimeoutError) as exc:
             reason = "connection timed out" if isinstance(exc, TimeoutError) else f"connection failed ({exc.strerror or exc})"
             await _respond(writer, 502, f"{request.host}:{request.port}: {reason}")
-            self._report(key, record(True, reason, duration_s=time.monotonic() - started))
+            self._report(owner, record(True, reason, duration_s=time.monotonic() - started))
             return
         try:
             if request.head is None:
@@ -357,7 +357,7 @@ class EgressProxy:
         finally:
             upstream_writer.close()
         up, down = counts
-        self._report(key, record(True, decision.reason, bytes_up=up + len(request.head or b""), bytes_down=down,
+        self._report(owner, record(True, decision.reason, bytes_up=up + len(request.head or b""), bytes_down=down,
                                  duration_s=time.monotonic() - started, address=address))
 
     async def _read_request(self, reader: asyncio.StreamReader) -> _Request | None:

@@ -70,7 +70,10 @@ class GitHttpServer:
 
     async def start(self) -> None:
         app = web.Application(client_max_size=1 << 40)
-        app.router.add_route("*", "/{path:.*}", lambda request: self.handle(request, "/" + request.match_info["path"]))
+        async def route(request: web.Request) -> web.StreamResponse:
+            return await self.handle(request, "/" + request.match_info["path"])
+
+        app.router.add_route("*", "/{path:.*}", route)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
