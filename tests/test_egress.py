@@ -93,7 +93,8 @@ def test_every_resolved_address_is_checked() -> None:
 
 
 def test_default_allowlist_comes_from_clone_urls_and_apt_sources() -> None:
-    one_line = "deb http://mirror-a.test/debian bookworm main\n# deb http://commented.test/ x\ndeb [arch=amd64] https://mirror-b.test:8080/x y z\n"
+    one_line = ("deb http://mirror-a.test/debian bookworm main\n# deb http://commented.test/ x\n"
+                "deb [arch=amd64] https://mirror-b.test:8080/x y z\n")
     deb822 = "Types: deb\nURIs: http://mirror-c.test/debian http://mirror-d.test/debian\nSuites: bookworm\n"
     assert apt_source_hosts(one_line) == ["mirror-a.test", "mirror-b.test:8080"]
     assert apt_source_hosts(deb822) == ["mirror-c.test", "mirror-d.test"]
@@ -175,7 +176,8 @@ async def test_get_and_post_are_forwarded_to_an_allowed_server_and_reported(prox
     proxy.assign("c1", "session-7")
     body = b"x" * 100_000
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:60_000], body[60_000:])) + b"0\r\n\r\n"
-    reply = await ask(directory, f"POST http://127.0.0.1:{port}/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".encode() + chunked)
+    head = f"POST http://127.0.0.1:{port}/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    reply = await ask(directory, head + chunked)
     assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(body)
     await asyncio.sleep(0.05)
     (owner1, first), (owner2, second) = records
@@ -243,7 +245,7 @@ async def test_bad_input_gets_an_error_and_the_proxy_goes_on(proxy, upstream):  
     ]:
         reply = await ask(directory, raw)
         assert reply.split(b" ")[1] == status, (raw[:40], reply)
-    reader, writer = await asyncio.open_unix_connection(str(directory / SOCKET_NAME))
+    _, writer = await asyncio.open_unix_connection(str(directory / SOCKET_NAME))
     writer.write(b"GET http://127.0.0.1")  # and then goes away
     writer.close()
     reply = await ask(directory, f"GET http://127.0.0.1:{upstream.port}/hello HTTP/1.1\r\n\r\n".encode())
@@ -436,7 +438,7 @@ async def test_git_clone_and_pip_download_pass_through_the_proxy(sandbox, git_ht
 
     from sandbox.protocol import Exec
 
-    docker, ref, ex, records = sandbox
+    _, ref, ex, records = sandbox
     # The base image has no pip: the pip wheel Python ships (ensurepip's) runs straight from its zip.
     wheel = next((Path(ensurepip.__file__).parent / "_bundled").glob("pip-*.whl"))
     archive = io.BytesIO()
@@ -483,8 +485,8 @@ async def test_an_image_build_clones_through_the_proxy_with_the_default_allowlis
         defaults = await stack.default_egress()
         # The Debian mirrors come from the image's own apt sources, whatever they name.
         client = __import__("docker").from_env()
-        sources = client.containers.run(BASE_IMAGE, ["sh", "-c", "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null; true"],
-                                        network_mode="none", remove=True).decode()
+        cat = "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null; true"
+        sources = client.containers.run(BASE_IMAGE, ["sh", "-c", cat], network_mode="none", remove=True).decode()
         mirrors = apt_source_hosts(sources)
         assert mirrors and all(m in defaults for m in mirrors)
         assert defaults[0] == f"127.0.0.1:{git_http.port}" and "pypi.org" in defaults and "registry.npmjs.org" in defaults
