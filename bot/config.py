@@ -6,6 +6,7 @@ reported as one line per setting by `describe_errors`, never as a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -87,8 +88,13 @@ class Settings(BaseSettings):
 
     sandbox_backend: Literal["docker", "none"] = "docker"
     """`none` runs without sandboxes: sessions keep their repo but the agent cannot touch code."""
-    sandbox_network: str = "bridge"
-    """Docker network mode of sandboxes: `bridge` in production, `host` or `none` where there is no bridge."""
+    sandbox_network: Literal["proxy", "none", "host", "bridge"] = "proxy"
+    """`proxy`: no network of its own, the way out is the service's egress proxy (SANDBOX_EGRESS_ALLOW);
+    `none`: no way out; `host`: the host's network, every service on it included; `bridge`: Docker's bridge."""
+    sandbox_egress_allow: str = ""
+    """Hosts the egress proxy lets sandboxes reach, comma-separated `host`, `host:port`, `host:*` or
+    `*.example.com` (no port: 80 and 443). Empty: the repositories' git hosts, PyPI, npm and the Debian
+    mirrors of the base images. Loopback and private addresses only through a pattern naming that IP."""
     sandbox_memory: str = "2g"
     sandbox_cpus: float = Field(2.0, gt=0)
     sandbox_pids: int = Field(1024, ge=16)
@@ -164,6 +170,11 @@ class Settings(BaseSettings):
         parse_size(v)
         return v
 
+    @field_validator("sandbox_egress_allow")
+    @classmethod
+    def _egress_patterns(cls, v: str) -> str:
+        return ",".join(egress_patterns(v))
+
     @field_validator("git_clone_url")
     @classmethod
     def _clone_template(cls, v: str) -> str:
@@ -231,6 +242,54 @@ def normalise_database_url(url: str) -> str:
     if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
         return url
     raise ValueError("must be a postgresql:// or sqlite:/// URL")
+
+
+_HOSTNAME = re.compile(r"(\*\.)?([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+DEFAULT_PORTS = frozenset({80, 443})
+
+
+def egress_pattern(text: str) -> tuple[str, frozenset[int] | None]:
+    """One SANDBOX_EGRESS_ALLOW pattern as (host, ports): host is a lower-case name, `*.suffix`, `*`
+    or a normalised IP literal; ports None means any. Raises ValueError saying what is wrong.
+    Lives here so settings are checked at load; sandbox/egress.py matches with it."""
+    raw = text.strip().lower()
+    host, port = raw, ""
+    if raw.startswith("["):  # [v6] or [v6]:port
+        end = raw.find("]")
+        if end < 0 or (raw[end + 1 :] and not raw[end + 1 :].startswith(":")):
+            raise ValueError(f"{text!r}: an IPv6 pattern is [address] or [address]:port")
+        host, port = raw[1:end], raw[end + 2 :]
+    elif raw.count(":") == 1:
+        host, port = raw.split(":")
+    elif ":" in raw:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, [address]:port")
+    ports: frozenset[int] | None = DEFAULT_PORTS
+    if port == "*":
+        ports = None
+    elif port:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{text!r}: the port must be 1-65535 or *")
+        ports = frozenset({int(port)})
+    elif raw.endswith(":"):
+        raise ValueError(f"{text!r}: a port is missing after the colon")
+    host = host.rstrip(".")
+    try:
+        return ipaddress.ip_address(host).compressed, ports
+    except ValueError:
+        pass
+    if host != "*" and (len(host) > 253 or not _HOSTNAME.fullmatch(host)):
+        raise ValueError(f"{text!r}: not a host name, `*.domain` wildcard or IP address")
+    return host, ports
+
+
+def egress_patterns(text: str) -> list[str]:
+    """The comma-separated patterns, checked and normalised (lower case, no blanks)."""
+    patterns = []
+    for item in text.split(","):
+        if item.strip():
+            egress_pattern(item)
+            patterns.append(item.strip().lower())
+    return patterns
 
 
 class ConfigError(Exception):

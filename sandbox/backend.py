@@ -18,8 +18,10 @@ LABEL = "hosted-agents"
 class SandboxLimits(BaseModel):
     """Hardening applied to every container."""
 
-    network: str = "bridge"
-    """Network mode: `bridge` in production; `host` or `none` where there is no bridge."""
+    network: str = "proxy"
+    """`proxy`: no network of its own, the service's egress proxy (allowlist) is the only way out;
+    `none`: no way out; `host`: the host's network and every service on its loopback; `bridge`:
+    Docker's bridge (the internet, cloud metadata, other containers)."""
     memory: str = "2g"
     cpus: float = Field(2.0, gt=0)
     pids: int = Field(1024, ge=16)
@@ -49,6 +51,10 @@ class SandboxBackend(Protocol):
     async def remove(self, ref: ContainerRef) -> None: ...
 
     async def find(self, labels: dict[str, str]) -> list[ContainerRef]: ...
+
+    def assign_egress(self, ref: ContainerRef, owner: str) -> None:
+        """Report the container's egress connections for `owner` (a session claiming a warm container);
+        a no-op where the backend has no egress proxy."""
 
     async def image_exists(self, image: str) -> bool: ...
 

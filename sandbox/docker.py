@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
-from collections.abc import Callable
+import tarfile
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
@@ -21,6 +25,7 @@ import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from sandbox.backend import LABEL, ContainerRef, SandboxLimits
+from sandbox.egress import EgressProxy
 from sandbox.executor import START, Executor, NoPython
 from sandbox.framing import MAX_FRAME, ProtocolError
 from sandbox.protocol import WORKSPACE, Ping
@@ -32,6 +37,11 @@ T = TypeVar("T")
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 # Docker's default capabilities minus the network and device ones a coding sandbox never needs.
 CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID"]
+EGRESS_LABEL = f"{LABEL}.egress"
+EGRESS_MOUNT = "/run/hosted-agents"
+EGRESS_PORT = 3128
+EGRESS_URL = f"http://127.0.0.1:{EGRESS_PORT}"
+FORWARDER = (Path(__file__).parent / "egress_forwarder.py").read_text()
 
 
 class DockerUnavailable(Exception):
@@ -71,8 +81,11 @@ class ExecStream:
 
 
 class DockerBackend:
-    def __init__(self, limits: SandboxLimits, host: str | None = None):
+    def __init__(self, limits: SandboxLimits, host: str | None = None, egress: EgressProxy | None = None):
+        if limits.network == "proxy" and egress is None:
+            raise ValueError("network `proxy` needs the service's EgressProxy")
         self.limits = limits
+        self.egress = egress
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
         url = urlparse(self.host)
         if url.scheme not in ("unix", "tcp", "http") or os.environ.get("DOCKER_TLS_VERIFY"):
@@ -89,8 +102,13 @@ class DockerBackend:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def create(self, image: str, labels: dict[str, str]) -> ContainerRef:
+        labels = {f"{LABEL}.managed": "1", **labels}
+        environment = {"HOME": "/root", "LANG": "C.UTF-8"}
+        binds: dict[str, Mapping[str, str]] = {}
+        egress_key = await self._egress_setup(labels, environment, binds)
         host_config = self.api.create_host_config(
-            network_mode=self.limits.network,
+            network_mode="none" if egress_key else self.limits.network,
+            binds=binds or None,
             mem_limit=self.limits.memory,
             memswap_limit=self.limits.memory,  # no swap on top of the memory limit
             nano_cpus=int(self.limits.cpus * 1e9),
@@ -100,21 +118,80 @@ class DockerBackend:
             cap_add=CAPABILITIES,
             init=True,
         )
-        labels = {f"{LABEL}.managed": "1", **labels}
 
         def create_and_start() -> str:
             container = self.api.create_container(
                 image, command=["sleep", "infinity"], working_dir=WORKSPACE, labels=labels,
-                environment={"HOME": "/root", "LANG": "C.UTF-8"}, host_config=host_config,
+                environment=environment, host_config=host_config,
             )
             self.api.start(container["Id"])
             return str(container["Id"])
 
-        return ContainerRef(await self._run(create_and_start), image, labels)
+        try:
+            ref = ContainerRef(await self._run(create_and_start), image, labels)
+        except BaseException:
+            if egress_key and self.egress is not None:
+                await self.egress.close_socket(egress_key)
+            raise
+        if egress_key:
+            try:
+                await self._egress_start(ref)
+            except BaseException:
+                await self.remove(ref)
+                raise
+        return ref
+
+    async def _egress_setup(self, labels: dict[str, str], environment: dict[str, str],
+                            binds: dict[str, Mapping[str, str]]) -> str | None:
+        """For network `proxy`: a socket of the egress proxy for this container, its directory mounted
+        read-only at /run/hosted-agents, HTTP(S)_PROXY pointing at the forwarder; returns its key."""
+        if self.limits.network != "proxy" or self.egress is None:
+            return None
+        key = uuid.uuid4().hex[:16]
+        owner = labels.get(f"{LABEL}.session") or labels.get(f"{LABEL}.role", "")
+        directory = await self.egress.open(key, owner)
+        labels[EGRESS_LABEL] = key
+        binds[str(directory)] = {"bind": EGRESS_MOUNT, "mode": "ro"}
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            environment[name] = EGRESS_URL
+        # Not 127.0.0.1: servers on the host's loopback (tests') are reached through the proxy.
+        environment["NO_PROXY"] = environment["no_proxy"] = "localhost"
+        return key
+
+    async def _egress_start(self, ref: ContainerRef) -> None:
+        """Start the forwarder as root; the exec returns once it listens (it forks into the background).
+        An image without python3 gets no way out (its sandbox runs, without network)."""
+        argv = ["python3", "-c", FORWARDER, f"{EGRESS_MOUNT}/proxy.sock", str(EGRESS_PORT)]
+
+        def run() -> tuple[int, bytes]:
+            exec_id = self.api.exec_create(ref.id, argv, stdout=True, stderr=True, user="0")["Id"]
+            output = self.api.exec_start(exec_id)
+            return int(self.api.exec_inspect(exec_id)["ExitCode"]), bytes(output)
+
+        code, output = await self._run(run)
+        if code in (126, 127):
+            log.warning("sandbox %s: no python3 for the egress forwarder; it has no network", ref.id[:12])
+        elif code != 0:
+            raise RuntimeError(f"the egress forwarder did not start: {output.decode('utf-8', 'replace').strip()[:500]}")
+
+    def assign_egress(self, ref: ContainerRef, owner: str) -> None:
+        """Report the container's egress connections for `owner` (a session id) from now on."""
+        key = ref.labels.get(EGRESS_LABEL)
+        if key and self.egress is not None:
+            self.egress.assign(key, owner)
+
+    async def _egress_adopt(self, ref: ContainerRef) -> None:
+        """A container from an earlier run of the service: listen on its socket again (same directory,
+        so its bind mount shows the new socket; its forwarder is still running)."""
+        key = ref.labels.get(EGRESS_LABEL)
+        if key and self.egress is not None and not self.egress.is_open(key):
+            owner = ref.labels.get(f"{LABEL}.session") or ref.labels.get(f"{LABEL}.role", "")
+            await self.egress.open(key, owner)
 
     async def executor(self, ref: ContainerRef) -> Executor:
         """The python3 executor, or the shell executor when the image has no usable python3."""
         name = ref.id[:12]
+        await self._egress_adopt(ref)
 
         def connector(argv: list[str]) -> Any:
             async def connect() -> ExecStream:
@@ -196,6 +273,9 @@ class DockerBackend:
         except APIError as exc:
             if "already in progress" not in str(exc):
                 raise
+        key = ref.labels.get(EGRESS_LABEL)
+        if key and self.egress is not None:
+            await self.egress.close_socket(key)
 
     async def find(self, labels: dict[str, str]) -> list[ContainerRef]:
         wanted = [f"{k}={v}" for k, v in {f"{LABEL}.managed": "1", **labels}.items()]
@@ -216,6 +296,31 @@ class DockerBackend:
             pass
         except APIError as exc:  # still used by a container: it goes with the next prune
             log.info("image %s kept: %s", image, exc.explanation or exc)
+
+    async def image_files(self, image: str, paths: list[str]) -> dict[str, str]:
+        """Text files of an image (a path may be a directory), read from a container that is never
+        started; paths the image lacks are left out. E.g. its apt sources."""
+
+        def read() -> dict[str, str]:
+            files: dict[str, str] = {}
+            cid = self.api.create_container(image, command=["true"], network_disabled=True)["Id"]
+            try:
+                for path in paths:
+                    try:
+                        stream, _ = self.api.get_archive(cid, path)
+                    except NotFound:
+                        continue
+                    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                        for member in tar.getmembers():
+                            extracted = tar.extractfile(member) if member.isfile() else None
+                            if extracted is not None:
+                                text = extracted.read(1 << 20).decode("utf-8", "replace")
+                                files[f"{os.path.dirname(path)}/{member.name}"] = text
+            finally:
+                self.api.remove_container(cid, force=True)
+            return files
+
+        return await self._run(read)
 
     async def docker_exec(self, ref: ContainerRef, argv: list[str]) -> tuple[int, bytes]:
         """One `docker exec` (the slow path: for baselines and emergencies, not for tools)."""

@@ -161,6 +161,7 @@ class SandboxManager:
                 entry = await self.pool.claim(sb.repo.name, sb.session_id)
             if entry is not None:
                 await self.pool.forget_claimed(entry.ref.id)
+                self.backend.assign_egress(entry.ref, sb.session_id)
                 sb._set_ready(entry.ref, entry.executor, "pool")
             else:
                 image, source = (snapshot, "snapshot") if snapshot else await self._image_for(sb)

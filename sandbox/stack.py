@@ -13,6 +13,7 @@ from bot.repos import RepoCatalog
 from bot.store.db import Database
 from sandbox.backend import SandboxLimits
 from sandbox.docker import DockerBackend, DockerUnavailable
+from sandbox.egress import EgressPolicy, EgressProxy, default_patterns
 from sandbox.images import BuildFailed, ImageBuilder
 from sandbox.pool import WarmPool
 from sandbox.sessions import SandboxManager
@@ -26,8 +27,16 @@ class SandboxStack:
         self.catalog = catalog
         limits = SandboxLimits(network=settings.sandbox_network, memory=settings.sandbox_memory,
                                cpus=settings.sandbox_cpus, pids=settings.sandbox_pids)
+        self.egress: EgressProxy | None = None
+        """The sandboxes' way out with SANDBOX_NETWORK=proxy; `observe` it for their connections."""
+        if settings.sandbox_network == "proxy":
+            # Until `start` reads the base images' apt sources: the configured list, or the defaults
+            # without the Debian mirrors (enough for the CLI's image builds, which never start).
+            policy = (EgressPolicy.parse(settings.sandbox_egress_allow) if settings.sandbox_egress_allow
+                      else EgressPolicy(default_patterns([repo.clone_url or "" for repo in catalog.repos], [])))
+            self.egress = EgressProxy(settings.data_dir / "egress", policy)
         try:
-            self.backend = DockerBackend(limits)
+            self.backend = DockerBackend(limits, egress=self.egress)
         except DockerUnavailable as exc:
             raise ConfigError(f"DOCKER_HOST: {exc}; the repositories in REPOS_CONFIG need a Docker engine") from None
         self.images = ImageBuilder(self.backend, db, keep=settings.images_keep)
@@ -40,6 +49,9 @@ class SandboxStack:
 
     async def start(self) -> None:
         """Clean up after an earlier run, adopt warm containers, then build and fill in the background."""
+        if self.egress is not None and not self.settings.sandbox_egress_allow:
+            self.egress.policy = EgressPolicy(await self.default_egress())
+            log.info("sandbox egress allowed to: %s", self.egress.policy)
         removed = await self.manager.remove_orphans()
         if removed:
             log.info("removed %d orphaned sandbox container(s)", removed)
@@ -78,6 +90,19 @@ class SandboxStack:
                 return
         await self.pool.fill(repo)
 
+    async def default_egress(self) -> list[str]:
+        """SANDBOX_EGRESS_ALLOW's default: the repositories' git hosts, PyPI, npm, and the Debian
+        mirrors in each base image's own apt sources (read from the image, never named here)."""
+        sources: list[str] = []
+        for base in dict.fromkeys(repo.image.base for repo in self.catalog.repos):
+            try:
+                files = await self.backend.image_files(base, ["/etc/apt/sources.list", "/etc/apt/sources.list.d"])
+            except Exception as exc:
+                log.warning("apt sources of %s unreadable (%s): its mirrors are not in the egress allowlist", base, exc)
+                continue
+            sources.extend(files.values())
+        return default_patterns([repo.clone_url or "" for repo in self.catalog.repos], sources)
+
     async def build_all(self) -> None:
         """The scheduled job: rebuild every repo whose branch tip moved."""
         for repo in self.catalog.repos:
@@ -99,3 +124,5 @@ class SandboxStack:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.manager.close()
         await self.pool.close()
+        if self.egress is not None:
+            await self.egress.close()
