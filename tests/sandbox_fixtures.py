@@ -1,13 +1,14 @@
-"""Fixtures for tests on the real Docker engine and real git: a `git daemon` on 127.0.0.1 with a
-small repository, a TCP proxy that can hold the git sync back, and cleanup of what tests made."""
+"""Fixtures for tests on the real Docker engine and real git: a git remote over smart HTTP on
+127.0.0.1 with a small repository, a TCP proxy that can hold the git sync back, and cleanup of
+what tests made."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -82,11 +83,6 @@ def _git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @dataclass
 class GitRemote:
@@ -96,7 +92,7 @@ class GitRemote:
 
     @property
     def url(self) -> str:
-        return f"git://127.0.0.1:{self.port}/acme/api.git"
+        return f"http://127.0.0.1:{self.port}/acme/api.git"
 
     @property
     def head(self) -> str:
@@ -113,7 +109,7 @@ class GitRemote:
 
 @contextmanager
 def serve_git_remote(tmp_path: Path) -> Iterator[GitRemote]:
-    """A bare repo `acme/api` with a small Python project, served by `git daemon` on 127.0.0.1."""
+    """A bare repo `acme/api` with a small Python project, served over smart HTTP on 127.0.0.1."""
     root = tmp_path / "git"
     bare = root / "acme" / "api.git"
     bare.mkdir(parents=True)
@@ -121,23 +117,23 @@ def serve_git_remote(tmp_path: Path) -> Iterator[GitRemote]:
     work = tmp_path / "work"
     _git(tmp_path, "clone", "-q", str(bare), str(work))
     _git(work, "checkout", "-q", "-b", "main")
-    port = _free_port()
-    daemon = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={root}", "--listen=127.0.0.1", f"--port={port}",
-         str(root)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    # The server runs on a loop of its own, in a thread: sync and async tests alike can use it.
+    from tests.fakes.git_http import GitHttpServer
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="git-http", daemon=True)
+    thread.start()
+    server = GitHttpServer(root)
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
     try:
-        remote = GitRemote(root, work, port)
+        remote = GitRemote(root, work, server.port)
         remote.commit({"README.md": "# acme/api\n", "app.py": APP, "test_app.py": TEST}, "initial")
-        deadline = time.monotonic() + 10
-        while subprocess.run(["git", "ls-remote", remote.url], capture_output=True).returncode != 0:
-            assert time.monotonic() < deadline, "git daemon did not start"
-            time.sleep(0.05)
         yield remote
     finally:
-        daemon.terminate()
-        daemon.wait(5)
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
 
 
 @pytest.fixture
@@ -147,7 +143,7 @@ def git_remote(tmp_path: Path, docker_engine) -> Iterator[GitRemote]:  # type: i
 
 
 class SlowProxy:
-    """A TCP proxy in front of the git daemon; `delay` holds each new connection back."""
+    """A TCP proxy in front of the git remote; `delay` holds each new connection back."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
@@ -161,7 +157,7 @@ class SlowProxy:
 
     @property
     def url(self) -> str:
-        return f"git://127.0.0.1:{self.port}/acme/api.git"
+        return f"http://127.0.0.1:{self.port}/acme/api.git"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(self.delay)

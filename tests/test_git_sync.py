@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from bot.config import ConfigError
 from bot.repos import load_repos
 from bot.store.db import Database
 from bot.store.tables import ImageRow
@@ -51,7 +52,7 @@ def catalog(tmp_path: Path, url: str, branch: str):  # type: ignore[no-untyped-d
     path = tmp_path / "repos.yml"
     path.write_text(f"repos:\n  - name: acme/api\n    clone_url: {url}\n    default_branch: {branch!r}\n    pool_size: 0\n"
                     f"    image: {{base: {BASE_IMAGE!r}}}\n")
-    return load_repos(path, "unused/{repo}")
+    return load_repos(path, "https://unused.example/{repo}")
 
 
 @pytest.mark.usefixtures("docker_cleanup")
@@ -81,10 +82,13 @@ async def test_a_branch_name_with_shell_syntax_is_synced_literally(tmp_path, db,
 
 
 async def test_a_base_branch_git_would_refuse_fails_the_build_with_a_clear_reason(tmp_path, db):
-    repos = catalog(tmp_path, "git://127.0.0.1:9/acme/api.git", "bad..name")
+    with pytest.raises(ConfigError, match=r"field 'default_branch': '--upload-pack=x' is not a valid branch name"):
+        catalog(tmp_path, "http://127.0.0.1:9/acme/api.git", "--upload-pack=x")  # refused at start
+    repo = catalog(tmp_path, "http://127.0.0.1:9/acme/api.git", "main").repos[0]
+    repo.default_branch = "bad..name"  # and, should one get past the file's checks, again at the build
     docker = DockerBackend(SandboxLimits(network="none"))
     with pytest.raises(BuildFailed) as failed:
-        await ImageBuilder(docker, db).build(repos.repos[0])
+        await ImageBuilder(docker, db).build(repo)
     assert "'bad..name' is not a valid branch name ('..' is not allowed)" in str(failed.value)
     async with db.session() as s:
         row = (await s.execute(select(ImageRow))).scalar_one()

@@ -201,8 +201,8 @@ async def test_stop_during_a_command_kills_its_whole_process_tree(sandboxed, sla
     await until(lambda: _running_command(sandboxed, session.id), timeout=60, what="the command to start")
     status = (await slack.wait_for(lambda: slack.bot_messages(thread_ts=root)))[0]  # posted 0.5 s into the turn
     await slack.wait_for(lambda: "stop_turn" in status.buttons())
-    await slack.click("U0BOB001", status, "stop_turn")
-    await slack.wait_for(lambda: "Stopped by <@U0BOB001>" in status.rendered(), timeout=5)
+    await slack.click("U0ALICE1", status, "stop_turn")
+    await slack.wait_for(lambda: "Stopped by <@U0ALICE1>" in status.rendered(), timeout=5)
 
     async def tree_gone() -> bool:
         return not await _running_command(sandboxed, session.id)
