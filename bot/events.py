@@ -187,16 +187,29 @@ class ErrorRaised(_Payload):
     message: str
 
 
+class Egress(_Payload):
+    """A connection the sandbox made through the egress proxy: allowed or refused, and how much moved."""
+
+    kind: Literal["egress"] = "egress"
+    host: str
+    port: int
+    allowed: bool
+    reason: str = ""
+    bytes_up: int = 0
+    bytes_down: int = 0
+    duration_ms: float = 0.0
+
+
 EventData = Annotated[
     PromptQueued | TurnStarted | TextDelta | AssistantMessage | ToolCalled | ToolResult | FileChanged | Note
-    | TurnEnded | QueueChanged | Status | SandboxReady | GitSynced | ErrorRaised,
+    | TurnEnded | QueueChanged | Status | SandboxReady | GitSynced | ErrorRaised | Egress,
     Field(discriminator="kind"),
 ]
 _adapter: TypeAdapter[EventData] = TypeAdapter(EventData)
 KINDS: frozenset[str] = frozenset(
     m.model_fields["kind"].default
     for m in (PromptQueued, TurnStarted, TextDelta, AssistantMessage, ToolCalled, ToolResult, FileChanged, Note,
-              TurnEnded, QueueChanged, Status, SandboxReady, GitSynced, ErrorRaised)
+              TurnEnded, QueueChanged, Status, SandboxReady, GitSynced, ErrorRaised, Egress)
 )
 
 

@@ -49,6 +49,8 @@ class Service:
         self.writer = BatchWriter(self.db)
         self.sessions = SessionService(settings, self.db, self.agent, self.catalog, manager, self.hooks, self.writer)
         self.processed = ProcessedEvents(self.db, self.writer)
+        if self.sandbox is not None and self.sandbox.egress is not None:
+            self.sandbox.egress.observe(self.sessions.egress)
         self.classifier = self._classifier() if len(self.catalog) else None
         self.access = Access(settings, self.catalog)
         self.access.add_directory([Origin.WEB, Origin.PARENT_SESSION], SignedIn())

@@ -41,7 +41,8 @@ def tool_results(model: FakeOpenAI, request: int) -> list[str]:
 
 async def start_service(tmp_path: Path, slack: FakeSlack, model: FakeOpenAI, clone_url: str, **extra: Any) -> Service:
     repos = repos_yaml(tmp_path / "repos.yml", clone_url, pool_size=extra.pop("pool_size", 0))
-    env = service_env(tmp_path / "data", slack, model, repos_config=repos, sandbox_network="host",
+    extra.setdefault("sandbox_network", "host")
+    env = service_env(tmp_path / "data", slack, model, repos_config=repos,
                       sandbox_memory="512m", sandbox_pids=256, image_rebuild_interval=0, **extra)
     svc = Service(make_settings(env))
     await svc.start()

@@ -31,6 +31,7 @@ from bot.config import Settings
 from bot.events import (
     AssistantMessage,
     Author,
+    Egress,
     ErrorRaised,
     Event,
     EventData,
@@ -53,6 +54,7 @@ from bot.store.batch import BatchWriter
 from bot.store.db import Database
 from bot.store.tables import ParticipantRow, SessionRow, SurfaceRow, TurnRow
 from bot.util.keyed_locks import KeyedLocks
+from sandbox.egress import EgressRecord
 from sandbox.sessions import SandboxManager, SessionSandbox
 from sandbox.workspace import Workspace
 
@@ -297,6 +299,14 @@ class SessionService:
             await self.writer.write(insert)
             self._participants[session_id] = await self.participants(session_id) | new
         return new
+
+    async def egress(self, owner: str, record: EgressRecord) -> None:
+        """A sandbox's connection through the egress proxy goes into its session's log."""
+        if len(owner) != 16 or await self.get(owner) is None:
+            return  # a warm or build container: the proxy's own log has it
+        self.emit(owner, Egress(host=record.host, port=record.port, allowed=record.allowed, reason=record.reason,
+                                bytes_up=record.bytes_up, bytes_down=record.bytes_down,
+                                duration_ms=record.duration_s * 1000))
 
     def emit(self, session_id: str, data: EventData, turn: int | None = None) -> Event:
         event = self._logs.get(session_id).append(data, turn)
