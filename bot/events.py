@@ -200,16 +200,24 @@ class Egress(_Payload):
     duration_ms: float = 0.0
 
 
+class ParticipantsAdded(_Payload):
+    """The session's starter added people who may prompt it (SESSION_PROMPTERS=participants)."""
+
+    kind: Literal["participants_added"] = "participants_added"
+    people: list[str]
+    by: str
+
+
 EventData = Annotated[
     PromptQueued | TurnStarted | TextDelta | AssistantMessage | ToolCalled | ToolResult | FileChanged | Note
-    | TurnEnded | QueueChanged | Status | SandboxReady | GitSynced | ErrorRaised | Egress,
+    | TurnEnded | QueueChanged | Status | SandboxReady | GitSynced | ErrorRaised | Egress | ParticipantsAdded,
     Field(discriminator="kind"),
 ]
 _adapter: TypeAdapter[EventData] = TypeAdapter(EventData)
 KINDS: frozenset[str] = frozenset(
     m.model_fields["kind"].default
     for m in (PromptQueued, TurnStarted, TextDelta, AssistantMessage, ToolCalled, ToolResult, FileChanged, Note,
-              TurnEnded, QueueChanged, Status, SandboxReady, GitSynced, ErrorRaised, Egress)
+              TurnEnded, QueueChanged, Status, SandboxReady, GitSynced, ErrorRaised, Egress, ParticipantsAdded)
 )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 from bot.config import Settings
-from bot.events import Author, Note, Origin
+from bot.events import Author, Origin, ParticipantsAdded
 from bot.repos import Repo
 from bot.sessions.access import Access, Denied, Place
 from bot.sessions.log import Prompt
@@ -332,8 +332,7 @@ class Intake:
             return
         added = await self.sessions.add_participants(info.id, set(request.mentions) - {request.author.id}, by=request.author.id)
         if added:
-            names = ", ".join(Author(id=p, origin=request.author.origin).handle for p in sorted(added))
-            self.sessions.emit(info.id, Note(text=f"{names} can now prompt this session."))
+            self.sessions.emit(info.id, ParticipantsAdded(people=sorted(added), by=request.author.id))
 
     async def _may_control(self, info: SessionInfo, by: Author, what: str) -> Denied | None:
         if denied := await self.access.check_person(by):

@@ -19,6 +19,7 @@ from bot.events import (
     GitSynced,
     Note,
     Outcome,
+    ParticipantsAdded,
     PromptQueued,
     QueueChanged,
     SandboxReady,
@@ -96,6 +97,8 @@ class SessionView:
     """How the sandbox was acquired, once it is ready."""
     branch: str | None = None
     errors: list[str] = field(default_factory=list)
+    participants: set[str] = field(default_factory=set)
+    """People the starter added (SESSION_PROMPTERS=participants)."""
     totals: Totals = field(default_factory=Totals)
     last_seq: int = 0
 
@@ -135,6 +138,9 @@ class SessionView:
                 return None
             case SandboxReady():
                 self.sandbox = data.source
+                return None
+            case ParticipantsAdded():
+                self.participants.update(data.people)
                 return None
             case GitSynced():
                 self.branch = data.branch

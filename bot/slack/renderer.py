@@ -38,7 +38,7 @@ from typing import Protocol
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
-from bot.events import Event, Note, PromptQueued, QueueChanged, Status, TextDelta, TurnEnded
+from bot.events import Event, Note, ParticipantsAdded, PromptQueued, QueueChanged, Status, TextDelta, TurnEnded
 from bot.sessions.projection import SessionView, TurnView
 from bot.sessions.service import SessionInfo
 from bot.slack.delivery import Content, Outbox, Priority, Slot
@@ -56,7 +56,7 @@ from bot.slack.format import (
     sanitize_markdown,
     split_markdown,
 )
-from bot.slack.messages import mentioned_ids, thread_of
+from bot.slack.messages import thread_of
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,8 @@ class _ThreadRender:
         turn = self.view.apply(event)
         if isinstance(data, Note):
             self.post_note(data.text)
+        elif isinstance(data, ParticipantsAdded):
+            self.post_note(f"{', '.join(f'<@{p}>' for p in data.people)} can now prompt this session.")
         elif isinstance(data, PromptQueued | QueueChanged):
             current = self.view.current
             if current is not None and current.prompt_id in self.turns:
@@ -197,11 +199,10 @@ class _ThreadRender:
             render.status_changed()
 
     def allowed(self) -> frozenset[str]:
-        """Whose mentions may pass: the people who prompted this session, stopped a turn, or created it,
-        and the people those prompts mention (a person already pinged them)."""
+        """Whose mentions may pass: the people who prompted this session, stopped a turn, created it,
+        or were added to it by its starter."""
         people = {t.author.id for t in self.view.turns.values()} | {q.author.id for q in self.view.queue}
-        for text in [t.prompt for t in self.view.turns.values()] + [q.text for q in self.view.queue]:
-            people.update(mentioned_ids(text))
+        people |= self.view.participants
         people |= {t.stopped_by for t in self.view.turns.values() if t.stopped_by}
         people.add(getattr(self.info, "creator", None) or "")
         return frozenset(p for p in people if is_user_id(p))
