@@ -501,3 +501,37 @@ async def test_an_image_build_clones_through_the_proxy_with_the_default_allowlis
     finally:
         await stack.close()
         await db.close()
+
+
+async def test_a_container_that_outlives_the_service_gets_its_way_out_back(tmp_path: Path, docker_cleanup, git_http):  # type: ignore[no-untyped-def]
+    """A warm container adopted by the next run: same socket directory (its bind mount), a new socket."""
+    from sandbox.backend import LABEL, SandboxLimits
+    from sandbox.docker import EGRESS_LABEL, DockerBackend
+    from sandbox.protocol import Exec
+    from tests.sandbox_fixtures import BASE_IMAGE
+
+    policy = EgressPolicy([f"127.0.0.1:{git_http.port}"])
+    clone = Exec(cmd=f"rm -rf /tmp/c && git clone -q {git_http.url('acme/api')} /tmp/c && echo cloned", timeout=60)
+    first = EgressProxy(tmp_path / "data" / "egress", policy)
+    docker = DockerBackend(SandboxLimits(network="proxy", memory="512m", pids=256), egress=first)
+    ref = await docker.create(BASE_IMAGE, {f"{LABEL}.role": "pool"})
+    ex = await docker.executor(ref)
+    assert (await ex.call(clone)).output == "cloned\n"
+    await ex.close()
+    await first.close()  # the service stops; the container keeps running
+
+    again = EgressProxy(tmp_path / "data" / "egress", policy)
+    records = observed(again)
+    restarted = DockerBackend(SandboxLimits(network="proxy", memory="512m", pids=256), egress=again)
+    (found,) = await restarted.find({f"{LABEL}.role": "pool", EGRESS_LABEL: ref.labels[EGRESS_LABEL]})
+    ex = await restarted.executor(found)
+    try:
+        result = await ex.call(clone)
+        assert result.output == "cloned\n", result.output
+        await asyncio.sleep(0.1)
+        assert records and all(owner == "pool" and r.allowed for owner, r in records)
+    finally:
+        await ex.close()
+        await restarted.remove(found)
+        await again.close()
+    assert not (tmp_path / "data" / "egress" / ref.labels[EGRESS_LABEL]).exists()
