@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import tarfile
 from dataclasses import dataclass
@@ -230,7 +231,7 @@ async def test_refusals_are_403_with_a_reason_and_reported(proxy, upstream):  # 
     assert not upstream.seen, "nothing reached the upstream"
 
 
-async def test_bad_input_gets_an_error_and_the_proxy_goes_on(proxy, upstream):  # type: ignore[no-untyped-def]
+async def test_bad_input_gets_an_error_and_the_proxy_goes_on(proxy, upstream, caplog):  # type: ignore[no-untyped-def]
     directory = await proxy.open("c5")
     for raw, status in [
         (b"hello\r\n\r\n", b"400"),
@@ -240,6 +241,9 @@ async def test_bad_input_gets_an_error_and_the_proxy_goes_on(proxy, upstream):  
         (b"CONNECT 127.0.0.1 HTTP/1.1\r\n\r\n", b"400"),
         (b"CONNECT 127.0.0.1:99999 HTTP/1.1\r\n\r\n", b"400"),
         (b"GET http://a:b@127.0.0.1/ HTTP/1.1\r\n\r\n", b"400"),
+        (b"GET http://127.0.0.1:99999/ HTTP/1.1\r\n\r\n", b"400"),
+        (b"GET http://[::1/ HTTP/1.1\r\n\r\n", b"400"),
+        (b"GET http://127.0.0.1/ HTTP/1.1\r\n folded: header\r\n\r\n", b"400"),
         (b"GET http://127.0.0.1/ HTTP/1.1\r\n" + b"X-Big: " + b"a" * 40_000 + b"\r\n\r\n", b"431"),
         (b"\xff\xfe\x00garbage\r\n\r\n", b"400"),
     ]:
@@ -250,6 +254,7 @@ async def test_bad_input_gets_an_error_and_the_proxy_goes_on(proxy, upstream):  
     writer.close()
     reply = await ask(directory, f"GET http://127.0.0.1:{upstream.port}/hello HTTP/1.1\r\n\r\n".encode())
     assert reply.endswith(b"hello")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "bad input is the client's problem, not an error"
 
 
 async def test_sockets_close_and_come_back_and_long_paths_work(tmp_path: Path, upstream) -> None:  # type: ignore[no-untyped-def]
