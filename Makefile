@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.sandbox_latency
 	$(BIN)/python -m bench.classifier
 	$(BIN)/python -m bench.mention_burst
+	$(BIN)/python -m bench.egress_proxy
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -377,7 +377,10 @@ class EgressProxy:
             return _Request(method, host, port, None)
         if method not in ("GET", "HEAD", "POST"):
             raise _BadRequest(405, f"method {method[:20]} is not allowed through the egress proxy (CONNECT, GET, HEAD, POST)")
-        url = urlsplit(target)
+        try:
+            url = urlsplit(target)
+        except ValueError:
+            raise _BadRequest(400, "not a valid URL") from None
         if url.scheme != "http" or not url.netloc:
             raise _BadRequest(400, "a proxy request needs an absolute http:// URL (https goes through CONNECT)")
         if "@" in url.netloc:
@@ -395,8 +398,7 @@ class EgressProxy:
         path = url.path or "/"
         if url.query:
             path += "?" + url.query
-        authority = url.netloc if url.port else url.hostname or host
-        rebuilt = "\r\n".join([f"{method} {path} HTTP/1.1", f"Host: {authority}", *headers, "Connection: close", "", ""])
+        rebuilt = "\r\n".join([f"{method} {path} HTTP/1.1", f"Host: {url.netloc}", *headers, "Connection: close", "", ""])
         return _Request(method, host, port, rebuilt.encode("latin-1"))
 
     async def _connect(self, host: str, port: int, decision: Decision) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:

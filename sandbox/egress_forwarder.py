@@ -33,6 +33,8 @@ def pipe(src: socket.socket, dst: socket.socket) -> None:
 
 def serve(conn: socket.socket, path: str) -> None:
     upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(OSError):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         try:
             upstream.connect(path)

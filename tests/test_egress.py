@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import tarfile
 from dataclasses import dataclass
@@ -230,7 +231,7 @@ async def test_refusals_are_403_with_a_reason_and_reported(proxy, upstream):  # 
     assert not upstream.seen, "nothing reached the upstream"
 
 
-async def test_bad_input_gets_an_error_and_the_proxy_goes_on(proxy, upstream):  # type: ignore[no-untyped-def]
+async def test_bad_input_gets_an_error_and_the_proxy_goes_on(proxy, upstream, caplog):  # type: ignore[no-untyped-def]
     directory = await proxy.open("c5")
     for raw, status in [
         (b"hello\r\n\r\n", b"400"),
@@ -240,6 +241,9 @@ async def test_bad_input_gets_an_error_and_the_proxy_goes_on(proxy, upstream):  
         (b"CONNECT 127.0.0.1 HTTP/1.1\r\n\r\n", b"400"),
         (b"CONNECT 127.0.0.1:99999 HTTP/1.1\r\n\r\n", b"400"),
         (b"GET http://a:b@127.0.0.1/ HTTP/1.1\r\n\r\n", b"400"),
+        (b"GET http://127.0.0.1:99999/ HTTP/1.1\r\n\r\n", b"400"),
+        (b"GET http://[::1/ HTTP/1.1\r\n\r\n", b"400"),
+        (b"GET http://127.0.0.1/ HTTP/1.1\r\n folded: header\r\n\r\n", b"400"),
         (b"GET http://127.0.0.1/ HTTP/1.1\r\n" + b"X-Big: " + b"a" * 40_000 + b"\r\n\r\n", b"431"),
         (b"\xff\xfe\x00garbage\r\n\r\n", b"400"),
     ]:
@@ -250,6 +254,7 @@ async def test_bad_input_gets_an_error_and_the_proxy_goes_on(proxy, upstream):  
     writer.close()
     reply = await ask(directory, f"GET http://127.0.0.1:{upstream.port}/hello HTTP/1.1\r\n\r\n".encode())
     assert reply.endswith(b"hello")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "bad input is the client's problem, not an error"
 
 
 async def test_sockets_close_and_come_back_and_long_paths_work(tmp_path: Path, upstream) -> None:  # type: ignore[no-untyped-def]
@@ -501,3 +506,37 @@ async def test_an_image_build_clones_through_the_proxy_with_the_default_allowlis
     finally:
         await stack.close()
         await db.close()
+
+
+async def test_a_container_that_outlives_the_service_gets_its_way_out_back(tmp_path: Path, docker_cleanup, git_http):  # type: ignore[no-untyped-def]
+    """A warm container adopted by the next run: same socket directory (its bind mount), a new socket."""
+    from sandbox.backend import LABEL, SandboxLimits
+    from sandbox.docker import EGRESS_LABEL, DockerBackend
+    from sandbox.protocol import Exec
+    from tests.sandbox_fixtures import BASE_IMAGE
+
+    policy = EgressPolicy([f"127.0.0.1:{git_http.port}"])
+    clone = Exec(cmd=f"rm -rf /tmp/c && git clone -q {git_http.url('acme/api')} /tmp/c && echo cloned", timeout=60)
+    first = EgressProxy(tmp_path / "data" / "egress", policy)
+    docker = DockerBackend(SandboxLimits(network="proxy", memory="512m", pids=256), egress=first)
+    ref = await docker.create(BASE_IMAGE, {f"{LABEL}.role": "pool"})
+    ex = await docker.executor(ref)
+    assert (await ex.call(clone)).output == "cloned\n"
+    await ex.close()
+    await first.close()  # the service stops; the container keeps running
+
+    again = EgressProxy(tmp_path / "data" / "egress", policy)
+    records = observed(again)
+    restarted = DockerBackend(SandboxLimits(network="proxy", memory="512m", pids=256), egress=again)
+    (found,) = await restarted.find({f"{LABEL}.role": "pool", EGRESS_LABEL: ref.labels[EGRESS_LABEL]})
+    ex = await restarted.executor(found)
+    try:
+        result = await ex.call(clone)
+        assert result.output == "cloned\n", result.output
+        await asyncio.sleep(0.1)
+        assert records and all(owner == "pool" and r.allowed for owner, r in records)
+    finally:
+        await ex.close()
+        await restarted.remove(found)
+        await again.close()
+    assert not (tmp_path / "data" / "egress" / ref.labels[EGRESS_LABEL]).exists()
