@@ -6,6 +6,7 @@ reported as one line per setting by `describe_errors`, never as a traceback.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,19 @@ def _http_url(v: str) -> str:
     if not v.startswith(("http://", "https://")):
         raise ValueError("must be an http:// or https:// URL")
     return v
+
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+MIN_DISK = 16 * 1024**2
+"""ext4 with a journal needs a few MiB for itself; below this a sandbox disk is of no use."""
+
+
+def parse_size(text: str) -> int:
+    """`10g`, `512m`, `64M`, `1073741824` → bytes (binary units, as Docker's `memory`)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([bkmgt]?)i?b?\s*", text.lower())
+    if not match:
+        raise ValueError(f"{text!r} is not a size like 10g or 512m")
+    return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 class Settings(BaseSettings):
@@ -71,6 +85,12 @@ class Settings(BaseSettings):
     sandbox_memory: str = "2g"
     sandbox_cpus: float = Field(2.0, gt=0)
     sandbox_pids: int = Field(1024, ge=16)
+    sandbox_runtime: str = ""
+    """OCI runtime of sandboxes, e.g. `runsc` (gVisor, the stronger isolation for untrusted
+    prompts); empty: the engine's default. Checked against `docker info` at start."""
+    sandbox_disk: str = "10g"
+    """Disk quota of each sandbox (its workspace and HOME, on an ext4 image of this size on a
+    loop device under DATA_DIR; /tmp is tmpfs within SANDBOX_MEMORY). Empty or `0`: no quota."""
     sandbox_idle_timeout: float = Field(900.0, gt=0)
     """Seconds a session's container may sit idle before it is stopped (its snapshot stays)."""
     sandbox_command_timeout: float = Field(600.0, gt=0)
@@ -82,6 +102,8 @@ class Settings(BaseSettings):
     """Seconds an unclaimed warm container lives before it is replaced."""
     snapshot_retention: float = Field(7 * 86400.0, ge=0)
     """Seconds a session's snapshot is kept after its last activity."""
+    snapshots_max: int = Field(50, ge=1)
+    """Most session snapshots (image and disk) kept; past it the oldest of idle sessions are evicted."""
     plugins: str = ""
     """Extra plugins, comma-separated `module:attribute` (plugins also load from the `hosted_agents` entry-point group)."""
 
@@ -117,6 +139,16 @@ class Settings(BaseSettings):
     @classmethod
     def _database_url(cls, v: str) -> str:
         return normalise_database_url(v) if v else ""
+
+    @field_validator("sandbox_disk")
+    @classmethod
+    def _disk_size(cls, v: str) -> str:
+        v = v.strip()
+        if v in ("", "0"):
+            return ""
+        if parse_size(v) < MIN_DISK:
+            raise ValueError("must be at least 16m (or 0 for no quota)")
+        return v
 
     @field_validator("git_clone_url")
     @classmethod
