@@ -2,11 +2,12 @@
 
 Docker's `storage_opt size` needs overlay2 on xfs with project quotas and is refused on ext4, so
 each sandbox gets a disk of its own instead: a sparse file of SANDBOX_DISK bytes under the data
-directory, formatted ext4 and loop-mounted on the host. Its `workspace/` and `home/` directories
-become the container's /workspace and the sandbox user's HOME (Docker named volumes binding
-them, so the image's own /workspace and HOME are copied in on first use). A write past the size
-fails with ENOSPC inside the sandbox and nowhere else. /tmp and /var/tmp are size-limited tmpfs
-(sandbox/docker.py), so nothing the sandbox user can write escapes a limit.
+directory, formatted ext4 and loop-mounted on the host. Its directories become the container's
+/workspace, the sandbox user's HOME, /tmp and /var/tmp (Docker named volumes binding them, so
+the image's own content is copied in on first use): everything the sandbox user can write, so a
+write past the size fails with ENOSPC inside the sandbox and nowhere else. (/tmp on tmpfs would
+count against the memory limit instead, and filling it would end in the OOM killer, not a clear
+error.) /run/lock is a 1 MiB tmpfs; /dev/shm is Docker's 64 MiB one.
 
 A disk outlives its container: a session's disk is part of its snapshot and is mounted again on
 restore, until the snapshot is collected or evicted. Files are sparse (only what is written
@@ -35,8 +36,9 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}\Z")
 MOUNT_OPTIONS = "loop,nosuid,nodev,noinit_itable,discard"
 """`noinit_itable`: no background zeroing of inode tables (it would fill the sparse file);
 `discard`: files removed inside the sandbox give their space back to the host."""
-DIRS = ("workspace", "home")
-"""Directories on a disk; each is mounted into the container (see `DockerBackend.create`)."""
+DIRS = {"workspace": "/workspace", "home": "/home/sandbox", "tmp": "/tmp", "vartmp": "/var/tmp"}
+"""Directories on a disk and where each is mounted in the container (sandbox/protocol.py's
+WORKSPACE and SANDBOX_HOME)."""
 
 
 class DiskError(Exception):
@@ -136,6 +138,8 @@ class DiskStore:
             await _run("mount", "-o", MOUNT_OPTIONS, str(image), str(mountpoint))
             for directory in DIRS:  # empty on a fresh disk, so Docker copies the image's content in
                 (mountpoint / directory).mkdir(exist_ok=True)
+                if fresh and directory.endswith("tmp"):
+                    os.chmod(mountpoint / directory, 0o1777)  # when the image has none to copy
             return mountpoint
 
     async def detach(self, name: str) -> None:

@@ -21,10 +21,11 @@ import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from sandbox.backend import DISK_LABEL, LABEL, ContainerRef, SandboxLimits
+from sandbox.disk import DIRS as DISK_DIRS
 from sandbox.disk import DiskStore
 from sandbox.executor import START, Executor, NoPython
 from sandbox.framing import MAX_FRAME, ProtocolError
-from sandbox.protocol import SANDBOX_HOME, WORKSPACE, Ping
+from sandbox.protocol import WORKSPACE, Ping
 from sandbox.shell_executor import LOOP, ShellExecutor
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,6 @@ SETPCAP and SYS_CHROOT, which nothing here needs.
 - FSETID: `dpkg` keeps setgid bits of the binaries it installs.
 - KILL: the executor kills the sandbox user's process groups (timeouts, Stop).
 """
-TMPFS_OPTIONS = "rw,exec,nosuid,nodev,mode=1777,size="
-"""/tmp and /var/tmp are tmpfs sized like the memory limit (their pages count against it too),
-so the only places the sandbox user can write are its disk and memory."""
 
 
 class DockerUnavailable(Exception):
@@ -134,7 +132,7 @@ class DockerBackend:
             cap_drop=["ALL"],
             cap_add=CAPABILITIES,
             init=True,
-            **self._isolation(),
+            **self._isolation(bool(binds)),
             binds=binds,
         )
         labels = {f"{LABEL}.managed": "1", **labels, **disk_labels}
@@ -160,24 +158,26 @@ class DockerBackend:
 
     # -- hardening and disks (create's helpers) --------------------------------------------
 
-    def _isolation(self) -> dict[str, Any]:
-        """The OCI runtime (SANDBOX_RUNTIME, e.g. gVisor's runsc) and size-limited tmpfs for
-        the world-writable directories, which would otherwise be the container's unlimited layer."""
-        size = TMPFS_OPTIONS + self.limits.memory
-        options: dict[str, Any] = {"tmpfs": {"/tmp": size, "/var/tmp": size, "/run/lock": TMPFS_OPTIONS + "1m"}}
+    def _isolation(self, disk: bool) -> dict[str, Any]:
+        """The OCI runtime (SANDBOX_RUNTIME, e.g. gVisor's runsc); with a disk, the one
+        world-writable directory not on it (/run/lock) becomes a tiny tmpfs."""
+        options: dict[str, Any] = {}
+        if disk:
+            options["tmpfs"] = {"/run/lock": "rw,noexec,nosuid,nodev,mode=1777,size=1m"}
         if self.limits.runtime:
             options["runtime"] = self.limits.runtime
         return options
 
     async def _disk_binds(self, disk: str | None) -> tuple[dict[str, Mapping[str, str]], dict[str, str]]:
-        """Mount the disk (made on first use) and bind its directories as /workspace and HOME
-        through named volumes: Docker copies an image's content into an empty named volume, so a
-        fresh disk starts with the image's checkout and caches, and a restored one keeps its own."""
+        """Mount the disk (made on first use) and bind its directories (/workspace, HOME, /tmp,
+        /var/tmp) through named volumes: Docker copies an image's content into an empty named
+        volume, so a fresh disk starts with the image's checkout and caches, and a restored one
+        keeps its own."""
         if disk is None or self.disks is None:
             return {}, {DISK_LABEL: ""}  # set, so a label inherited from a snapshot image never names a disk
         await self.disks.attach(disk)
         binds: dict[str, Mapping[str, str]] = {}
-        for directory, target in (("workspace", WORKSPACE), ("home", SANDBOX_HOME)):
+        for directory, target in DISK_DIRS.items():
             volume = _volume_name(disk, directory)
             await self._run(self.api.create_volume, volume, driver="local", driver_opts={
                 "type": "none", "o": "bind", "device": str(self.disks.path(disk, directory))},
@@ -188,7 +188,7 @@ class DockerBackend:
     async def _release_disk(self, disk: str, delete: bool) -> None:
         """Remove the disk's volumes, unmount it, and delete its file when asked."""
         assert self.disks is not None
-        for directory in ("workspace", "home"):
+        for directory in DISK_DIRS:
             try:
                 await self._run(self.api.remove_volume, _volume_name(disk, directory), force=True)
             except NotFound:
