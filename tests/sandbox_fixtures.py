@@ -76,7 +76,8 @@ def remove_created_since(client, since: float) -> None:  # type: ignore[no-untyp
             with contextlib.suppress(Exception):
                 volume.remove(force=True)
             mountpoint = os.path.dirname(device)
-            if device and any(line.split()[1] == mountpoint for line in open("/proc/mounts")):
+            mounted = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+            if device and mountpoint in mounted:
                 subprocess.run(["umount", "--lazy", mountpoint], check=False)
 
 
