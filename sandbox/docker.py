@@ -175,19 +175,21 @@ class DockerBackend:
         keeps its own."""
         if disk is None or self.disks is None:
             return {}, {DISK_LABEL: ""}  # set, so a label inherited from a snapshot image never names a disk
-        await self.disks.attach(disk)
-        binds: dict[str, Mapping[str, str]] = {}
-        for directory, target in DISK_DIRS.items():
-            volume = _volume_name(disk, directory)
-            await self._run(self.api.create_volume, volume, driver="local", driver_opts={
-                "type": "none", "o": "bind", "device": str(self.disks.path(disk, directory))},
-                labels={f"{LABEL}.managed": "1", DISK_LABEL: disk})
-            binds[volume] = {"bind": target, "mode": "rw"}
+        disks = self.disks
+        await disks.attach(disk)
+        await asyncio.gather(*(self._run(
+            self.api.create_volume, _volume_name(disk, directory), driver="local",
+            driver_opts={"type": "none", "o": "bind", "device": str(disks.path(disk, directory))},
+            labels={f"{LABEL}.managed": "1", DISK_LABEL: disk}) for directory in DISK_DIRS))
+        binds: dict[str, Mapping[str, str]] = {
+            _volume_name(disk, directory): {"bind": target, "mode": "rw"} for directory, target in DISK_DIRS.items()}
         return binds, {DISK_LABEL: disk}
 
     async def _release_disk(self, disk: str, delete: bool) -> None:
         """Remove the disk's volumes, unmount it, and delete its file when asked."""
         assert self.disks is not None
+        if not (self.disks.exists(disk) or disk in self.disks.mounted()):
+            return  # another DATA_DIR's disk on this engine (its container was ours to remove, not its disk)
         for directory in DISK_DIRS:
             try:
                 await self._run(self.api.remove_volume, _volume_name(disk, directory), force=True)

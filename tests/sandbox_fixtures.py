@@ -76,8 +76,7 @@ def remove_created_since(client, since: float) -> None:  # type: ignore[no-untyp
             with contextlib.suppress(Exception):
                 volume.remove(force=True)
             mountpoint = os.path.dirname(device)
-            mounted = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-            if device and mountpoint in mounted:
+            if device and os.path.ismount(mountpoint):
                 subprocess.run(["umount", "--lazy", mountpoint], check=False)
 
 
