@@ -107,11 +107,17 @@ async def sessions_figures(n: int) -> dict[str, tuple[list[float], list[float]]]
                 slack.connected.clear()
                 return roots
 
-            await run("no sandbox (baseline)", 0.05)
-            repos = repos_yaml(tmp / "warm.yml", remote.url, pool_size=3)
-            await run("warm pool claim", 1.0, repos_config=repos)
-            repos = repos_yaml(tmp / "cold.yml", remote.url, pool_size=0)
-            await run("cold start from image", 0.3, repos_config=repos, sandbox_idle_timeout=1.5)
+            since = time.time()
+            try:
+                await run("no sandbox (baseline)", 0.05)
+                repos = repos_yaml(tmp / "warm.yml", remote.url, pool_size=3)
+                await run("warm pool claim", 1.0, repos_config=repos)
+                repos = repos_yaml(tmp / "cold.yml", remote.url, pool_size=0)
+                await run("cold start from image", 0.3, repos_config=repos, sandbox_idle_timeout=1.5)
+            finally:  # warm containers outlive `serve` (for adoption): their disks are under tmp
+                import docker
+
+                remove_created_since(docker.from_env(), since)
     await slack.stop()
     await model.stop()
     return results

@@ -24,6 +24,19 @@ def _http_url(v: str) -> str:
     return v
 
 
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+MIN_DISK = 16 * 1024**2
+"""ext4 with a journal needs a few MiB for itself; below this a sandbox disk is of no use."""
+
+
+def parse_size(text: str) -> int:
+    """`10g`, `512m`, `64M`, `1073741824` → bytes (binary units, as Docker's `memory`)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([bkmgt]?)i?b?\s*", text.lower())
+    if not match:
+        raise ValueError(f"{text!r} is not a size like 10g or 512m")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
 _SLACK_ID = re.compile(r"^[A-Z0-9]{2,32}$")
 
 
@@ -98,6 +111,12 @@ class Settings(BaseSettings):
     sandbox_memory: str = "2g"
     sandbox_cpus: float = Field(2.0, gt=0)
     sandbox_pids: int = Field(1024, ge=16)
+    sandbox_runtime: str = ""
+    """OCI runtime of sandboxes, e.g. `runsc` (gVisor, the stronger isolation for untrusted
+    prompts); empty: the engine's default. Checked against `docker info` at start."""
+    sandbox_disk: str = "10g"
+    """Disk quota of each sandbox (its workspace and HOME, on an ext4 image of this size on a
+    loop device under DATA_DIR; /tmp is tmpfs within SANDBOX_MEMORY). Empty or `0`: no quota."""
     sandbox_idle_timeout: float = Field(900.0, gt=0)
     """Seconds a session's container may sit idle before it is stopped (its snapshot stays)."""
     sandbox_command_timeout: float = Field(600.0, gt=0)
@@ -109,6 +128,8 @@ class Settings(BaseSettings):
     """Seconds an unclaimed warm container lives before it is replaced."""
     snapshot_retention: float = Field(7 * 86400.0, ge=0)
     """Seconds a session's snapshot is kept after its last activity."""
+    snapshots_max: int = Field(50, ge=1)
+    """Most session snapshots (image and disk) kept; past it the oldest of idle sessions are evicted."""
     plugins: str = ""
     """Extra plugins, comma-separated `module:attribute` (plugins also load from the `hosted_agents` entry-point group)."""
 
@@ -175,6 +196,16 @@ class Settings(BaseSettings):
     def _egress_patterns(cls, v: str) -> str:
         return ",".join(egress_patterns(v))
 
+    @field_validator("sandbox_disk")
+    @classmethod
+    def _disk_size(cls, v: str) -> str:
+        v = v.strip()
+        if v in ("", "0"):
+            return ""
+        if parse_size(v) < MIN_DISK:
+            raise ValueError("must be at least 16m (or 0 for no quota)")
+        return v
+
     @field_validator("git_clone_url")
     @classmethod
     def _clone_template(cls, v: str) -> str:
@@ -217,17 +248,6 @@ class Settings(BaseSettings):
     def session_url(self, share_token: str) -> str:
         """The link format of a session's page; the web view serves it."""
         return f"{self.public_url}/s/{share_token}"
-
-
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)b?$", re.IGNORECASE)
-
-
-def parse_size(value: str) -> int:
-    """Bytes in `512m`, `2g`, `10G` or a plain number (Docker's notation)."""
-    match = _SIZE.match(value.strip())
-    if match is None:
-        raise ValueError(f"{value!r} is not a size like 512m or 2g")
-    return int(float(match.group(1)) * 1024 ** " kmgt".index(match.group(2).lower() or " "))
 
 
 def normalise_database_url(url: str) -> str:

@@ -13,6 +13,8 @@ from sandbox.executor import Executor
 
 LABEL = "hosted-agents"
 """Every container and image we make carries `hosted-agents.*` labels: role, repo, session."""
+DISK_LABEL = f"{LABEL}.disk"
+"""The disk a container uses (empty: none); a snapshot image carries its session's disk the same way."""
 
 
 class SandboxLimits(BaseModel):
@@ -25,6 +27,8 @@ class SandboxLimits(BaseModel):
     memory: str = "2g"
     cpus: float = Field(2.0, gt=0)
     pids: int = Field(1024, ge=16)
+    runtime: str = ""
+    """OCI runtime (`runsc` for gVisor); empty: the engine's default."""
 
 
 @dataclass(frozen=True)
@@ -35,20 +39,27 @@ class ContainerRef:
 
 
 class SandboxBackend(Protocol):
-    async def create(self, image: str, labels: dict[str, str]) -> ContainerRef:
-        """Start a container from `image` with /workspace as its working directory."""
+    async def create(self, image: str, labels: dict[str, str], disk: str | None = None) -> ContainerRef:
+        """Start a container from `image` with /workspace as its working directory.
+
+        `disk` names the sandbox's own disk (its quota), made on first use from the image's
+        /workspace and HOME and mounted there; the same name later mounts the same files again
+        (a restored session). None: no disk, the workspace is in the container's layer (image
+        builds, whose workspace must go into the committed image)."""
 
     async def executor(self, ref: ContainerRef) -> Executor:
         """A connected executor for the container (started on first use, restarted if it died)."""
 
     async def snapshot(self, ref: ContainerRef, repository: str, tag: str, labels: dict[str, str], pause: bool = False) -> str:
-        """Commit the container's filesystem as an image; returns `repository:tag`."""
+        """Commit the container's filesystem as an image; returns `repository:tag`. A disk is
+        not in the image: its label (DISK_LABEL) names it, and it is kept with the snapshot."""
 
     async def is_running(self, ref: ContainerRef) -> bool: ...
 
     async def stop(self, ref: ContainerRef) -> None: ...
 
-    async def remove(self, ref: ContainerRef) -> None: ...
+    async def remove(self, ref: ContainerRef, keep_disk: bool = False) -> None:
+        """Remove the container; its disk is unmounted, and deleted unless `keep_disk`."""
 
     async def find(self, labels: dict[str, str]) -> list[ContainerRef]: ...
 
@@ -58,4 +69,16 @@ class SandboxBackend(Protocol):
 
     async def image_exists(self, image: str) -> bool: ...
 
+    async def image_labels(self, image: str) -> dict[str, str] | None:
+        """The image's labels, or None when it does not exist."""
+
     async def remove_image(self, image: str) -> None: ...
+
+    async def disk_exists(self, disk: str) -> bool: ...
+
+    async def delete_disk(self, disk: str) -> None:
+        """Unmount and delete a disk no container uses (a collected snapshot's)."""
+
+    async def prune_disks(self, keep: set[str]) -> int:
+        """Delete the disks neither a container nor `keep` names; unmount the unused ones of
+        `keep`. Returns how many were deleted."""

@@ -24,7 +24,9 @@ from urllib.parse import urlparse
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
-from sandbox.backend import LABEL, ContainerRef, SandboxLimits
+from sandbox.backend import DISK_LABEL, LABEL, ContainerRef, SandboxLimits
+from sandbox.disk import DIRS as DISK_DIRS
+from sandbox.disk import DiskStore
 from sandbox.egress import EgressProxy
 from sandbox.executor import START, Executor, NoPython
 from sandbox.framing import MAX_FRAME, ProtocolError
@@ -35,8 +37,21 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
-# Docker's default capabilities minus the network and device ones a coding sandbox never needs.
 CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID"]
+"""The only capabilities a sandbox keeps, and only its root processes can use them: the executor
+and the operator's image setup steps. Commands of the sandbox user (uid 1000, no-new-privileges)
+have none. Docker's defaults minus AUDIT_WRITE, MKNOD, NET_BIND_SERVICE, NET_RAW, SETFCAP,
+SETPCAP and SYS_CHROOT, which nothing here needs.
+
+- SETUID, SETGID: the executor hands every command to the sandbox user (and takes its
+  file-system identity with setfsuid for file operations); apt drops to `_apt` the same way.
+- CHOWN: the executor gives an old image's workspace and HOME to the sandbox user; setup
+  steps and `dpkg` set owners of what they install.
+- FOWNER: chmod/utime on files root does not own (HOME of the sandbox user, unpacked packages).
+- DAC_OVERRIDE: root setup steps (package installs) write into directories owned by others.
+- FSETID: `dpkg` keeps setgid bits of the binaries it installs.
+- KILL: the executor kills the sandbox user's process groups (timeouts, Stop).
+"""
 EGRESS_LABEL = f"{LABEL}.egress"
 EGRESS_MOUNT = "/run/hosted-agents"
 EGRESS_PORT = 3128
@@ -46,6 +61,10 @@ FORWARDER = (Path(__file__).parent / "egress_forwarder.py").read_text()
 
 class DockerUnavailable(Exception):
     pass
+
+
+class UnknownRuntime(DockerUnavailable):
+    """SANDBOX_RUNTIME names an OCI runtime the engine does not have."""
 
 
 class ExecStream:
@@ -81,11 +100,14 @@ class ExecStream:
 
 
 class DockerBackend:
-    def __init__(self, limits: SandboxLimits, host: str | None = None, egress: EgressProxy | None = None):
+    def __init__(self, limits: SandboxLimits, host: str | None = None, egress: EgressProxy | None = None,
+                 disks: DiskStore | None = None):
         if limits.network == "proxy" and egress is None:
             raise ValueError("network `proxy` needs the service's EgressProxy")
         self.limits = limits
         self.egress = egress
+        self.disks = disks
+        """Per-sandbox disks (the quota); None: containers write to their own layer, unlimited."""
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
         url = urlparse(self.host)
         if url.scheme not in ("unix", "tcp", "http") or os.environ.get("DOCKER_TLS_VERIFY"):
@@ -96,19 +118,30 @@ class DockerBackend:
             self.api.ping()
         except Exception as exc:
             raise DockerUnavailable(f"no Docker engine at {self.host} ({type(exc).__name__})") from None
+        self._check_runtime()
+
+    def _check_runtime(self) -> None:
+        """At start, not at the first session: a runtime the engine lacks fails every create."""
+        if not self.limits.runtime:
+            return
+        known = sorted((self.api.info().get("Runtimes") or {}).keys())
+        if self.limits.runtime not in known:
+            raise UnknownRuntime(f"the Docker engine at {self.host} has no runtime {self.limits.runtime!r} "
+                                 f"(it has: {', '.join(known) or 'none'}); install it (gVisor: runsc) "
+                                 "and register it in /etc/docker/daemon.json, or unset SANDBOX_RUNTIME")
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """docker-py blocks: its calls run in a worker thread (never on a tool call's path)."""
         return await asyncio.to_thread(fn, *args, **kwargs)
 
-    async def create(self, image: str, labels: dict[str, str]) -> ContainerRef:
-        labels = {f"{LABEL}.managed": "1", **labels}
+    async def create(self, image: str, labels: dict[str, str], disk: str | None = None) -> ContainerRef:
+        binds, disk_labels = await self._disk_binds(disk)
+        isolation = self._isolation(bool(binds))
+        labels = {f"{LABEL}.managed": "1", **labels, **disk_labels}
         environment = {"HOME": "/root", "LANG": "C.UTF-8"}
-        binds: dict[str, Mapping[str, str]] = {}
         egress_key = await self._egress_setup(labels, environment, binds)
         host_config = self.api.create_host_config(
             network_mode="none" if egress_key else self.limits.network,
-            binds=binds or None,
             mem_limit=self.limits.memory,
             memswap_limit=self.limits.memory,  # no swap on top of the memory limit
             nano_cpus=int(self.limits.cpus * 1e9),
@@ -117,6 +150,8 @@ class DockerBackend:
             cap_drop=["ALL"],
             cap_add=CAPABILITIES,
             init=True,
+            **isolation,
+            binds=binds,
         )
 
         def create_and_start() -> str:
@@ -124,7 +159,11 @@ class DockerBackend:
                 image, command=["sleep", "infinity"], working_dir=WORKSPACE, labels=labels,
                 environment=environment, host_config=host_config,
             )
-            self.api.start(container["Id"])
+            try:
+                self.api.start(container["Id"])
+            except BaseException:
+                self.api.remove_container(container["Id"], force=True)
+                raise
             return str(container["Id"])
 
         try:
@@ -132,6 +171,8 @@ class DockerBackend:
         except BaseException:
             if egress_key and self.egress is not None:
                 await self.egress.close_socket(egress_key)
+            if disk is not None and self.disks is not None:
+                await self._release_disk(disk, delete=False)  # unmounted; the caller decides about the file
             raise
         if egress_key:
             try:
@@ -187,6 +228,71 @@ class DockerBackend:
         if key and self.egress is not None and not self.egress.is_open(key):
             owner = ref.labels.get(f"{LABEL}.session") or ref.labels.get(f"{LABEL}.role", "")
             await self.egress.open(key, owner)
+
+    # -- hardening and disks (create's helpers) --------------------------------------------
+
+    def _isolation(self, disk: bool) -> dict[str, Any]:
+        """The OCI runtime (SANDBOX_RUNTIME, e.g. gVisor's runsc); with a disk, the one
+        world-writable directory not on it (/run/lock) becomes a tiny tmpfs."""
+        options: dict[str, Any] = {}
+        if disk:
+            options["tmpfs"] = {"/run/lock": "rw,noexec,nosuid,nodev,mode=1777,size=1m"}
+        if self.limits.runtime:
+            options["runtime"] = self.limits.runtime
+        return options
+
+    async def _disk_binds(self, disk: str | None) -> tuple[dict[str, Mapping[str, str]], dict[str, str]]:
+        """Mount the disk (made on first use) and bind its directories (/workspace, HOME, /tmp,
+        /var/tmp) through named volumes: Docker copies an image's content into an empty named
+        volume, so a fresh disk starts with the image's checkout and caches, and a restored one
+        keeps its own."""
+        if disk is None or self.disks is None:
+            return {}, {DISK_LABEL: ""}  # set, so a label inherited from a snapshot image never names a disk
+        disks = self.disks
+        await disks.attach(disk)
+        await asyncio.gather(*(self._run(
+            self.api.create_volume, _volume_name(disk, directory), driver="local",
+            driver_opts={"type": "none", "o": "bind", "device": str(disks.path(disk, directory))},
+            labels={f"{LABEL}.managed": "1", DISK_LABEL: disk}) for directory in DISK_DIRS))
+        binds: dict[str, Mapping[str, str]] = {
+            _volume_name(disk, directory): {"bind": target, "mode": "rw"} for directory, target in DISK_DIRS.items()}
+        return binds, {DISK_LABEL: disk}
+
+    async def _release_disk(self, disk: str, delete: bool) -> None:
+        """Remove the disk's volumes, unmount it, and delete its file when asked."""
+        assert self.disks is not None
+        if not (self.disks.exists(disk) or disk in self.disks.mounted()):
+            return  # another DATA_DIR's disk on this engine (its container was ours to remove, not its disk)
+        for directory in DISK_DIRS:
+            try:
+                await self._run(self.api.remove_volume, _volume_name(disk, directory), force=True)
+            except NotFound:
+                pass
+            except APIError as exc:  # still in use by a container: it stays mounted for that one
+                log.warning("disk %s kept mounted: %s", disk, exc.explanation or exc)
+                return
+        await (self.disks.delete(disk) if delete else self.disks.detach(disk))
+
+    async def disk_exists(self, disk: str) -> bool:
+        return self.disks is not None and self.disks.exists(disk)
+
+    async def delete_disk(self, disk: str) -> None:
+        if self.disks is not None:
+            await self._release_disk(disk, delete=True)
+
+    async def prune_disks(self, keep: set[str]) -> int:
+        """At start: delete every disk not in `keep`, and unmount those no container uses."""
+        if self.disks is None:
+            return 0
+        in_use = {ref.labels.get(DISK_LABEL, "") for ref in await self.find({})} - {""}
+        deleted = 0
+        for disk in (self.disks.names() | self.disks.mounted()) - in_use:
+            if disk in keep:
+                await self._release_disk(disk, delete=False)
+            else:
+                await self._release_disk(disk, delete=True)
+                deleted += 1
+        return deleted
 
     async def executor(self, ref: ContainerRef) -> Executor:
         """The python3 executor, or the shell executor when the image has no usable python3."""
@@ -265,7 +371,7 @@ class DockerBackend:
         with contextlib.suppress(NotFound):
             await self._run(self.api.stop, ref.id, timeout=2)
 
-    async def remove(self, ref: ContainerRef) -> None:
+    async def remove(self, ref: ContainerRef, keep_disk: bool = False) -> None:
         try:
             await self._run(self.api.remove_container, ref.id, force=True)
         except NotFound:
@@ -276,6 +382,9 @@ class DockerBackend:
         key = ref.labels.get(EGRESS_LABEL)
         if key and self.egress is not None:
             await self.egress.close_socket(key)
+        disk = ref.labels.get(DISK_LABEL)
+        if disk and self.disks is not None:
+            await self._release_disk(disk, delete=not keep_disk)
 
     async def find(self, labels: dict[str, str]) -> list[ContainerRef]:
         wanted = [f"{k}={v}" for k, v in {f"{LABEL}.managed": "1", **labels}.items()]
@@ -288,6 +397,14 @@ class DockerBackend:
         except ImageNotFound:
             return False
         return True
+
+    async def image_labels(self, image: str) -> dict[str, str] | None:
+        """The image's labels, or None when there is no such image."""
+        try:
+            attrs = await self._run(self.api.inspect_image, image)
+        except ImageNotFound:
+            return None
+        return dict((attrs.get("Config") or {}).get("Labels") or {})
 
     async def remove_image(self, image: str) -> None:
         try:
@@ -331,3 +448,7 @@ class DockerBackend:
             return int(self.api.exec_inspect(exec_id)["ExitCode"]), bytes(output)
 
         return await self._run(run)
+
+
+def _volume_name(disk: str, directory: str) -> str:
+    return f"hosted-agents-{disk}-{directory}"

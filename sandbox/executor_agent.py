@@ -5,7 +5,7 @@ call over its stdin/stdout, which costs milliseconds instead of a `docker exec` 
 both ways are frames: an ASCII length, a newline, then that many bytes of JSON.
 
 Nothing a command does can reach those frames: commands run as the unprivileged sandbox user
-(nobody), with only their own output pipe and /dev/null as descriptors, so they can neither open
+(uid 1000), with only their own output pipe and /dev/null as descriptors, so they can neither open
 the executor's descriptors through /proc/<pid>/fd nor signal it. File operations run with that
 user's file-system identity too (setfsuid, per thread), so the tools can do what a command
 could, and no more. Paths are confined to the workspace: absolute paths, `..` and symlinks that
@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional
 Message = Dict[str, Any]
 
 ROOT = os.path.realpath(sys.argv[1] if len(sys.argv) > 1 else "/workspace")
-UID = GID = 65534  # sandbox/protocol.py: SANDBOX_UID, SANDBOX_HOME
+UID = GID = 1000  # sandbox/protocol.py: SANDBOX_UID, SANDBOX_HOME
 HOME = "/home/sandbox"
 MAX_READ = 4 * 1024 * 1024
 DRAIN = 0.1  # seconds to keep reading after a command exited, while something it left holds its output
@@ -321,6 +321,7 @@ def prepare() -> None:
     """Not dumpable: /proc/<pid>/fd and ptrace need CAP_SYS_PTRACE, which no sandbox process has.
     The workspace and HOME belong to the sandbox user (an image may predate that rule)."""
     _libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    _add_user()
     for path in (ROOT, HOME):
         os.makedirs(path, exist_ok=True)
     if os.stat(HOME).st_uid != UID:
@@ -331,6 +332,20 @@ def prepare() -> None:
             for name in dirs + files:
                 os.lchown(os.path.join(top, name), UID, GID)
         os.chown(ROOT, UID, GID)
+
+
+def _add_user() -> None:
+    """An image without a user 1000 gets `sandbox` (git, ssh and `id -un` look the user up)."""
+    for path, line, field in (("/etc/passwd", "sandbox:x:%d:%d::%s:/bin/sh\n" % (UID, GID, HOME), 2),
+                              ("/etc/group", "sandbox:x:%d:\n" % GID, 2)):
+        try:
+            with open(path) as f:
+                if any(len(row.split(":")) > field and row.split(":")[field] == str(UID) for row in f):
+                    continue
+            with open(path, "a") as f:
+                f.write(line)
+        except OSError:
+            pass  # a read-only /etc: the user stays nameless, which only cosmetic lookups notice
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from bot.repos import RepoCatalog
 from bot.store.db import Database
 from bot.store.tables import PoolEntryRow
 from sandbox.backend import LABEL, ContainerRef, SandboxBackend
+from sandbox.disk import new_disk_name
 from sandbox.executor import Executor
 from sandbox.images import ImageBuilder
 from sandbox.protocol import Ping
@@ -107,7 +108,8 @@ class WarmPool:
                     return
 
     async def _add(self, repo: str, image: str) -> None:
-        ref = await self.backend.create(image, {f"{LABEL}.role": "pool", f"{LABEL}.repo": repo})
+        # its disk is made now, ahead of time: a claim stays as fast as without one
+        ref = await self.backend.create(image, {f"{LABEL}.role": "pool", f"{LABEL}.repo": repo}, disk=new_disk_name())
         executor: Executor | None = None
         try:
             executor = await self.backend.executor(ref)

@@ -13,9 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sandbox.workspace import CommandResult, DirEntry, FileText
 
-SANDBOX_UID = 65534
-"""Commands and file operations run as this user (nobody), never as the executor's root:
-a command then cannot open the executor's descriptors (`/proc/<pid>/fd`) or signal it."""
+SANDBOX_UID = 1000
+"""Commands and file operations run as this unprivileged user, never as the executor's root: a
+command then cannot open the executor's descriptors (`/proc/<pid>/fd`) or signal it. 1000, the
+usual first user, rather than `nobody` (65534), which must own no files; the executor adds it to
+/etc/passwd as `sandbox` when the image has no user 1000 (tools that look the user up)."""
 SANDBOX_HOME = "/home/sandbox"
 """HOME of the sandbox user; caches filled by warm-up steps live here."""
 WORKSPACE = "/workspace"

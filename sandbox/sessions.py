@@ -6,6 +6,13 @@ container exists; writes wait for the git sync (the gate is a plugin, see bot/ag
 When a turn ends the workspace is committed as the session's snapshot, in the background; an idle
 container is removed and the next prompt restores the snapshot. Nothing here knows about Slack,
 and nothing here writes the sessions layer's rows: snapshots are recorded in the sandbox's own table.
+
+With per-sandbox disks (sandbox/disk.py) the workspace and HOME live on the session's disk, which
+`docker commit` does not see: a snapshot is the committed image plus the disk its label names.
+The disk stays when the container goes and is mounted again on restore; a session has one disk
+for its whole life, so replacing its snapshot image replaces, never stacks. Collecting or
+evicting a snapshot deletes its disk. At most `snapshots_max` snapshots are kept: past that the
+oldest of idle sessions go first.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ from datetime import UTC, datetime, timedelta
 
 from bot.repos import Repo, RepoCatalog
 from bot.store.db import Database
-from sandbox.backend import LABEL, ContainerRef, SandboxBackend
+from sandbox.backend import DISK_LABEL, LABEL, ContainerRef, SandboxBackend
+from sandbox.disk import new_disk_name
 from sandbox.executor import Executor
 from sandbox.gitrefs import check_branch
 from sandbox.images import ImageBuilder
@@ -36,8 +44,9 @@ class SandboxUnavailable(WorkspaceUnavailable):
 class SessionSandbox:
     """A session's container, as the agent's `Workspace`."""
 
-    def __init__(self, session_id: str, repo: Repo, work_branch: str):
+    def __init__(self, session_id: str, repo: Repo, work_branch: str, disk_quota: str | None = None):
         self.session_id = session_id
+        self._disk_quota = disk_quota
         self.repo = repo
         self.work_branch = work_branch
         self.source: str | None = None
@@ -58,6 +67,15 @@ class SessionSandbox:
     @property
     def branch(self) -> str:
         return self.work_branch
+
+    @property
+    def disk_quota(self) -> str | None:
+        return self._disk_quota if self.disk else None
+
+    @property
+    def disk(self) -> str | None:
+        """The name of the container's disk, if it has one."""
+        return (self.ref.labels.get(DISK_LABEL) or None) if self.ref is not None else None
 
     async def wait_synced(self) -> None:
         """Returns when the workspace is on the session's branch at the base branch tip."""
@@ -124,7 +142,8 @@ class SessionSandbox:
 
 class SandboxManager:
     def __init__(self, backend: SandboxBackend, db: Database, catalog: RepoCatalog, images: ImageBuilder,
-                 pool: WarmPool, idle_timeout: float, snapshot_retention: float):
+                 pool: WarmPool, idle_timeout: float, snapshot_retention: float, snapshots_max: int = 50,
+                 disk_quota: str | None = None):
         self.backend = backend
         self.db = db
         self.catalog = catalog
@@ -132,6 +151,9 @@ class SandboxManager:
         self.pool = pool
         self.idle_timeout = idle_timeout
         self.snapshot_retention = snapshot_retention
+        self.snapshots_max = snapshots_max
+        self.disk_quota = disk_quota
+        """SANDBOX_DISK, for the tools' message when a command fills the disk."""
         self.snapshots = SnapshotRecords(db)
         self._sandboxes: dict[str, SessionSandbox] = {}
 
@@ -145,7 +167,7 @@ class SandboxManager:
             return None
         sandbox = self._sandboxes.get(session_id)
         if sandbox is None or sandbox.failed:
-            sandbox = SessionSandbox(session_id, repo, f"hosted-agents/{session_id}")
+            sandbox = SessionSandbox(session_id, repo, f"hosted-agents/{session_id}", self.disk_quota)
             self._sandboxes[session_id] = sandbox
             sandbox.task = asyncio.create_task(self._acquire(sandbox), name=f"sandbox-{session_id}")
         sandbox.in_turn = True
@@ -154,10 +176,9 @@ class SandboxManager:
 
     async def _acquire(self, sb: SessionSandbox) -> None:
         try:
-            snapshot = await self.snapshots.image(sb.session_id)
+            snapshot, disk = await self._restorable(sb.session_id)
             entry = None
-            if not (snapshot and await self.backend.image_exists(snapshot)):
-                snapshot = None  # a session with earlier work must get its own snapshot, never a fresh entry
+            if snapshot is None:  # a session with earlier work must get its own snapshot, never a fresh entry
                 entry = await self.pool.claim(sb.repo.name, sb.session_id)
             if entry is not None:
                 await self.pool.forget_claimed(entry.ref.id)
@@ -166,11 +187,11 @@ class SandboxManager:
             else:
                 image, source = (snapshot, "snapshot") if snapshot else await self._image_for(sb)
                 ref = await self.backend.create(image, {f"{LABEL}.role": "session", f"{LABEL}.session": sb.session_id,
-                                                        f"{LABEL}.repo": sb.repo.name})
+                                                        f"{LABEL}.repo": sb.repo.name}, disk=disk or new_disk_name())
                 try:
                     executor = await self.backend.executor(ref)
                 except BaseException:
-                    await self.backend.remove(ref)
+                    await self.backend.remove(ref, keep_disk=disk is not None)  # a snapshot's disk stays with it
                     raise
                 sb._set_ready(ref, executor, source)
             if sb.source == "snapshot":
@@ -183,6 +204,27 @@ class SandboxManager:
         except Exception as exc:
             log.warning("sandbox for session %s could not be prepared: %s", sb.session_id, exc)
             sb._fail(exc if isinstance(exc, WorkspaceLost) else SandboxUnavailable(str(exc)))
+
+    async def _restorable(self, session_id: str) -> tuple[str | None, str | None]:
+        """The session's snapshot image and its disk, when both are there to restore from.
+
+        A snapshot without a disk label predates disks (its workspace is in the image: a fresh
+        disk gets it copied in); one whose disk is gone lost its workspace, so it is not used."""
+        snapshot = await self.snapshots.image(session_id)
+        labels = await self.backend.image_labels(snapshot) if snapshot else None
+        if snapshot is None or labels is None:
+            return None, None
+        disk = labels.get(DISK_LABEL) or None
+        if disk is not None and not await self.backend.disk_exists(disk):
+            log.warning("the disk of session %s's snapshot is gone; it starts from the repo's image", session_id)
+            return None, None
+        return snapshot, disk
+
+    async def _snapshot_disk(self, session_id: str) -> str | None:
+        """The disk the session's recorded snapshot names (which must outlive the container)."""
+        snapshot = await self.snapshots.image(session_id)
+        labels = await self.backend.image_labels(snapshot) if snapshot else None
+        return (labels or {}).get(DISK_LABEL) or None
 
     async def _image_for(self, sb: SessionSandbox) -> tuple[str, str]:
         latest = await self.images.latest(sb.repo.name)
@@ -225,7 +267,8 @@ class SandboxManager:
         try:
             image = await self.backend.snapshot(
                 sb.ref, f"hosted-agents/session-{sb.session_id}", str(int(time.time() * 1000)),
-                {f"{LABEL}.role": "snapshot", f"{LABEL}.session": sb.session_id, f"{LABEL}.repo": sb.repo.name},
+                {f"{LABEL}.role": "snapshot", f"{LABEL}.session": sb.session_id, f"{LABEL}.repo": sb.repo.name,
+                 DISK_LABEL: sb.disk or ""},
                 pause=False,  # never make anyone wait on a paused container
             )
         except Exception as exc:
@@ -233,7 +276,8 @@ class SandboxManager:
             return
         old = await self.snapshots.record(sb.session_id, sb.repo.name, image)
         if old and old != image:
-            await self.backend.remove_image(old)
+            await self.backend.remove_image(old)  # the disk is the same one: it stays
+        await self.evict_snapshots()
 
     async def drop(self, session_id: str) -> None:
         sb = self._sandboxes.pop(session_id, None)
@@ -245,7 +289,15 @@ class SandboxManager:
         if sb.ready:
             await (await sb.executor()).close()
         if sb.ref is not None:
-            await self.backend.remove(sb.ref)
+            if sb.snapshotting is not None:  # whether the disk is kept depends on the snapshot it takes
+                await asyncio.gather(sb.snapshotting, return_exceptions=True)
+            await self._remove(sb)
+
+    async def _remove(self, sb: SessionSandbox) -> None:
+        """Remove the session's container; its disk stays when its snapshot names it."""
+        assert sb.ref is not None
+        keep = sb.disk is not None and await self._snapshot_disk(sb.session_id) == sb.disk
+        await self.backend.remove(sb.ref, keep_disk=keep)
 
     async def stop_idle(self) -> int:
         """Remove containers idle past the timeout; their snapshot brings them back."""
@@ -267,18 +319,48 @@ class SandboxManager:
         for row in await self.snapshots.older_than(cutoff):
             if row.session_id in self._sandboxes:
                 continue
-            await self.backend.remove_image(row.image)
-            await self.snapshots.forget(row.session_id, row.image)
+            await self._discard_snapshot(row.session_id, row.image)
             collected += 1
-        return collected
+        return collected + await self.evict_snapshots()
+
+    async def evict_snapshots(self) -> int:
+        """Keep at most `snapshots_max` snapshots: evict the oldest of sessions without a sandbox."""
+        rows = await self.snapshots.oldest_first()
+        excess, evicted = len(rows) - self.snapshots_max, 0
+        for row in rows:
+            if excess <= 0:
+                break
+            if row.session_id in self._sandboxes:
+                continue
+            log.info("snapshot of session %s evicted (SNAPSHOTS_MAX=%d)", row.session_id, self.snapshots_max)
+            await self._discard_snapshot(row.session_id, row.image)
+            excess, evicted = excess - 1, evicted + 1
+        return evicted
+
+    async def _discard_snapshot(self, session_id: str, image: str) -> None:
+        labels = await self.backend.image_labels(image)
+        await self.backend.remove_image(image)
+        disk = (labels or {}).get(DISK_LABEL)
+        if disk and session_id not in self._sandboxes:
+            await self.backend.delete_disk(disk)
+        await self.snapshots.forget(session_id, image)
 
     async def remove_orphans(self) -> int:
-        """At start: session and build containers of an earlier run are orphans (snapshots restore sessions)."""
+        """At start: session and build containers of an earlier run are orphans (snapshots restore
+        sessions), and so are the disks neither a snapshot nor a (warm pool) container names."""
         removed = 0
         for role in ("session", "build"):
             for ref in await self.backend.find({f"{LABEL}.role": role}):
-                await self.backend.remove(ref)
+                await self.backend.remove(ref, keep_disk=True)
                 removed += 1
+        keep = set()
+        for row in await self.snapshots.all():
+            labels = await self.backend.image_labels(row.image)
+            if labels and labels.get(DISK_LABEL):
+                keep.add(labels[DISK_LABEL])
+        pruned = await self.backend.prune_disks(keep)
+        if pruned:
+            log.info("deleted %d orphaned sandbox disk(s)", pruned)
         return removed
 
     async def close(self) -> None:
@@ -289,5 +371,5 @@ class SandboxManager:
             if sb.ready:
                 await (await sb.executor()).close()
             if sb.ref is not None:
-                await self.backend.remove(sb.ref)  # its last snapshot brings it back after a restart
+                await self._remove(sb)  # its last snapshot (and disk) brings it back after a restart
         self._sandboxes.clear()

@@ -59,6 +59,8 @@ LOOP = rf"""
 export HOME={SANDBOX_HOME}
 command -v setpriv >/dev/null || {{ echo "setpriv is missing: the sandbox user cannot be used" >&2; exit 1; }}
 mkdir -p {ROOT} "$HOME" || exit 1
+cut -d: -f3 /etc/passwd | grep -qx {_ID} || echo "sandbox:x:{_ID}:{_ID}::$HOME:/bin/sh" >>/etc/passwd
+cut -d: -f3 /etc/group | grep -qx {_ID} || echo "sandbox:x:{_ID}:" >>/etc/group
 [ "$(stat -c %u "$HOME")" = {_ID} ] || {{ chown {_ID}:{_ID} "$HOME" && chmod 700 "$HOME"; }} || exit 1
 [ "$(stat -c %u {ROOT})" = {_ID} ] || chown -R {_ID}:{_ID} {ROOT} || exit 1
 while IFS=' ' read -r id len limit cap who; do

@@ -1,6 +1,7 @@
-"""The sandbox layer's own record of session snapshots: which image holds a session's workspace
-as of its last finished turn. It lives in `sandbox_snapshots`, not on the session row, so the
-sandbox layer never writes the sessions layer's records."""
+"""The sandbox layer's own record of session snapshots: which image holds a session's sandbox
+as of its last finished turn (with a disk, the image names the disk that holds its workspace and
+HOME). It lives in `sandbox_snapshots`, not on the session row, so the sandbox layer never writes
+the sessions layer's records."""
 
 from __future__ import annotations
 
@@ -35,6 +36,15 @@ class SnapshotRecords:
         async with self.db.session() as s:
             query = select(SandboxSnapshotRow).where(SandboxSnapshotRow.updated_at < cutoff)
             return list((await s.execute(query)).scalars())
+
+    async def oldest_first(self) -> list[SandboxSnapshotRow]:
+        """Every record, least recently used first (the order of eviction)."""
+        async with self.db.session() as s:
+            query = select(SandboxSnapshotRow).order_by(SandboxSnapshotRow.updated_at, SandboxSnapshotRow.session_id)
+            return list((await s.execute(query)).scalars())
+
+    async def all(self) -> list[SandboxSnapshotRow]:
+        return await self.oldest_first()
 
     async def forget(self, session_id: str, image: str) -> None:
         """Drop the record, unless a newer snapshot replaced `image` meanwhile."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -12,7 +13,8 @@ from bot.config import ConfigError, Settings
 from bot.repos import RepoCatalog
 from bot.store.db import Database
 from sandbox.backend import SandboxLimits
-from sandbox.docker import DockerBackend, DockerUnavailable
+from sandbox.disk import DiskError, DiskStore
+from sandbox.docker import DockerBackend, DockerUnavailable, UnknownRuntime
 from sandbox.egress import EgressPolicy, EgressProxy, default_patterns
 from sandbox.images import BuildFailed, ImageBuilder
 from sandbox.pool import WarmPool
@@ -26,7 +28,7 @@ class SandboxStack:
         self.settings = settings
         self.catalog = catalog
         limits = SandboxLimits(network=settings.sandbox_network, memory=settings.sandbox_memory,
-                               cpus=settings.sandbox_cpus, pids=settings.sandbox_pids)
+                               cpus=settings.sandbox_cpus, pids=settings.sandbox_pids, runtime=settings.sandbox_runtime)
         self.egress: EgressProxy | None = None
         """The sandboxes' way out with SANDBOX_NETWORK=proxy; `observe` it for their connections."""
         if settings.sandbox_network == "proxy":
@@ -35,17 +37,37 @@ class SandboxStack:
             policy = (EgressPolicy.parse(settings.sandbox_egress_allow) if settings.sandbox_egress_allow
                       else EgressPolicy(default_patterns([repo.clone_url or "" for repo in catalog.repos], [])))
             self.egress = EgressProxy(settings.data_dir / "egress", policy)
+        disks = self._disks(settings)
         try:
-            self.backend = DockerBackend(limits, egress=self.egress)
+            self.backend = DockerBackend(limits, egress=self.egress, disks=disks)
+        except UnknownRuntime as exc:
+            raise ConfigError(f"SANDBOX_RUNTIME: {exc}") from None
         except DockerUnavailable as exc:
             raise ConfigError(f"DOCKER_HOST: {exc}; the repositories in REPOS_CONFIG need a Docker engine") from None
         self.images = ImageBuilder(self.backend, db, keep=settings.images_keep)
         self.pool = WarmPool(self.backend, db, self.images, catalog, ttl=settings.pool_entry_ttl)
         self.manager = SandboxManager(self.backend, db, catalog, self.images, self.pool,
                                       idle_timeout=settings.sandbox_idle_timeout,
-                                      snapshot_retention=settings.snapshot_retention)
+                                      snapshot_retention=settings.snapshot_retention,
+                                      snapshots_max=settings.snapshots_max,
+                                      disk_quota=settings.sandbox_disk or None)
         self.scheduler: AsyncIOScheduler | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    @staticmethod
+    def _disks(settings: Settings) -> DiskStore | None:
+        """The per-sandbox disks under DATA_DIR/sandbox (0700), or None when SANDBOX_DISK is off."""
+        if not settings.sandbox_disk:
+            return None
+        root = settings.data_dir / "sandbox"
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(root, 0o700)
+        disks = DiskStore(root / "disks", settings.sandbox_disk)
+        try:
+            disks.check()
+        except DiskError as exc:
+            raise ConfigError(f"SANDBOX_DISK: {exc}; set SANDBOX_DISK=0 to run sandboxes without a disk quota") from None
+        return disks
 
     async def start(self) -> None:
         """Clean up after an earlier run, adopt warm containers, then build and fill in the background."""

@@ -74,6 +74,11 @@ class Workspace(Protocol):
         ...
 
     @property
+    def disk_quota(self) -> str | None:
+        """The size of the workspace's disk (SANDBOX_DISK, e.g. `10g`), None when it has no quota."""
+        ...
+
+    @property
     def sync_note(self) -> str | None:
         """Why the checkout is not at the base branch tip, when the sync failed."""
         ...

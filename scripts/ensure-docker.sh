@@ -6,6 +6,13 @@ set -euo pipefail
 
 engine_up() { docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
+# Per-sandbox disks (SANDBOX_DISK) are ext4 images on loop devices: they need mkfs.ext4.
+if ! command -v mkfs.ext4 >/dev/null 2>&1; then
+  echo "installing e2fsprogs (mkfs.ext4, for sandbox disks)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq e2fsprogs >/dev/null
+fi
+
 if engine_up; then
   echo "Docker engine is up ($(docker version --format '{{.Server.Version}}'))"
   exit 0

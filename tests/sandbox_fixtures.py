@@ -68,6 +68,17 @@ def remove_created_since(client, since: float) -> None:  # type: ignore[no-untyp
         if created(image.attrs) >= since - 1:
             with contextlib.suppress(Exception):
                 client.images.remove(image.id, force=True)
+    for volume in client.volumes.list(filters={"label": "hosted-agents.managed=1"}):
+        # a sandbox disk's volume (sandbox/disk.py): unmount the disk it binds, or its loop
+        # device and mount outlive the test (warm pool containers are left for adoption)
+        made = datetime.fromisoformat(volume.attrs["CreatedAt"][:19] + "+00:00").timestamp()
+        if made >= since - 1:
+            device = (volume.attrs.get("Options") or {}).get("device", "")
+            with contextlib.suppress(Exception):
+                volume.remove(force=True)
+            mountpoint = os.path.dirname(device)
+            if device and os.path.ismount(mountpoint):
+                subprocess.run(["umount", "--lazy", mountpoint], check=False)
 
 
 @pytest.fixture

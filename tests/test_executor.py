@@ -107,7 +107,7 @@ async def test_a_command_cannot_forge_a_reply_or_touch_the_executor(sandbox):
     probe = await sandbox.ex.call(Exec(cmd="id -u; ls /proc/self/fd | tr '\\n' ' '; echo; "
                                            "cat /proc/$PPID/fd/0 2>&1 | head -c 200; kill -STOP $PPID 2>&1"))
     uid, fds, rest = probe.output.split("\n", 2)
-    assert uid == "65534", "commands run as the unprivileged sandbox user"
+    assert uid == "1000", "commands run as the unprivileged sandbox user"
     assert fds.split() == ["0", "1", "2", "3"], "only its own stdio (3 is ls reading the directory)"
     assert "Permission denied" in rest and ("not permitted" in rest or "Operation not permitted" in rest)
     assert (await sandbox.ex.call(Exec(cmd="echo still mine"))).output == "still mine\n"
@@ -195,9 +195,9 @@ async def test_the_shell_executor_quotes_every_path():
 
 async def test_tools_and_commands_act_as_the_same_user(sandbox):
     await sandbox.ex.call(Write(path="notes/a.txt", content="one\n"))
-    command = "echo two >> notes/a.txt && echo three > notes/b.txt && stat -c %U notes notes/a.txt"
+    command = "echo two >> notes/a.txt && echo three > notes/b.txt && stat -c %u notes notes/a.txt"
     appended = await sandbox.ex.call(Exec(cmd=command))
-    assert appended.exit_code == 0 and appended.output == "nobody\nnobody\n", "what a tool writes, a command can change"
+    assert appended.exit_code == 0 and appended.output == "1000\n1000\n", "what a tool writes, a command can change"
     assert (await sandbox.ex.call(Edit(path="notes/b.txt", old="three", new="3"))).replacements == 1
     assert (await sandbox.ex.call(Read(path="notes/a.txt"))).content == "one\ntwo\n"
     await sandbox.ex.call(Exec(cmd="ln -s /etc/shadow notes/shadow"))

@@ -47,8 +47,8 @@ async def test_an_image_builds_with_setup_and_warm_up_and_a_failed_build_keeps_t
     ex = await docker.executor(ref)
     assert (await ex.call(Read(path=".setup-marker"))).content == "setup-ran\n"
     assert (await ex.call(Read(path=".warm-marker"))).content == "warmed\n", "warm-up ran (its failing step is not fatal)"
-    owners = await ex.call(Exec(cmd="find . -not -user nobody | head -3; id -un"))
-    assert owners.output == "nobody\n", "setup ran as root; the workspace was then handed to the sandbox user"
+    owners = await ex.call(Exec(cmd="find . -not -uid 1000 | head -3; id -u; id -un"))
+    assert owners.output == "1000\nsandbox\n", "setup ran as root; the workspace was then handed to the sandbox user"
     async with db.session() as s:
         row = (await s.execute(select(ImageRow))).scalar_one()
     assert row.status == "ready" and row.commit == git_remote.head and row.tag == tag
@@ -214,7 +214,7 @@ async def test_an_image_without_python3_gets_the_shell_executor_with_the_same_gu
     probe = "id -u; stat -c %u src/a.txt; ls /proc/self/fd | wc -l; cat /proc/$PPID/fd/1 </dev/null 2>&1 | head -c 80"
     who = await ex.call(Exec(cmd=probe))
     uid, owner, fds, denied = who.output.split("\n", 3)
-    assert (uid, owner) == ("65534", "65534"), "commands and file operations run as the sandbox user"
+    assert (uid, owner) == ("1000", "1000"), "commands and file operations run as the sandbox user"
     assert int(fds) <= 4 and "Permission denied" in denied, "no descriptor of the loop is within reach"
 
     await ex.call(Exec(cmd="ln -s /etc outside"))

@@ -28,15 +28,26 @@ def _workspace(ctx: ToolContext) -> Workspace:
     return ctx.workspace
 
 
+NO_SPACE = "No space left on device"
+
+
+def _quota_note(ws: Workspace, text: str) -> str:
+    """A clear line when the sandbox's disk is full, so the model frees space instead of retrying."""
+    if NO_SPACE not in text or ws.disk_quota is None:
+        return ""
+    return (f"\ndisk quota exceeded: this sandbox has SANDBOX_DISK={ws.disk_quota}; "
+            "free space (rm build outputs) and go on")
+
+
 @contextmanager
-def _refusals() -> Iterator[None]:
+def _refusals(ws: Workspace | None = None) -> Iterator[None]:
     """The workspace's refusals, as errors the model reads."""
     try:
         yield
     except WorkspaceUnavailable as exc:
         raise ToolError(f"The sandbox could not be prepared: {exc}") from None
     except WorkspaceError as exc:
-        raise ToolError(str(exc)) from None
+        raise ToolError(str(exc) + (_quota_note(ws, str(exc)) if ws is not None else "")) from None
 
 
 def _format_exec(result: CommandResult, timeout: float | None = None) -> str:
@@ -127,8 +138,9 @@ class EditFile:
         replace_all: bool = False
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
-        with _refusals():
-            replaced = await _workspace(ctx).edit(args.path, args.old_text, args.new_text, args.replace_all)
+        ws = _workspace(ctx)
+        with _refusals(ws):
+            replaced = await ws.edit(args.path, args.old_text, args.new_text, args.replace_all)
         ctx.emit(FileChanged(path=args.path, action="edited"))
         return f"Replaced {replaced} occurrence(s) in {args.path}."
 
@@ -144,8 +156,9 @@ class WriteFile:
         content: str = Field(max_length=2_000_000)
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
-        with _refusals():
-            written = await _workspace(ctx).write(args.path, args.content)
+        ws = _workspace(ctx)
+        with _refusals(ws):
+            written = await ws.write(args.path, args.content)
         ctx.emit(FileChanged(path=args.path, action="written"))
         return f"Wrote {written} bytes to {args.path}."
 
@@ -168,9 +181,11 @@ class RunCommand:
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
         timeout = min(args.timeout_seconds, self.max_timeout)
-        with _refusals():
-            result = await _workspace(ctx).run(args.command, timeout, cap=30_000)
-        return _format_exec(result, timeout)
+        ws = _workspace(ctx)
+        with _refusals(ws):
+            result = await ws.run(args.command, timeout, cap=30_000)
+        failed = result.exit_code != 0
+        return _format_exec(result, timeout) + (_quota_note(ws, result.output) if failed else "")
 
 
 class GitStatus:
