@@ -107,6 +107,7 @@ class DockerBackend:
         self.limits = limits
         self.egress = egress
         self.disks = disks
+        self._disk_locks: dict[str, asyncio.Lock] = {}
         """Per-sandbox disks (the quota); None: containers write to their own layer, unlimited."""
         self.host = host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
         url = urlparse(self.host)
@@ -135,6 +136,12 @@ class DockerBackend:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def create(self, image: str, labels: dict[str, str], disk: str | None = None) -> ContainerRef:
+        if disk is None or self.disks is None:
+            return await self._create(image, labels, None)
+        async with self._disk_lock(disk):  # a release of the same disk (the session's last container) goes first
+            return await self._create(image, labels, disk)
+
+    async def _create(self, image: str, labels: dict[str, str], disk: str | None) -> ContainerRef:
         binds, disk_labels = await self._disk_binds(disk)
         isolation = self._isolation(bool(binds))
         labels = {f"{LABEL}.managed": "1", **labels, **disk_labels}
@@ -172,7 +179,7 @@ class DockerBackend:
             if egress_key and self.egress is not None:
                 await self.egress.close_socket(egress_key)
             if disk is not None and self.disks is not None:
-                await self._release_disk(disk, delete=False)  # unmounted; the caller decides about the file
+                await self._release_disk_locked(disk, delete=False)  # unmounted; the caller decides about the file
             raise
         if egress_key:
             try:
@@ -258,8 +265,18 @@ class DockerBackend:
             _volume_name(disk, directory): {"bind": target, "mode": "rw"} for directory, target in DISK_DIRS.items()}
         return binds, {DISK_LABEL: disk}
 
+    def _disk_lock(self, disk: str) -> asyncio.Lock:
+        return self._disk_locks.setdefault(disk, asyncio.Lock())
+
     async def _release_disk(self, disk: str, delete: bool) -> None:
-        """Remove the disk's volumes, unmount it, and delete its file when asked."""
+        """Remove the disk's volumes, unmount it, and delete its file when asked; a container
+        that took the disk meanwhile keeps it (its volumes are in use)."""
+        async with self._disk_lock(disk):
+            await self._release_disk_locked(disk, delete)
+        if delete:
+            self._disk_locks.pop(disk, None)
+
+    async def _release_disk_locked(self, disk: str, delete: bool) -> None:
         assert self.disks is not None
         if not (self.disks.exists(disk) or disk in self.disks.mounted()):
             return  # another DATA_DIR's disk on this engine (its container was ours to remove, not its disk)
