@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -36,6 +37,7 @@ def _serve(_: argparse.Namespace) -> int:
     _logging(settings.log_level)
     # uvloop: the same asyncio, with a faster loop; a burst of sessions is mostly loop work
     # (sockets to Slack and the model, thread hand-offs of the databases).
+    os.umask(0o077)  # the data directory's files (sessions, prompts) are the service user's alone
     uvloop.run(serve(settings))
     return 0
 

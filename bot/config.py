@@ -115,8 +115,8 @@ class Settings(BaseSettings):
     """OCI runtime of sandboxes, e.g. `runsc` (gVisor, the stronger isolation for untrusted
     prompts); empty: the engine's default. Checked against `docker info` at start."""
     sandbox_disk: str = "10g"
-    """Disk quota of each sandbox (its workspace and HOME, on an ext4 image of this size on a
-    loop device under DATA_DIR; /tmp is tmpfs within SANDBOX_MEMORY). Empty or `0`: no quota."""
+    """Disk quota of each sandbox (its workspace, HOME, /tmp and /var/tmp, on an ext4 image of this
+    size on a loop device under DATA_DIR). Empty or `0`: no quota."""
     sandbox_idle_timeout: float = Field(900.0, gt=0)
     """Seconds a session's container may sit idle before it is stopped (its snapshot stays)."""
     sandbox_command_timeout: float = Field(600.0, gt=0)

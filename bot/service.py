@@ -71,7 +71,10 @@ class Service:
         return self._model
 
     async def start(self) -> None:
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # Sessions and prompts live here: for the service's user only (`serve` sets the umask so new
+        # files are 0600; the directory's 0700 covers what an older version left readable).
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.settings.data_dir.chmod(0o700)
         try:
             await self.db.upgrade()
         except Exception as exc:  # unreachable server, bad credentials, unwritable file

@@ -93,6 +93,8 @@ async def test_without_slack_tokens_the_web_server_runs_and_says_slack_is_off(tm
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/healthz") as resp:
             assert await resp.json() == {"ok": True, "slack": "off"}
         assert (tmp_path / "data" / "hosted-agents.db").exists(), "the embedded default: SQLite under ./data"
+        assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700, "the data directory is the service's alone"
+        assert (tmp_path / "data" / "hosted-agents.db").stat().st_mode & 0o777 == 0o600
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 15) == 0
