@@ -252,7 +252,9 @@ async def wait_answered(slack: WatchedSlack, threads: list[str], timeout: float)
 
 async def run_app(app: str, slack: WatchedSlack, model: FakeOpenAI, args: argparse.Namespace, rep: int) -> Result:
     with tempfile.TemporaryDirectory() as tmp:
-        env = service_env(Path(tmp) / "data", slack, model, log_level="WARNING")
+        # One person sends every mention: lift the per-person limits (their check still runs).
+        env = service_env(Path(tmp) / "data", slack, model, log_level="WARNING", max_prompts_per_minute=100_000,
+                          max_sessions_per_user=10_000)
         if app == HOSTED:
             env.update(args.service_env)
             cmd = [sys.executable, "-m", "bot.cli", "serve"]

@@ -39,7 +39,9 @@ async def main(sessions: int, tokens: int, tokens_per_second: float) -> None:
     await slack.start()
     await model.start()
     with tempfile.TemporaryDirectory() as tmp:
-        env = service_env(Path(tmp) / "data", slack, model, log_level="WARNING")
+        # One person sends every mention: lift the per-person limits (their check still runs).
+        env = service_env(Path(tmp) / "data", slack, model, log_level="WARNING", max_prompts_per_minute=100_000,
+                          max_sessions_per_user=10_000)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot.cli", "serve", env={"PATH": os.environ["PATH"], **env},
         )
