@@ -33,6 +33,8 @@ class SlackDirectory:
         self._users: TTLCache[str, tuple[bool, str | None, str | None, bool]] = TTLCache(maxsize=10_000, ttl=TTL)
         self._groups: TTLCache[str, frozenset[str]] = TTLCache(maxsize=1000, ttl=TTL)
         self._lock = asyncio.Lock()
+        self._asking: dict[str, asyncio.Future[tuple[bool, str | None, str | None, bool]]] = {}
+        """users.info calls in flight: a burst of one person's mentions asks Slack once."""
 
     async def person(self, author: Author, groups: frozenset[str]) -> Person:
         team, enterprise = await self._own_team()
@@ -56,6 +58,24 @@ class SlackDirectory:
         """(guest, team_id, enterprise_id, unknown) of a Slack user."""
         if (cached := self._users.get(user)) is not None:
             return cached
+        if (asking := self._asking.get(user)) is not None:
+            return await asyncio.shield(asking)
+        future = self._asking[user] = asyncio.get_running_loop().create_future()
+        try:
+            answer = await self._ask_user(user)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._asking[user]
+        future.set_result(answer)
+        return answer
+
+    async def _ask_user(self, user: str) -> tuple[bool, str | None, str | None, bool]:
         try:
             info = (await self._call("users.info", user=user)).get("user") or {}
         except _NotFound:
