@@ -185,7 +185,10 @@ class DockerBackend:
             try:
                 await self._egress_start(ref)
             except BaseException:
-                await self.remove(ref)
+                # not self.remove(): it would wait for this disk's lock, which create() holds
+                await self._remove_container(ref)
+                if disk is not None and self.disks is not None:
+                    await self._release_disk_locked(disk, delete=False)
                 raise
         return ref
 
@@ -389,6 +392,13 @@ class DockerBackend:
             await self._run(self.api.stop, ref.id, timeout=2)
 
     async def remove(self, ref: ContainerRef, keep_disk: bool = False) -> None:
+        await self._remove_container(ref)
+        disk = ref.labels.get(DISK_LABEL)
+        if disk and self.disks is not None:
+            await self._release_disk(disk, delete=not keep_disk)
+
+    async def _remove_container(self, ref: ContainerRef) -> None:
+        """The container and its egress socket; its disk is the caller's to release."""
         try:
             await self._run(self.api.remove_container, ref.id, force=True)
         except NotFound:
@@ -399,9 +409,6 @@ class DockerBackend:
         key = ref.labels.get(EGRESS_LABEL)
         if key and self.egress is not None:
             await self.egress.close_socket(key)
-        disk = ref.labels.get(DISK_LABEL)
-        if disk and self.disks is not None:
-            await self._release_disk(disk, delete=not keep_disk)
 
     async def find(self, labels: dict[str, str]) -> list[ContainerRef]:
         wanted = [f"{k}={v}" for k, v in {f"{LABEL}.managed": "1", **labels}.items()]
