@@ -85,6 +85,8 @@ class Access:
         """Refusals by reason since start (never with the text of what was asked)."""
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self._prompt_rate = RateLimitItemPerMinute(settings.max_prompts_per_minute)
+        self._by_name = any(not _looks_like_channel_id(c) for r in catalog.repos for c in r.channels)
+        """Decided once: the catalog does not change while the service runs."""
 
     def add_directory(self, origins: Iterable[str], directory: Directory) -> None:
         """The directory that places authors of these origins (e.g. the Slack origins)."""
@@ -145,7 +147,7 @@ class Access:
 
     def needs_channel_name(self) -> bool:
         """A repo restricted to channels by name: the surface must say the channel's name."""
-        return any(not _looks_like_channel_id(c) for r in self.catalog.repos for c in r.channels)
+        return self._by_name
 
     def repo_denied(self, author: Author, repo_name: str, place: Place) -> Denied:
         allowed = [r.name for r in self.repos_for(author, place)]
