@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     web_port: int = Field(8000, ge=0, le=65535)
     public_url: str = ""
     """Base of session links; unset: http://WEB_HOST:WEB_PORT."""
+    secret_key: SecretStr | None = None
+    """Signs the web's sign-in cookies; unset: generated once and kept in DATA_DIR/secret_key."""
+    slack_oidc_client_id: str = ""
+    """The Slack app's client id, for "Sign in with Slack" on the web (OpenID Connect); unset: sign in
+    from the App Home only."""
+    slack_oidc_client_secret: SecretStr | None = None
+    slack_oidc_authorize_url: str = "https://slack.com/openid/connect/authorize"
 
     repos_config: Path | None = None
     """YAML file of repositories (format in DESIGN.md)."""
@@ -170,7 +177,20 @@ class Settings(BaseSettings):
             raise ValueError("must be an app-level token starting with xapp- (Socket Mode)")
         return v or None
 
-    @field_validator("slack_api_url", "public_url")
+    @field_validator("secret_key", "slack_oidc_client_secret")
+    @classmethod
+    def _blank_is_unset(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value().strip() else None
+
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters "
+                             "(e.g. from `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        return v
+
+    @field_validator("slack_api_url", "public_url", "slack_oidc_authorize_url")
     @classmethod
     def _http_url_or_unset(cls, v: str) -> str:
         return _http_url(v) if v else ""
@@ -222,6 +242,8 @@ class Settings(BaseSettings):
         if (self.slack_bot_token is None) != (self.slack_app_token is None):
             missing = "SLACK_APP_TOKEN" if self.slack_app_token is None else "SLACK_BOT_TOKEN"
             raise ValueError(f"{missing} is missing: Slack needs both SLACK_BOT_TOKEN and SLACK_APP_TOKEN")
+        if bool(self.slack_oidc_client_id) != (self.slack_oidc_client_secret is not None):
+            raise ValueError("Sign in with Slack needs both SLACK_OIDC_CLIENT_ID and SLACK_OIDC_CLIENT_SECRET")
         if not self.public_url:
             self.public_url = f"http://{self.web_host}:{self.web_port}"
         self.public_url = self.public_url.rstrip("/")
@@ -236,6 +258,10 @@ class Settings(BaseSettings):
             return self.max_sandboxes
         total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         return max(1, total // parse_size(self.sandbox_memory))
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.slack_oidc_client_id) and self.slack_oidc_client_secret is not None
 
     @property
     def slack_enabled(self) -> bool:

@@ -9,6 +9,7 @@ never a crash. It sits below every layer that emits or reads events (agent, sess
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -65,13 +66,16 @@ class Author(_Payload):
     @property
     def handle(self) -> str:
         """How text addressed to people names this author: a Slack mention for Slack ids, else the name."""
-        if self.origin in SLACK_ORIGINS:
+        if self.origin in SLACK_ORIGINS or (self.origin in SLACK_ID_ORIGINS and _SLACK_USER_ID.match(self.id)):
             return f"<@{self.id}>"
         return self.name or self.id
 
 
 SLACK_ORIGINS = frozenset({Origin.SLACK_THREAD, Origin.SLACK_DM, Origin.APP_HOME, Origin.SHORTCUT})
-"""Origins whose author ids are Slack user ids."""
+"""Origins in Slack itself."""
+SLACK_ID_ORIGINS = SLACK_ORIGINS | {Origin.WEB}
+"""Origins whose author ids are Slack user ids: people sign in to the web with Slack."""
+_SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 
 
 class PromptQueued(_Payload):
@@ -128,6 +132,8 @@ class FileChanged(_Payload):
     kind: Literal["file_changed"] = "file_changed"
     path: str
     action: str
+    diff: str | None = None
+    """The file's `git diff` against the last commit after the change (capped), when it could be read."""
 
 
 class Note(_Payload):
@@ -172,6 +178,22 @@ class SandboxReady(_Payload):
     source: str
     """pool, snapshot, image or build."""
     wait_ms: float | None = None
+    """How long the turn waited for it (0 when a warm-up had it ready)."""
+    warm_up: str | None = None
+    """The trigger of the warm-up that prepared it ahead of the turn (e.g. `web`), if one did."""
+    saved_ms: float | None = None
+    """How much of the sandbox's preparation the warm-up took off the turn's wait."""
+
+
+class WarmUp(_Payload):
+    """Someone looked about to prompt (typing in the web box): the session's sandbox is prepared now."""
+
+    kind: Literal["warm_up"] = "warm_up"
+    trigger: str
+    """Where it came from: `web` (the prompt box), later App Home, the agent pane, ..."""
+    repo: str
+    action: str
+    """`started` (its sandbox is being prepared), `ready` (it already was) or `pool` (a warm container asked for)."""
 
 
 class GitSynced(_Payload):
@@ -210,14 +232,15 @@ class ParticipantsAdded(_Payload):
 
 EventData = Annotated[
     PromptQueued | TurnStarted | TextDelta | AssistantMessage | ToolCalled | ToolResult | FileChanged | Note
-    | TurnEnded | QueueChanged | Status | SandboxReady | GitSynced | ErrorRaised | Egress | ParticipantsAdded,
+    | TurnEnded | QueueChanged | Status | SandboxReady | GitSynced | ErrorRaised | Egress | ParticipantsAdded | WarmUp,
     Field(discriminator="kind"),
 ]
 _adapter: TypeAdapter[EventData] = TypeAdapter(EventData)
 KINDS: frozenset[str] = frozenset(
     m.model_fields["kind"].default
     for m in (PromptQueued, TurnStarted, TextDelta, AssistantMessage, ToolCalled, ToolResult, FileChanged, Note,
-              TurnEnded, QueueChanged, Status, SandboxReady, GitSynced, ErrorRaised, Egress, ParticipantsAdded)
+              TurnEnded, QueueChanged, Status, SandboxReady, GitSynced, ErrorRaised, Egress, ParticipantsAdded,
+              WarmUp)
 )
 
 

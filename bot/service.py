@@ -25,6 +25,7 @@ from bot.store.batch import BatchWriter
 from bot.store.db import Database
 from bot.store.pending import PendingRequests
 from bot.store.processed_events import ProcessedEvents
+from bot.store.signin_links import SignInLinks
 from bot.web.server import build_app
 from classifier.classify import Classifier
 from classifier.model import ModelClassifier
@@ -56,6 +57,7 @@ class Service:
         self.access.add_directory([Origin.WEB, Origin.PARENT_SESSION], SignedIn())
         self.intake = Intake(self.sessions, self.classifier, PendingRequests(self.db, settings.pending_request_ttl),
                              settings, self.access)
+        self.signin_links = SignInLinks(self.db)
         self.scheduler = AsyncIOScheduler()
         self.slack: SlackClient | None = None
         self._web: web.AppRunner | None = None
@@ -85,7 +87,7 @@ class Service:
         await self._start_web()
         if self.settings.slack_enabled:
             self.hooks.register(SlackContext())
-            self.slack = SlackClient(self.settings, self.sessions, self.intake, self.processed)
+            self.slack = SlackClient(self.settings, self.sessions, self.intake, self.processed, self.signin_links)
         self._schedule()
         await self.sessions.recover()  # after the Slack renderer observes, so it reports interruptions
         if self.slack is not None:
@@ -98,10 +100,13 @@ class Service:
                                name="expire held requests")
         self.scheduler.add_job(self.processed.prune, "interval", seconds=3600, max_instances=1, coalesce=True,
                                name="prune processed Slack events")
+        self.scheduler.add_job(self.signin_links.prune, "interval", seconds=3600, max_instances=1, coalesce=True,
+                               name="prune expired sign-in links")
         self.scheduler.start()
 
     async def _start_web(self) -> None:
-        runner = web.AppRunner(build_app(self.sessions, self.settings.slack_enabled), access_log=None)
+        app = build_app(self.settings, self.sessions, self.intake, self.signin_links, self.settings.slack_enabled)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.web_host, self.settings.web_port)
         try:

@@ -61,6 +61,8 @@ class SessionSandbox:
         self._synced: asyncio.Future[None] = loop.create_future()
         self.task: asyncio.Task[None] | None = None
         self.snapshotting: asyncio.Task[None] | None = None
+        self.warmed_by: str | None = None
+        """What asked for it ahead of a turn (a warm-up's trigger), until a turn takes it."""
 
     # -- the Workspace protocol ------------------------------------------------------------
 
@@ -167,11 +169,31 @@ class SandboxManager:
             return None
         sandbox = self._sandboxes.get(session_id)
         if sandbox is None or sandbox.failed:
-            sandbox = SessionSandbox(session_id, repo, f"hosted-agents/{session_id}", self.disk_quota)
-            self._sandboxes[session_id] = sandbox
-            sandbox.task = asyncio.create_task(self._acquire(sandbox), name=f"sandbox-{session_id}")
+            sandbox = self._start(session_id, repo)
+        elif sandbox.warmed_by is not None and "turn" not in sandbox.timings:
+            sandbox.timings["turn"] = time.monotonic()  # the turn a warm-up prepared it for
         sandbox.in_turn = True
         sandbox.last_used = time.monotonic()
+        return sandbox
+
+    def prepare(self, session_id: str, repo_name: str, trigger: str) -> str | None:
+        """A warm-up: someone is about to prompt this session, so its sandbox is acquired now (from its
+        snapshot, the pool, ...) and the turn finds it ready. `started`, `ready` (it already was, or is
+        on its way), or None when the repo is unknown."""
+        repo = self.catalog.get(repo_name)
+        if repo is None:
+            return None
+        sandbox = self._sandboxes.get(session_id)
+        if sandbox is not None and not sandbox.failed:
+            sandbox.last_used = time.monotonic()  # not reaped as idle while the person types
+            return "ready"
+        self._start(session_id, repo).warmed_by = trigger
+        return "started"
+
+    def _start(self, session_id: str, repo: Repo) -> SessionSandbox:
+        sandbox = SessionSandbox(session_id, repo, f"hosted-agents/{session_id}", self.disk_quota)
+        self._sandboxes[session_id] = sandbox
+        sandbox.task = asyncio.create_task(self._acquire(sandbox), name=f"sandbox-{session_id}")
         return sandbox
 
     async def _acquire(self, sb: SessionSandbox) -> None:

@@ -25,7 +25,13 @@ def test_a_tool_call_left_without_result_gets_a_placeholder():
 
 
 def test_people_from_outside_slack_are_named_not_mentioned():
-    web = Author(id="web:7", name="Dana", origin="web")
-    messages = messages_from_events([ev(1, TurnStarted(prompt_id=1, text="hi", author=web))])
+    github = Author(id="gh:7", name="Dana", origin="github")
+    messages = messages_from_events([ev(1, TurnStarted(prompt_id=1, text="hi", author=github))])
     assert messages[1]["content"] == "From Dana:\nhi"
     assert "Slack" not in messages[0]["content"], "the agent's own prompt names no surface"
+
+
+def test_people_on_the_web_are_slack_users_and_mentioned_as_such():
+    web = Author(id="U0DANA01", name="Dana", origin="web")  # signed in with Slack
+    messages = messages_from_events([ev(1, TurnStarted(prompt_id=1, text="hi", author=web))])
+    assert messages[1]["content"] == "From <@U0DANA01>:\nhi"

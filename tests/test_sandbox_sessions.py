@@ -83,7 +83,9 @@ async def test_a_session_reads_edits_and_runs_commands_in_its_sandbox(sandboxed,
     assert "app.py:2:" in search
     session = await sandboxed.sessions.find_by_surface(thread_surface("C0000001", root))
     events = list(sandboxed.sessions.log_of(session.id).read())
-    assert FileChanged(path="app.py", action="edited") in [e.data for e in events]
+    changed = [e.data for e in events if isinstance(e.data, FileChanged)]
+    assert [(c.path, c.action) for c in changed] == [("app.py", "edited")]
+    assert "-    return a - b\n+    return a + b" in (changed[0].diff or ""), "the page shows the change's diff"
     ready = [e.data for e in events if isinstance(e.data, SandboxReady)]
     assert len(ready) == 1 and ready[0].source in ("pool", "image", "build")
     assert GitSynced(branch=f"hosted-agents/{session.id}") in [e.data for e in events], "the log says the branch is synced"

@@ -9,6 +9,8 @@ passes through).
 
 from __future__ import annotations
 
+import difflib
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import ClassVar
@@ -20,6 +22,9 @@ from bot.events import FileChanged
 from sandbox.workspace import CommandResult, Workspace, WorkspaceError, WorkspaceUnavailable
 
 Path = Field(description="Path relative to the repository root.", max_length=4096)
+DIFF_CAP = 20_000
+"""Characters of a changed file's diff kept in its event (the web page shows it)."""
+log = logging.getLogger(__name__)
 
 
 def _workspace(ctx: ToolContext) -> Workspace:
@@ -141,7 +146,8 @@ class EditFile:
         ws = _workspace(ctx)
         with _refusals(ws):
             replaced = await ws.edit(args.path, args.old_text, args.new_text, args.replace_all)
-        ctx.emit(FileChanged(path=args.path, action="edited"))
+        ctx.emit(FileChanged(path=args.path, action="edited",
+                             diff=await _file_diff(ws, args.path, args.old_text, args.new_text)))
         return f"Replaced {replaced} occurrence(s) in {args.path}."
 
 
@@ -159,7 +165,7 @@ class WriteFile:
         ws = _workspace(ctx)
         with _refusals(ws):
             written = await ws.write(args.path, args.content)
-        ctx.emit(FileChanged(path=args.path, action="written"))
+        ctx.emit(FileChanged(path=args.path, action="written", diff=await _file_diff(ws, args.path, "", args.content)))
         return f"Wrote {written} bytes to {args.path}."
 
 
@@ -220,3 +226,18 @@ class GitDiff:
 
 def workspace_tools(command_timeout: float = 600.0) -> list[Tool]:
     return [ReadFile(), ListDirectory(), Search(), EditFile(), WriteFile(), RunCommand(command_timeout), GitStatus(), GitDiff()]
+
+
+async def _file_diff(ws: Workspace, path: str, before: str, after: str) -> str | None:
+    """What the change did to the file, for people watching: git's diff against the last commit, or,
+    for a file git does not track yet, the change itself. None when it cannot be read."""
+    try:
+        diff = (await ws.diff(path)).output
+    except WorkspaceError as exc:
+        log.info("no diff of %s: %s", path, exc)
+        return None
+    if not diff.strip():
+        lines = difflib.unified_diff(before.splitlines(keepends=True), after.splitlines(keepends=True),
+                                     "/dev/null" if not before else f"a/{path}", f"b/{path}")
+        diff = "".join(lines)
+    return diff if len(diff) <= DIFF_CAP else diff[:DIFF_CAP] + "\n… (diff cut here; the full change is in the sandbox)\n"

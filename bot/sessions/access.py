@@ -89,8 +89,9 @@ class Access:
         """Decided once: the catalog does not change while the service runs."""
 
     def add_directory(self, origins: Iterable[str], directory: Directory) -> None:
-        """The directory that places authors of these origins (e.g. the Slack origins)."""
-        self._directories.append((frozenset(origins), directory))
+        """The directory that places authors of these origins (e.g. the Slack origins); one added
+        later for an origin takes over from an earlier one (web sign-in is checked by Slack's, when on)."""
+        self._directories.insert(0, (frozenset(origins), directory))
 
     @property
     def restricted_to_listed(self) -> bool:

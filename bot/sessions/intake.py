@@ -66,6 +66,8 @@ class Request:
     so no session can be bound to it yet: intake skips looking."""
     mentions: tuple[str, ...] = ()
     """People the text names (Slack user ids): the session's starter adds them as participants."""
+    session_id: str | None = None
+    """The session this prompt is for, when the surface names it directly (its web page)."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,12 @@ class Intake:
         if denied := await self.access.check_person(author) or self.access.check_rate(author):
             return self._refuse(author, Refused.denied(denied))
         request = replace(request, text=text)
-        existing = await self.find(request.surface) if request.surface is not None and not request.new_surface else None
+        if request.session_id is not None:
+            existing = await self.sessions.get(request.session_id)
+            if existing is None:
+                return Refused("unknown_session", "I can't find that session any more.")
+        else:
+            existing = await self.find(request.surface) if request.surface is not None and not request.new_surface else None
         if existing is not None:
             if denied := await self._may_prompt(existing, request):
                 return self._refuse(author, Refused.denied(denied))
@@ -228,6 +235,28 @@ class Intake:
             return self._refuse(by, Refused.denied(denied))
         count = self.sessions.clear_queue(session_id, by=by.id)
         return count if count else Refused("queue_empty", "The queue is already empty.")
+
+    async def warm(self, session_id: str, by: Author, trigger: str) -> str | None:
+        """Someone is typing a prompt for this session: prepare its sandbox now, if they may prompt it.
+        Returns what was done (see `WarmUp.action`), or None when nothing was."""
+        info = await self.sessions.get(session_id)
+        if info is None or info.repo is None:
+            return None
+        if await self.access.check_person(by) or await self._may_prompt(info, Request("", by)):
+            return None
+        return await self.sessions.warm_session(session_id, trigger)
+
+    def warm_repo(self, repo: str, by: Author) -> bool:
+        """Someone is typing a new request for this repository: have a warm container ready."""
+        configured = self.access.catalog.get(repo)
+        if configured is None or not self.access.may_use_repo(by, configured, Place()):
+            return False
+        self.sessions.warm(repo)
+        return True
+
+    def repos_for(self, author: Author) -> list[Repo]:
+        """The repositories this person may start a session on outside a channel (the web)."""
+        return self.access.repos_for(author, Place())
 
     async def set_ui_ref(self, held_id: str, ref: str) -> None:
         """Remember what the surface showed to ask (e.g. its message), to update it later."""
@@ -303,7 +332,8 @@ class Intake:
         return Held(row.id, decision.alternatives, repos, self.pending.ttl)
 
     async def _start(self, request: Request, repo: str | None, decision: Classification | None) -> Started:
-        session = await self.sessions.open(request.author.origin, request.author, repo, request.surface, request.parent_id)
+        session = await self.sessions.open(request.author.origin, request.author, repo, request.surface, request.parent_id,
+                                           title=request.text)
         prompt = await self.sessions.submit(session.id, request.text, request.author, request.order_key)
         return Started(session, prompt, created=True, classification=decision)
 

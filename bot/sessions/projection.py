@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from bot.events import (
     AssistantMessage,
     Author,
+    Egress,
     ErrorRaised,
     Event,
     FileChanged,
@@ -29,6 +30,7 @@ from bot.events import (
     ToolResult,
     TurnEnded,
     TurnStarted,
+    WarmUp,
 )
 
 
@@ -54,6 +56,10 @@ class TurnView:
     tools: list[ToolCallView] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
     """Changed paths and what happened to them, in order of first change."""
+    diffs: dict[str, str] = field(default_factory=dict)
+    """The latest diff of each changed path, when the tool could read it."""
+    settled: int = 0
+    """How much of `text` belongs to finished model steps (the rest is still streaming)."""
     notes: list[str] = field(default_factory=list)
     outcome: Outcome | None = None
     error: str | None = None
@@ -80,6 +86,16 @@ class QueuedPrompt:
 
 
 @dataclass
+class EgressSummary:
+    """Connections to one host:port through the egress proxy."""
+
+    allowed: bool
+    count: int = 0
+    bytes: int = 0
+    reason: str = ""
+
+
+@dataclass
 class Totals:
     turns: int = 0
     tool_calls: int = 0
@@ -99,6 +115,9 @@ class SessionView:
     errors: list[str] = field(default_factory=list)
     participants: set[str] = field(default_factory=set)
     """People the starter added (SESSION_PROMPTERS=participants)."""
+    egress: dict[str, EgressSummary] = field(default_factory=dict)
+    """`host:port` → what the sandbox did there through the egress proxy."""
+    warm_ups: int = 0
     totals: Totals = field(default_factory=Totals)
     last_seq: int = 0
 
@@ -148,6 +167,16 @@ class SessionView:
             case ErrorRaised():
                 self.errors.append(data.message)
                 return None
+            case Egress():
+                key = f"{data.host}:{data.port}"
+                summary = self.egress.setdefault(key, EgressSummary(data.allowed))
+                summary.allowed, summary.reason = data.allowed, data.reason
+                summary.count += 1
+                summary.bytes += data.bytes_up + data.bytes_down
+                return None
+            case WarmUp():
+                self.warm_ups += 1
+                return None
         if turn is None:
             return None
         match data:
@@ -165,18 +194,21 @@ class SessionView:
                 if data.path not in turn.files:
                     self.totals.files_changed += 1
                 turn.files[data.path] = data.action
+                if data.diff is not None:
+                    turn.diffs[data.path] = data.diff
             case Note():
                 turn.notes.append(data.text)
             case TurnEnded():
                 turn.outcome, turn.error, turn.stopped_by = data.outcome, data.error, data.by
                 turn.first_token_ms, turn.duration_ms = data.first_token_ms, data.duration_ms
+                turn.settled = len(turn.text)
                 for call in turn.tools:
                     if call.ok is None:
                         call.ok, call.output = False, "(not finished: the turn ended)"
                 if data.outcome is Outcome.ERROR:
                     self.totals.errors += 1
             case AssistantMessage():
-                pass  # the model's own record; the deltas already carried its text
+                turn.settled = len(turn.text)  # the deltas carried its text; this step is finished
         return turn
 
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,6 +43,7 @@ from bot.events import (
     SandboxReady,
     Status,
     TurnEnded,
+    WarmUp,
 )
 from bot.repos import RepoCatalog
 from bot.sessions.admission import Admission, Waiting
@@ -82,6 +83,7 @@ class SessionInfo:
     repo: str | None
     surfaces: tuple[Surface, ...] = ()
     parent_id: str | None = None
+    title: str | None = None
 
     def surface(self, kind: str) -> Surface | None:
         return next((s for s in self.surfaces if s.kind == kind), None)
@@ -139,6 +141,12 @@ class SessionService:
         info = await self.get(session_id) if session_id else None
         return info if info is not None and secrets.compare_digest(info.share_token, token) else None
 
+    async def summary(self, session_id: str) -> SessionSummary | None:
+        """The session's row as lists show it (with its status)."""
+        async with self.db.session() as db:
+            row = await db.get(SessionRow, session_id)
+        return _summary(row) if row is not None else None
+
     async def find_by_surface(self, surface: Surface) -> SessionInfo | None:
         """The session bound to this place, if any."""
         if (info := self._by_surface.get(surface)) is not None:
@@ -168,6 +176,21 @@ class SessionService:
 
         return await asyncio.to_thread(build)
 
+    async def refresh(self, session_id: str, view: SessionView) -> SessionView:
+        """Fold the events after `view.last_seq` into `view`, off the event loop: a view a client
+        keeps (the web page's) is brought up to date by reading only what is new."""
+        path = self._logs.get(session_id).path
+
+        def fold() -> None:
+            reader = SessionLog(path)
+            try:
+                project(reader.read(view.last_seq), view)
+            finally:
+                reader.close()
+
+        await asyncio.to_thread(fold)
+        return view
+
     def get_ref(self, session_id: str, key: str) -> str | None:
         """A small value a surface keeps with the session (e.g. the Slack message of a turn).
 
@@ -189,10 +212,24 @@ class SessionService:
             )).scalars().all()
         return [r for r in dict.fromkeys(rows) if r][:limit]
 
+    async def list(self, *, creator: str | None = None, repos: Collection[str] | None = None,
+                   status: str | None = None, limit: int = 100) -> list[SessionSummary]:
+        """The latest sessions, newest first: of one person, on some repositories, in one status."""
+        query = select(SessionRow).order_by(SessionRow.created_at.desc(), SessionRow.id).limit(limit)
+        if creator is not None:
+            query = query.where(SessionRow.creator == creator)
+        if repos is not None:
+            query = query.where(SessionRow.repo.in_(list(repos)))
+        if status is not None:
+            query = query.where(SessionRow.status == status)
+        async with self.db.session() as db:
+            rows = (await db.execute(query)).scalars().all()
+        return [_summary(r) for r in rows]
+
     # -- writing ------------------------------------------------------------------------
 
     async def open(self, origin: Origin, creator: Author, repo: str | None, surface: Surface | None = None,
-                   parent_id: str | None = None) -> SessionInfo:
+                   parent_id: str | None = None, title: str | None = None) -> SessionInfo:
         """A new session, bound to `surface` if given; if that place already has one, that one (once, even if raced)."""
         fields = {
             "id": secrets.token_hex(8),
@@ -202,6 +239,7 @@ class SessionService:
             "creator": creator.id,
             "repo": repo or self._default_repo(),
             "parent_id": parent_id,
+            "title": _title(title),
         }
 
         async def insert(db: AsyncSession) -> None:
@@ -379,8 +417,12 @@ class SessionService:
         try:
             await sandbox.executor()
             ready = sandbox.timings.get("ready", time.monotonic())
-            self.emit(session_id, SandboxReady(source=sandbox.source or "unknown",
-                                               wait_ms=(ready - sandbox.timings["requested"]) * 1000))
+            requested = sandbox.timings["requested"]
+            turn = sandbox.timings.get("turn", requested) if sandbox.warmed_by else requested
+            wait = max(0.0, ready - turn)
+            self.emit(session_id, SandboxReady(
+                source=sandbox.source or "unknown", wait_ms=wait * 1000, warm_up=sandbox.warmed_by,
+                saved_ms=(ready - requested - wait) * 1000 if sandbox.warmed_by else None))
             await sandbox.wait_synced()
             self.emit(session_id, GitSynced(branch=sandbox.branch, note=sandbox.sync_note))
         except Exception as exc:
@@ -446,6 +488,17 @@ class SessionService:
 
     # -- helpers --------------------------------------------------------------------------
 
+    async def warm_session(self, session_id: str, trigger: str) -> str | None:
+        """Prepare the session's sandbox ahead of its next turn (someone is typing a prompt); a
+        warm-up that did something is logged, and the turn's `sandbox_ready` says if it used it."""
+        info = await self.get(session_id)
+        if info is None or info.repo is None or self.sandboxes is None:
+            return None
+        action = self.sandboxes.prepare(session_id, info.repo, trigger)
+        if action == "started":
+            self.emit(session_id, WarmUp(trigger=trigger, repo=info.repo, action=action))
+        return action
+
     def warm(self, repo: str | None) -> None:
         """Predictive warm-up: a sandbox of this repo is likely needed soon."""
         if repo and self.sandboxes is not None:
@@ -489,11 +542,36 @@ class SessionService:
         return tuple(Surface(kind, key) for kind, key in rows)
 
     def _remember(self, row: SessionRow, surfaces: tuple[Surface, ...]) -> SessionInfo:
-        info = SessionInfo(row.id, row.share_token, Origin.parse(row.origin), row.creator, row.repo, surfaces, row.parent_id)
+        info = SessionInfo(row.id, row.share_token, Origin.parse(row.origin), row.creator, row.repo, surfaces, row.parent_id,
+                           row.title)
         self._by_id[info.id] = info
         for surface in surfaces:
             self._by_surface[surface] = info
         return info
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """A row of a sessions list."""
+
+    id: str
+    share_token: str
+    repo: str | None
+    creator: str | None
+    title: str | None
+    status: str
+    created_at: datetime
+    origin: Origin
+
+
+def _summary(row: SessionRow) -> SessionSummary:
+    return SessionSummary(row.id, row.share_token, row.repo, row.creator, row.title, row.status, row.created_at,
+                          Origin.parse(row.origin))
+
+
+def _title(text: str | None) -> str | None:
+    line = " ".join((text or "").split())
+    return (line if len(line) <= 200 else line[:199] + "…") or None
 
 
 def _now() -> datetime:

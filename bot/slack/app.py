@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -29,11 +31,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.agent.hookspecs import hookimpl
 from bot.config import Settings
-from bot.events import SLACK_ORIGINS, Author, Origin
+from bot.events import SLACK_ID_ORIGINS, Author, Origin
 from bot.sessions.intake import Held, HeldRequest, Hints, Intake, Refused, Request
 from bot.sessions.service import SessionService
 from bot.slack.directory import SlackDirectory
 from bot.slack.format import CLEAR_QUEUE_ACTION, STOP_ACTION, VIEW_ACTION
+from bot.slack.home import OPEN_WEB_ACTION, RECENT, home_view
 from bot.slack.messages import (
     THREAD,
     IncomingMessage,
@@ -46,7 +49,9 @@ from bot.slack.messages import (
 )
 from bot.slack.renderer import SlackRenderer
 from bot.slack.repo_picker import PICK_ACTION, ask_blocks, expired_blocks, picked_blocks
+from bot.slack.unfurl import session_token, unfurl
 from bot.store.processed_events import ProcessedEvents
+from bot.store.signin_links import SignInLinks
 from bot.util.keyed_locks import KeyedLocks
 
 log = logging.getLogger(__name__)
@@ -147,19 +152,35 @@ class SlackContext:
                 "Mention a person as <@USERID> only if they already take part in the session.")
 
 
+@contextmanager
+def _single_workspace() -> Iterator[None]:
+    """Bolt switches to its OAuth installation mode (and ignores our bot token) when it finds
+    SLACK_CLIENT_ID and SLACK_CLIENT_SECRET in the environment; this app is installed in one
+    workspace with a bot token, so bolt must not see them while it is built."""
+    hidden = {k: os.environ.pop(k) for k in ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
+
+
 class SlackClient:
-    def __init__(self, settings: Settings, sessions: SessionService, intake: Intake, processed: ProcessedEvents):
+    def __init__(self, settings: Settings, sessions: SessionService, intake: Intake, processed: ProcessedEvents,
+                 links: SignInLinks):
         self.settings = settings
         self.sessions = sessions
         self.intake = intake
         self.processed = processed
+        self.links = links
         self._channel_info: TTLCache[str, tuple[str | None, str | None]] = TTLCache(maxsize=2048, ttl=3600)
         self.web = web_client(settings)
-        self.app = AsyncApp(client=self.web, process_before_response=False, logger=_bolt_logger())
+        with _single_workspace():
+            self.app = AsyncApp(client=self.web, process_before_response=False, logger=_bolt_logger())
         self.renderer = SlackRenderer(self.web, sessions, settings)
         sessions.add_observer(self.renderer.on_working)
         intake.on_expired(self._show_expired)
-        intake.access.add_directory((o.value for o in SLACK_ORIGINS), SlackDirectory(self.web))
+        self.directory = SlackDirectory(self.web)
+        intake.access.add_directory((o.value for o in SLACK_ID_ORIGINS), self.directory)
         self._register()
         self._socket: AsyncSocketModeHandler | None = None
         self._thread_locks = KeyedLocks()
@@ -186,7 +207,10 @@ class SlackClient:
         app.action(STOP_ACTION)(self.on_stop)
         app.action(CLEAR_QUEUE_ACTION)(self.on_clear_queue)
         app.action(VIEW_ACTION)(self.on_view)
+        app.action(OPEN_WEB_ACTION)(self.on_view)
         app.action(PICK_ACTION)(self.on_pick)
+        app.event("app_home_opened")(self.on_home_opened)
+        app.event("link_shared")(self.on_link_shared)
         app.event(re.compile(".*"))(self.on_other_event)
 
     async def _messages_once(self, body: dict[str, Any], context: AsyncBoltContext,
@@ -276,6 +300,36 @@ class SlackClient:
 
     async def on_view(self, ack: Any) -> None:
         await ack()  # a link button: Slack opens the URL, we only acknowledge
+
+    async def on_home_opened(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        """The Home tab: recent sessions and a fresh personal sign-in link to the web view."""
+        user = event.get("user")
+        if event.get("tab", "home") != "home" or not isinstance(user, str) or not user:
+            return
+        team = body.get("team_id")
+        name = await self.directory.display_name(user)
+        token = await self.links.mint(user, name, team if isinstance(team, str) else None)
+        recent = await self.sessions.list(creator=user, limit=RECENT)
+        view = home_view(f"{self.settings.public_url}/auth/link/{token}", recent, self.settings.session_url,
+                         max(1, round(self.links.ttl / 60)))
+        await self.web.views_publish(user_id=user, view=view)
+
+    async def on_link_shared(self, event: dict[str, Any]) -> None:
+        """Links to session pages get a preview: title, repository, status, who started it."""
+        unfurls: dict[str, Any] = {}
+        for link in event.get("links") or []:
+            url = link.get("url") if isinstance(link, dict) else None
+            token = session_token(url, self.settings.public_url) if isinstance(url, str) else None
+            info = await self.sessions.by_share_token(token) if token else None
+            row = await self.sessions.summary(info.id) if info else None
+            if url and row is not None:
+                unfurls[url] = unfurl(row)
+        if not unfurls:
+            return
+        if event.get("unfurl_id") and event.get("source"):
+            await self.web.chat_unfurl(unfurl_id=event["unfurl_id"], source=event["source"], unfurls=unfurls)
+        elif event.get("channel") and event.get("message_ts"):
+            await self.web.chat_unfurl(channel=event["channel"], ts=event["message_ts"], unfurls=unfurls)
 
     async def on_other_event(self) -> None:
         """Events we do not use are acknowledged and ignored."""

@@ -24,27 +24,36 @@ log = logging.getLogger(__name__)
 
 TTL = 300.0
 """Seconds a person's or a user group's answer is reused."""
+_UserInfo = tuple[bool, str | None, str | None, bool, str | None]
+"""(guest, team_id, enterprise_id, unknown, display name) of a Slack user."""
 
 
 class SlackDirectory:
     def __init__(self, web: AsyncWebClient):
         self.web = web
         self._team: tuple[str | None, str | None] | None = None
-        self._users: TTLCache[str, tuple[bool, str | None, str | None, bool]] = TTLCache(maxsize=10_000, ttl=TTL)
+        self._users: TTLCache[str, _UserInfo] = TTLCache(maxsize=10_000, ttl=TTL)
         self._groups: TTLCache[str, frozenset[str]] = TTLCache(maxsize=1000, ttl=TTL)
         self._lock = asyncio.Lock()
-        self._asking: dict[str, asyncio.Future[tuple[bool, str | None, str | None, bool]]] = {}
+        self._asking: dict[str, asyncio.Future[_UserInfo]] = {}
         """users.info calls in flight: a burst of one person's mentions asks Slack once."""
 
     async def person(self, author: Author, groups: frozenset[str]) -> Person:
         team, enterprise = await self._own_team()
-        guest, user_team, user_enterprise, unknown = await self._user(author.id)
+        guest, user_team, user_enterprise, unknown, _ = await self._user(author.id)
         same_org = (user_team == team) or (enterprise is not None and user_enterprise == enterprise)
         event_team_foreign = author.team is not None and author.team != team and not (
             enterprise is not None and user_enterprise == enterprise)
         external = unknown or not same_org or event_team_foreign
         member_of = frozenset([g for g in sorted(groups) if author.id in await self._members(g)])
         return Person(author.id, guest=guest, external=external, groups=member_of)
+
+    async def display_name(self, user: str) -> str | None:
+        """How Slack shows this person (display name, else real name); None when it cannot tell."""
+        try:
+            return (await self._user(user))[4]
+        except DirectoryUnavailable:
+            return None
 
     async def _own_team(self) -> tuple[str | None, str | None]:
         if self._team is None:
@@ -54,8 +63,7 @@ class SlackDirectory:
                     self._team = (auth.get("team_id"), auth.get("enterprise_id") or None)
         return self._team
 
-    async def _user(self, user: str) -> tuple[bool, str | None, str | None, bool]:
-        """(guest, team_id, enterprise_id, unknown) of a Slack user."""
+    async def _user(self, user: str) -> _UserInfo:
         if (cached := self._users.get(user)) is not None:
             return cached
         if (asking := self._asking.get(user)) is not None:
@@ -75,15 +83,17 @@ class SlackDirectory:
         future.set_result(answer)
         return answer
 
-    async def _ask_user(self, user: str) -> tuple[bool, str | None, str | None, bool]:
+    async def _ask_user(self, user: str) -> _UserInfo:
         try:
             info = (await self._call("users.info", user=user)).get("user") or {}
         except _NotFound:
-            answer: tuple[bool, str | None, str | None, bool] = (False, None, None, True)
+            answer: _UserInfo = (False, None, None, True, None)
         else:
             guest = bool(info.get("is_restricted") or info.get("is_ultra_restricted"))
             enterprise = (info.get("enterprise_user") or {}).get("enterprise_id")
-            answer = (guest, info.get("team_id"), enterprise, False)
+            profile = info.get("profile") or {}
+            name = profile.get("display_name") or profile.get("real_name") or info.get("real_name") or info.get("name")
+            answer = (guest, info.get("team_id"), enterprise, False, str(name) if name else None)
         self._users[user] = answer
         return answer
 

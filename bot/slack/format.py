@@ -223,6 +223,8 @@ class Head:
     detail: str | None = None
     """Who stopped the turn, or what went wrong."""
     duration_ms: float | None = None
+    via: str | None = None
+    """Where the prompt was sent from when not Slack (`the web`)."""
 
     @property
     def running(self) -> bool:
@@ -249,7 +251,8 @@ def render_head(head: Head) -> tuple[str, list[Block]]:
     """The turn's message: `<@author> asked: …`, the answer (if it lives here), status, buttons."""
     quoted = " ".join(head.prompt.split())
     quoted = quoted if len(quoted) <= PROMPT_QUOTE else quoted[: PROMPT_QUOTE - 1] + "…"
-    asked = f"{mention(head.author)} asked: {escape_mrkdwn(quoted, head.allowed)}"
+    via = f" (from {head.via})" if head.via else ""
+    asked = f"{mention(head.author)} asked{via}: {escape_mrkdwn(quoted, head.allowed)}"
     blocks: list[Block] = [_context(asked)]
     if head.answer:
         blocks.append(markdown_block(head.answer))

@@ -38,7 +38,7 @@ from typing import Protocol
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.config import Settings
-from bot.events import Event, Note, ParticipantsAdded, PromptQueued, QueueChanged, Status, TextDelta, TurnEnded
+from bot.events import Event, Note, Origin, ParticipantsAdded, PromptQueued, QueueChanged, Status, TextDelta, TurnEnded
 from bot.sessions.projection import SessionView, TurnView
 from bot.sessions.service import SessionInfo
 from bot.slack.delivery import Content, Outbox, Priority, Slot
@@ -428,6 +428,7 @@ class _TurnRender:
         stopped = turn.outcome is not None and turn.outcome.value == "stopped"
         head = Head(
             author=turn.author.id, prompt=turn.prompt, session_id=self.t.info.id, session_url=self.t.session_url,
+            via="the web" if turn.author.origin is Origin.WEB else None,
             allowed=self.t.allowed(), answer=answer, answer_preview=turn.text if answer else "",
             activity=turn.activity, queued=len(view.queue) if turn.running else 0,
             outcome=turn.outcome.value if turn.outcome is not None else None,

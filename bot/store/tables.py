@@ -29,7 +29,7 @@ class SessionRow(Base):
     is bound to (a Slack thread, later a web page) are its surfaces."""
 
     __tablename__ = "sessions"
-    __table_args__ = (Index("ix_sessions_status", "status"),)
+    __table_args__ = (Index("ix_sessions_status", "status"), Index("ix_sessions_creator_created", "creator", "created_at"))
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     share_token: Mapped[str] = mapped_column(String(64), unique=True)
@@ -41,6 +41,8 @@ class SessionRow(Base):
     origin: Mapped[str] = mapped_column(String(16))
     """A `bot.events.Origin`: slack_thread, slack_dm, web, app_home, shortcut, parent_session, github."""
     creator: Mapped[str | None] = mapped_column(String(64))
+    title: Mapped[str | None] = mapped_column(String(200))
+    """The start of the first prompt, for lists."""
     parent_id: Mapped[str | None] = mapped_column(ForeignKey("sessions.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -168,3 +170,16 @@ class PendingRequestRow(Base):
     repo: Mapped[str | None] = mapped_column(String(200))
     picked_by: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class SignInLinkRow(Base):
+    """A personal, single-use web sign-in link (from the App Home); only its token's hash is kept."""
+
+    __tablename__ = "signin_links"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str | None] = mapped_column(String(200))
+    team: Mapped[str | None] = mapped_column(String(64))
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+    used_at: Mapped[float | None] = mapped_column(Float)

@@ -1,40 +1,44 @@
-"""The web server: health, and the session page behind each *View session* link.
-
-The live page (WebSocket, prompt box) comes with the web view issue; for now the link shows a
-read-only transcript rendered from the session's log.
-"""
+"""The web server: session pages (live over a WebSocket), the sessions list, new sessions,
+sign-in with Slack, and health. Thin: it turns what people do into calls on intake and renders
+the sessions layer's projection and event stream; no agent logic lives here."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import jinja2
 from aiohttp import web
 
+from bot.config import Settings
+from bot.sessions.intake import Intake
 from bot.sessions.service import SessionService
+from bot.store.signin_links import SignInLinks
+from bot.web import actions, auth, pages
+from bot.web.context import WebContext
+from bot.web.identity import Identity, secret_key
+from bot.web.security import security_headers
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
-_templates = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")), autoescape=True
-)
+STATIC = Path(__file__).with_name("static")
+CONTEXT = web.AppKey("context", WebContext)
 
 
-def build_app(sessions: SessionService, slack_enabled: bool) -> web.Application:
-    app = web.Application(client_max_size=1024 * 1024)
+def build_app(settings: Settings, sessions: SessionService, intake: Intake, links: SignInLinks,
+              slack_enabled: bool) -> web.Application:
+    identity = Identity(secret_key(settings), secure=settings.public_url.startswith("https://"))
+    ctx = WebContext(settings, sessions, intake, identity, links, slack_enabled)
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[security_headers])
+    app[CONTEXT] = ctx
 
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"ok": True, "slack": "on" if slack_enabled else "off"})
 
-    async def session_page(request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        info = await sessions.by_share_token(token) if _TOKEN.match(token) else None
-        if info is None:
-            raise web.HTTPNotFound(text="No such session.")
-        view = await sessions.view(info.id)
-        html = _templates.get_template("session.html").render(session=info, turns=list(view.turns.values()))
-        return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
-
     app.router.add_get("/healthz", health)
-    app.router.add_get("/s/{token}", session_page)
+    app.add_routes(pages.routes(ctx))
+    app.add_routes(actions.routes(ctx))
+    app.add_routes(auth.routes(ctx))
+    app.router.add_static("/static/", STATIC, follow_symlinks=False, append_version=False)
+
+    async def close_sockets(_: web.Application) -> None:
+        await ctx.presence.close_all()
+
+    app.on_shutdown.append(close_sockets)
     return app

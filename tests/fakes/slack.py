@@ -15,20 +15,40 @@ follows the method docs: `channel` and `ts`/`thread_ts` required, `recipient_tea
 not together with `chunks`, no append after a stop. A streamed message is held to the markdown
 limit as a whole too (it becomes `markdown` blocks). Knobs: `stream_error` refuses streaming
 with that error; `write_limit` answers 429 + Retry-After past that many writes a second.
+
+Beyond messages, as the method and event docs describe them:
+- App Home: `views.publish` (a `home` view, at most 100 blocks) keeps each person's latest view in
+  `home_views`; `open_home` sends `app_home_opened` (with the view once one was published),
+  `home_buttons` / `click_home` press a button in it (`block_actions` with a `view` container).
+- Link unfurling: `share_link` posts a message with a URL and sends `link_shared`; `chat.unfurl`
+  (by `channel`+`ts` or `unfurl_id`+`source`) attaches previews to URLs announced that way and
+  records them in `unfurls`.
+- Sign in with Slack (OpenID Connect): `GET /openid/connect/authorize` (`oidc_authorize_url`)
+  signs `oidc_user` in and redirects with a single-use code (or `error=access_denied` when
+  `oidc_deny`); `openid.connect.token` swaps it, for `oidc_client_id` / `oidc_client_secret`
+  (form fields or HTTP Basic) and the same `redirect_uri`, for an `xoxp-` token and an `id_token`
+  (a JWT signed HS256 with the client secret: Slack signs RS256 with its own keys);
+  `openid.connect.userInfo` answers for that token. Claims follow the scopes (`email`, `profile`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import itertools
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
+from yarl import URL
 
 
 @dataclass
@@ -66,6 +86,8 @@ class Message:
     """`markdown_text` or `chunks`: how the stream was started (appends must match)"""
     appends: list[float] = field(default_factory=list)
     """monotonic times of chat.appendStream calls"""
+    unfurls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """URL -> the attachment chat.unfurl put under it (a later call for the same URL replaces it)"""
 
     def rendered(self) -> str:
         """All text a person would read in the message: its blocks, or its text."""
@@ -136,6 +158,25 @@ class FakeSlack:
         """users.info answers `user_not_found` for these"""
         self.usergroups: dict[str, list[str]] = {}
         """user group id -> member ids, for usergroups.users.list"""
+        self.home_views: dict[str, dict[str, Any]] = {}
+        """user id -> the Home tab view last published for them (as views.publish answered it)"""
+        self.unfurls: list[dict[str, Any]] = []
+        """accepted chat.unfurl calls: channel, ts, unfurls (URL -> attachment), unfurl_id, source"""
+        self.unfurl_blocked_domains: set[str] = set()
+        """domains on the workspace's blocklist: chat.unfurl answers `cannot_unfurl_url` for them"""
+        self._shared_links: dict[str, dict[str, Any]] = {}
+        """unfurl_id -> channel, ts and the URLs a link_shared event announced"""
+        self.oidc_client_id = "1111.2222"
+        self.oidc_client_secret = "fake-oidc-secret"
+        self.oidc_user = "U0ALICE1"
+        """who signs in at the authorize endpoint"""
+        self.oidc_deny = False
+        """the person declines: the authorize endpoint redirects with `error=access_denied`"""
+        self.oidc_code_ttl = 600.0
+        """seconds an authorization code can be exchanged"""
+        self._oidc_codes: dict[str, dict[str, Any]] = {}
+        self.oidc_tokens: dict[str, dict[str, Any]] = {}
+        """access token (xoxp-) -> user, scopes and client id, for openid.connect.userInfo"""
 
     # -- server ---------------------------------------------------------------------------
 
@@ -143,6 +184,7 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)  # slack-sdk sends some methods as GET
         app.router.add_get("/link/", self._socket)
+        app.router.add_get("/openid/connect/authorize", self._oidc_authorize)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -153,6 +195,11 @@ class FakeSlack:
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/"
+
+    @property
+    def oidc_authorize_url(self) -> str:
+        """Sign in with Slack's `/openid/connect/authorize`, on this server."""
+        return f"http://127.0.0.1:{self.port}/openid/connect/authorize"
 
     async def stop(self) -> None:
         for ws in list(self._sockets):
@@ -180,16 +227,18 @@ class FakeSlack:
             if isinstance(params.get(key), str):
                 params[key] = json.loads(params[key])
         token = request.headers.get("Authorization", "").removeprefix("Bearer ") or params.get("token", "")
+        basic = _basic_credentials(request.headers.get("Authorization", ""))  # openid.connect.token, from slack-sdk
         peer = request.transport.get_extra_info("peername") if request.transport is not None else None
         call = Call(method, params, peer=(str(peer[0]), int(peer[1])) if peer else None)
         self.calls.append(call)
-        status, reply = await self._answer(method, params, token)
+        status, reply = await self._answer(method, params, token, basic)
         call.status, call.reply = status, reply
         if status == 429:
             return web.json_response(reply, status=429, headers={"Retry-After": str(self.retry_after)})
         return web.json_response(reply)
 
-    async def _answer(self, method: str, params: dict[str, Any], token: str) -> tuple[int, dict[str, Any]]:
+    async def _answer(self, method: str, params: dict[str, Any], token: str,
+                      basic: tuple[str, str] | None = None) -> tuple[int, dict[str, Any]]:
         if self.rate_limit.get(method, 0) > 0:
             self.rate_limit[method] -= 1
             return 429, {"ok": False, "error": "ratelimited"}
@@ -199,6 +248,10 @@ class FakeSlack:
             if len(self._writes) >= self.write_limit:
                 return 429, {"ok": False, "error": "ratelimited"}
             self._writes.append(now)
+        if method == "openid.connect.token":  # no token: the app authenticates with its client credentials
+            return 200, await self._m_openid_connect_token(params, basic)
+        if method == "openid.connect.userInfo":  # the token Sign in with Slack issued, not the bot's
+            return 200, await self._m_openid_connect_userInfo(params, token)
         wanted = self.app_token if method == "apps.connections.open" else self.bot_token
         if token != wanted:
             return 200, {"ok": False, "error": "invalid_auth"}
@@ -351,9 +404,29 @@ class FakeSlack:
         user = p.get("user", "")
         if not user or user in self.hidden_users:
             return {"ok": False, "error": "user_not_found"}
-        return {"ok": True, "user": {"id": user, "team_id": self.team_id, "name": user.lower(), "deleted": False,
-                                     "is_bot": False, "is_admin": False, "is_owner": False, "is_restricted": False,
-                                     "is_ultra_restricted": False, **self.users.get(user, {})}}
+        extra = self.users.get(user, {})
+        person = self.person(user)
+        profile = {"real_name": person["real_name"], "real_name_normalized": person["real_name"],
+                   "display_name": person["display_name"], "display_name_normalized": person["display_name"],
+                   "email": person["email"], "image_72": person["image"], "image_192": person["image"],
+                   "team": extra.get("team_id", self.team_id)}
+        info = {"id": user, "team_id": self.team_id, "name": user.lower(), "real_name": person["real_name"],
+                "deleted": False, "is_bot": False, "is_admin": False, "is_owner": False, "is_restricted": False,
+                "is_ultra_restricted": False, **extra}
+        info["profile"] = {**profile, **(extra.get("profile") or {})}
+        return {"ok": True, "user": info}
+
+    def person(self, user: str) -> dict[str, str]:
+        """Names, email and picture of a person: `users[user]` (`real_name`, `name`, `profile`) over defaults
+        made from the id (U0ALICE1 -> Alice)."""
+        extra = self.users.get(user, {})
+        profile = extra.get("profile") or {}
+        real_name = extra.get("real_name") or profile.get("real_name") or _default_name(user)
+        display_name = profile.get("display_name", real_name.split()[0] if real_name else "")
+        handle = extra.get("name") or user.lower()
+        return {"real_name": real_name, "display_name": display_name, "name": handle,
+                "email": profile.get("email") or f"{handle}@fake.slack.test",
+                "image": profile.get("image_192") or f"https://fake.slack.test/avatars/{user}_192.png"}
 
     async def _m_usergroups_users_list(self, p: dict[str, Any]) -> dict[str, Any]:
         members = self.usergroups.get(p.get("usergroup", ""))
@@ -372,6 +445,190 @@ class FakeSlack:
         root = p.get("ts")
         items = [m for m in self.messages.values() if m.channel == p.get("channel") and (m.ts == root or m.thread_ts == root)]
         return {"ok": True, "messages": [self._as_event(m) for m in sorted(items, key=lambda m: float(m.ts))]}
+
+    # -- App Home: https://docs.slack.dev/reference/methods/views.publish ---------------------
+
+    async def _m_views_publish(self, p: dict[str, Any]) -> dict[str, Any]:
+        user, view = p.get("user_id"), p.get("view")
+        if not isinstance(user, str) or not user.startswith(("U", "W")) or user in self.hidden_users:
+            return _invalid_arguments("invalid `user_id`")
+        if isinstance(view, str):
+            if len(view.encode()) > VIEW_BYTES_LIMIT:
+                return {"ok": False, "error": "view_too_large"}
+            try:
+                view = json.loads(view)
+            except json.JSONDecodeError:
+                return _invalid_arguments("[ERROR] failed to parse `view` as JSON [json-pointer:/view]")
+        if not isinstance(view, dict):
+            return _invalid_arguments("[ERROR] missing required field: view [json-pointer:/view]")
+        if len(json.dumps(view).encode()) > VIEW_BYTES_LIMIT:
+            return {"ok": False, "error": "view_too_large"}
+        if view.get("type") != "home":
+            return _invalid_arguments("[ERROR] must be `home` for views.publish [json-pointer:/view/type]")
+        blocks = view.get("blocks")
+        if blocks is None:
+            return _invalid_arguments("[ERROR] missing required field: blocks [json-pointer:/view/blocks]")
+        error = _check_blocks(blocks, VIEW_BLOCKS_LIMIT)
+        if error:
+            return _invalid_arguments(f"[ERROR] {error} [json-pointer:/view/blocks]")
+        for key, limit in (("private_metadata", 3000), ("callback_id", 255)):
+            if len(str(view.get(key) or "")) > limit:
+                return _invalid_arguments(f"[ERROR] must be less than {limit + 1} characters [json-pointer:/view/{key}]")
+        previous = self.home_views.get(user)
+        if p.get("hash") and previous is not None and p["hash"] != previous["hash"]:
+            return {"ok": False, "error": "hash_conflict"}
+        external_id = str(view.get("external_id") or "")
+        if external_id and any(v.get("external_id") == external_id for u, v in self.home_views.items() if u != user):
+            return {"ok": False, "error": "duplicate_external_id"}
+        view_id = previous["id"] if previous else f"V{uuid.uuid4().hex[:10].upper()}"
+        published = {
+            "id": view_id, "team_id": self.team_id, "type": "home", "close": None, "submit": None,
+            "blocks": [{**b, "block_id": b.get("block_id") or uuid.uuid4().hex[:5]} for b in blocks],
+            "private_metadata": str(view.get("private_metadata") or ""), "callback_id": str(view.get("callback_id") or ""),
+            "state": {"values": {}}, "hash": f"{int(time.time())}.{uuid.uuid4().hex[:8]}",
+            "clear_on_close": False, "notify_on_close": False, "root_view_id": view_id, "previous_view_id": None,
+            "app_id": "A0000001", "external_id": external_id, "app_installed_team_id": self.team_id, "bot_id": self.bot_id,
+        }
+        self.home_views[user] = published
+        return {"ok": True, "view": published}
+
+    # -- link unfurling: https://docs.slack.dev/reference/methods/chat.unfurl ----------------
+
+    async def _m_chat_unfurl(self, p: dict[str, Any]) -> dict[str, Any]:
+        raw = p.get("unfurls")
+        if raw is None:
+            if p.get("metadata") or any(p.get(k) for k in ("user_auth_message", "user_auth_blocks",
+                                                             "user_auth_required", "user_auth_url")):
+                raw = {}
+            else:
+                return {"ok": False, "error": "missing_unfurls"}
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError:
+                return {"ok": False, "error": "invalid_unfurls_format"}
+        if not isinstance(raw, dict) or not all(isinstance(u, str) and isinstance(a, dict) for u, a in raw.items()):
+            return {"ok": False, "error": "invalid_unfurls_format"}
+        for attachment in raw.values():
+            if not any(attachment.get(k) for k in ATTACHMENT_CONTENT):
+                return {"ok": False, "error": "cannot_parse_attachment"}
+            if "blocks" in attachment and _check_blocks(attachment["blocks"]):
+                return {"ok": False, "error": "cannot_parse_attachment"}
+        unfurl_id, source = p.get("unfurl_id"), p.get("source")
+        if unfurl_id or source:
+            if not unfurl_id or source not in ("composer", "conversations_history"):
+                return _invalid_arguments("`unfurl_id` and `source` (composer or conversations_history) go together")
+            shared = self._shared_links.get(unfurl_id)
+            if shared is None:
+                return {"ok": False, "error": "cannot_unfurl_url"}
+            channel, ts = shared["channel"], shared["ts"]
+        else:
+            channel, ts = p.get("channel"), p.get("ts")
+            if not channel:
+                return {"ok": False, "error": "missing_channel"}
+            if not ts:
+                return {"ok": False, "error": "missing_ts"}
+        msg = self.messages.get((channel, ts))
+        if msg is None:
+            known = channel in self.channels or any(m.channel == channel for m in self.messages.values())
+            return {"ok": False, "error": "cannot_find_message" if known else "cannot_find_channel"}
+        announced = {url for s in self._shared_links.values() if (s["channel"], s["ts"]) == (channel, ts) for url in s["urls"]}
+        for url in raw:
+            if url not in msg.text:
+                return {"ok": False, "error": "cannot_unfurl_message"}
+            if url not in announced or (urlsplit(url).hostname or "") in self.unfurl_blocked_domains:
+                return {"ok": False, "error": "cannot_unfurl_url"}
+        msg.unfurls.update(raw)
+        self.unfurls.append({"channel": channel, "ts": ts, "unfurls": raw, "unfurl_id": unfurl_id, "source": source})
+        return {"ok": True}
+
+    # -- Sign in with Slack: https://docs.slack.dev/reference/methods/openid.connect.token (and .userInfo)
+
+    async def _oidc_authorize(self, request: web.Request) -> web.Response:
+        """What Slack's `/openid/connect/authorize` does once the person is signed in: a redirect back."""
+        q = dict(request.query)
+        self.calls.append(Call("openid.connect.authorize", q))
+        redirect_uri = q.get("redirect_uri", "")
+        if q.get("client_id") != self.oidc_client_id:
+            return web.Response(status=400, text="invalid_client_id")
+        if not redirect_uri.startswith(("http://", "https://")):  # the fake has no app config to fall back on
+            return web.Response(status=400, text="bad_redirect_uri")
+        back = {"state": q["state"]} if "state" in q else {}
+        scopes = set(q.get("scope", "").replace(",", " ").split())
+        if q.get("response_type") != "code":
+            back = {"error": "unsupported_response_type", **back}
+        elif "openid" not in scopes or not scopes <= OIDC_SCOPES:
+            back = {"error": "invalid_scope", **back}
+        elif self.oidc_deny:
+            back = {"error": "access_denied", **back}
+        else:
+            code = f"{secrets.randbelow(10**10)}.{secrets.randbelow(10**13)}.{secrets.token_hex(32)}"
+            self._oidc_codes[code] = {"client_id": q["client_id"], "redirect_uri": redirect_uri, "nonce": q.get("nonce") or None,
+                                      "scopes": scopes, "user": self.oidc_user, "auth_time": int(time.time()),
+                                      "issued": time.monotonic()}
+            back = {"code": code, **back}
+        raise web.HTTPFound(URL(redirect_uri).update_query(back))
+
+    async def _m_openid_connect_token(self, p: dict[str, Any], basic: tuple[str, str] | None) -> dict[str, Any]:
+        client_id = p.get("client_id") or (basic[0] if basic else "")
+        client_secret = p.get("client_secret") or (basic[1] if basic else "")
+        if client_id != self.oidc_client_id:
+            return {"ok": False, "error": "invalid_client_id"}
+        if client_secret != self.oidc_client_secret:
+            return {"ok": False, "error": "bad_client_secret"}
+        grant_type = p.get("grant_type") or "authorization_code"
+        if grant_type == "refresh_token":  # the fake never issues refresh tokens (no token rotation)
+            return {"ok": False, "error": "invalid_refresh_token"}
+        if grant_type != "authorization_code":
+            return {"ok": False, "error": "invalid_grant_type"}
+        grant = self._oidc_codes.get(p.get("code") or "")
+        if grant is None or grant["client_id"] != client_id or time.monotonic() - grant["issued"] > self.oidc_code_ttl:
+            return {"ok": False, "error": "invalid_code"}
+        if (p.get("redirect_uri") or "") != grant["redirect_uri"]:  # required when authorize was given one
+            return {"ok": False, "error": "bad_redirect_uri"}
+        del self._oidc_codes[p["code"]]  # single use
+        user, scopes = grant["user"], grant["scopes"]
+        access_token = f"xoxp-{secrets.randbelow(10**10)}-{secrets.randbelow(10**10)}-{secrets.token_hex(16)}"
+        self.oidc_tokens[access_token] = {"user": user, "scopes": scopes, "client_id": client_id}
+        now = int(time.time())
+        claims: dict[str, Any] = {"iss": "https://slack.com", "sub": user, "aud": client_id, "exp": now + 300, "iat": now,
+                                  "auth_time": grant["auth_time"]}
+        if grant["nonce"] is not None:
+            claims["nonce"] = grant["nonce"]
+        digest = hashlib.sha256(access_token.encode()).digest()
+        claims["at_hash"] = _b64url(digest[: len(digest) // 2])
+        claims.update(self._oidc_claims(user, scopes))
+        return {"ok": True, "access_token": access_token, "token_type": "Bearer",
+                "id_token": _jwt_hs256(claims, self.oidc_client_secret)}
+
+    async def _m_openid_connect_userInfo(self, _: dict[str, Any], token: str) -> dict[str, Any]:
+        if not token:
+            return {"ok": False, "error": "not_authed"}
+        if token in (self.bot_token, self.app_token):
+            return {"ok": False, "error": "not_allowed_token_type"}
+        grant = self.oidc_tokens.get(token)
+        if grant is None:
+            return {"ok": False, "error": "invalid_auth"}
+        info = {"ok": True, "sub": grant["user"], **self._oidc_claims(grant["user"], grant["scopes"])}
+        if "profile" in grant["scopes"]:
+            info.update({"https://slack.com/team_name": "Fake Co", "https://slack.com/team_domain": "fake"})
+        return info
+
+    def _oidc_claims(self, user: str, scopes: set[str]) -> dict[str, Any]:
+        """The claims Sign in with Slack gives for these scopes (`email`, `profile`) beyond the subject."""
+        person = self.person(user)
+        claims: dict[str, Any] = {"https://slack.com/user_id": user, "https://slack.com/team_id": self.team_id}
+        if "email" in scopes:
+            claims.update({"email": person["email"], "email_verified": True, "date_email_verified": self._base})
+        if "profile" in scopes:
+            given, _, family = person["real_name"].partition(" ")
+            claims.update({"name": person["real_name"], "given_name": given, "family_name": family, "locale": "en-US",
+                           "picture": person["image"]})
+            claims.update({f"https://slack.com/user_image_{n}": person["image"] for n in (24, 32, 48, 72, 192, 512)})
+            claims.update({f"https://slack.com/team_image_{n}": f"https://fake.slack.test/team_{n}.png"
+                           for n in (34, 44, 68, 88, 102, 132, 230)})
+            claims["https://slack.com/team_image_default"] = True
+        return claims
 
     def _as_event(self, msg: Message) -> dict[str, Any]:
         team = self.users.get(msg.user, {}).get("team_id", self.team_id)
@@ -502,6 +759,60 @@ class FakeSlack:
         }
         return await self.send_envelope("interactive", payload)
 
+    def dm_channel(self, user: str) -> str:
+        """The id of the app's DM with a person (its App Home's Messages tab)."""
+        return "D" + user[1:]
+
+    async def open_home(self, user: str, tab: str = "home") -> str:
+        """Open the app's Home (`tab`: home or messages): `app_home_opened`, with the view once one was published."""
+        event: dict[str, Any] = {"type": "app_home_opened", "user": user, "channel": self.dm_channel(user), "tab": tab,
+                                 "event_ts": f"{time.time():.6f}"}
+        if tab == "home" and user in self.home_views:
+            event["view"] = self.home_views[user]
+        return await self.send_event(event)
+
+    def home_buttons(self, user: str) -> dict[str, dict[str, Any]]:
+        """The buttons of the Home tab published for `user`, by action_id (actions blocks and section accessories)."""
+        return {e["action_id"]: e for _, e in self._home_elements(user)}
+
+    def _home_elements(self, user: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        found = []
+        for block in self.home_views.get(user, {}).get("blocks", []):
+            elements = block.get("elements", []) if block.get("type") == "actions" else [block.get("accessory") or {}]
+            found.extend((block, e) for e in elements if e.get("type") == "button" and e.get("action_id"))
+        return found
+
+    async def click_home(self, user: str, action_id: str) -> str:
+        """Press a button in the person's Home tab: `block_actions` from a view (no channel, message or response_url)."""
+        view = self.home_views[user]
+        block, button = next((b, e) for b, e in self._home_elements(user) if e["action_id"] == action_id)
+        payload = {
+            "type": "block_actions",
+            "user": {"id": user, "username": user.lower(), "name": user.lower(),
+                     "team_id": self.users.get(user, {}).get("team_id", self.team_id)},
+            "api_app_id": "A0000001", "token": "verification-token-unused",
+            "container": {"type": "view", "view_id": view["id"]},
+            "trigger_id": f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:8]}", "team": {"id": self.team_id, "domain": "fake"},
+            "enterprise": None, "is_enterprise_install": False, "view": view,
+            "actions": [{"action_id": action_id, "block_id": block.get("block_id", ""), "value": button.get("value", ""),
+                         "type": "button", "action_ts": f"{time.time():.6f}", "text": button["text"]}],
+        }
+        return await self.send_envelope("interactive", payload)
+
+    async def share_link(self, user: str, url: str, channel: str = "C0000001", thread_ts: str | None = None,
+                         is_bot_user_member: bool = True) -> str:
+        """Post a message with a link, as a person: the message, then `link_shared`. Returns the message's ts."""
+        ts = await self.user_message(user, f"<{url}>", channel, thread_ts)
+        unfurl_id = f"{channel}.{ts}.{hashlib.sha256(f'{channel}/{ts}/{url}'.encode()).hexdigest()}"
+        self._shared_links[unfurl_id] = {"channel": channel, "ts": ts, "urls": {url}}
+        event: dict[str, Any] = {"type": "link_shared", "channel": channel, "is_bot_user_member": is_bot_user_member,
+                                 "user": user, "message_ts": ts, "unfurl_id": unfurl_id, "source": "conversations_history",
+                                 "links": [{"domain": urlsplit(url).hostname or "", "url": url}], "event_ts": self.next_ts()}
+        if thread_ts:
+            event["thread_ts"] = thread_ts
+        await self.send_event(event)
+        return ts
+
     # -- looking at what the bot did ------------------------------------------------------
 
     def bot_messages(self, channel: str = "C0000001", thread_ts: str | None = None) -> list[Message]:
@@ -528,6 +839,42 @@ class FakeSlack:
 WRITES = frozenset({"chat.postMessage", "chat.update", "chat.startStream", "chat.appendStream", "chat.stopStream"})
 TEXT_LIMIT, BLOCKS_LIMIT, SECTION_LIMIT, MARKDOWN_LIMIT = 40_000, 50, 3_000, 12_000
 BLOCK_TYPES = {"section", "markdown", "context", "actions", "divider", "header", "rich_text", "image", "input"}
+VIEW_BLOCKS_LIMIT, VIEW_BYTES_LIMIT = 100, 250_000
+ATTACHMENT_CONTENT = ("blocks", "title", "text", "fallback", "pretext", "image_url", "thumb_url", "fields", "author_name",
+                      "preview")
+OIDC_SCOPES = {"openid", "email", "profile"}
+
+
+def _invalid_arguments(message: str) -> dict[str, Any]:
+    return {"ok": False, "error": "invalid_arguments", "response_metadata": {"messages": [message]}}
+
+
+def _default_name(user: str) -> str:
+    """A readable name from an id: U0ALICE1 -> Alice."""
+    letters = "".join(c for c in user[1:] if c.isalpha())
+    return letters.capitalize() or user.lower()
+
+
+def _basic_credentials(header: str) -> tuple[str, str] | None:
+    """Client id and secret from an `Authorization: Basic` header (RFC 7617), or None."""
+    if not header.startswith("Basic "):
+        return None
+    try:
+        login, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode("latin1").partition(":")
+    except ValueError:
+        return None
+    return (login, password) if sep else None
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _jwt_hs256(claims: dict[str, Any], key: str) -> str:
+    header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
+    payload = _b64url(json.dumps(claims, separators=(",", ":")).encode())
+    signature = hmac.new(key.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{_b64url(signature)}"
 
 
 def _check_message(p: dict[str, Any]) -> dict[str, Any] | None:
@@ -546,10 +893,10 @@ def _check_message(p: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _check_blocks(blocks: Any) -> str | None:
-    """The limits Slack enforces on blocks that the app must respect."""
-    if not isinstance(blocks, list) or len(blocks) > BLOCKS_LIMIT:
-        return f"must be a list of at most {BLOCKS_LIMIT} blocks"
+def _check_blocks(blocks: Any, limit: int = BLOCKS_LIMIT) -> str | None:
+    """The limits Slack enforces on blocks that the app must respect (`limit`: 50 in a message, 100 in a view)."""
+    if not isinstance(blocks, list) or len(blocks) > limit:
+        return f"must be a list of at most {limit} blocks"
     for i, block in enumerate(blocks):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind not in BLOCK_TYPES:

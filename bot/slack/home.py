@@ -1,0 +1,44 @@
+"""The App Home tab: the person's recent sessions and an **Open web view** button.
+
+The button's URL is a personal sign-in link (single use, 10 minutes): Slack has just told us
+who opened the tab, so the link can vouch for them on the web. A fresh one is minted each time
+the tab is opened, and only that person sees it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.sessions.service import SessionSummary
+from bot.slack.format import Block, escape
+
+OPEN_WEB_ACTION = "open_web_view"
+RECENT = 10
+
+
+def home_view(signin_url: str, sessions: list[SessionSummary], session_url: Any, minutes: int) -> dict[str, Any]:
+    """The Home tab's view (`views.publish`)."""
+    blocks: list[Block] = [
+        {"type": "header", "text": {"type": "plain_text", "text": "hosted-agents"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": (
+            "Mention me in a channel or send me a message to start a session. In the web view you can watch "
+            "sessions live, prompt and stop them, and start new ones.")}},
+        {"type": "actions", "block_id": "web", "elements": [
+            {"type": "button", "action_id": OPEN_WEB_ACTION, "style": "primary", "url": signin_url,
+             "text": {"type": "plain_text", "text": "Open web view"}}]},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": (
+            f"The button signs you in; it works once and for {minutes} minutes. Open this tab again for a new one.")}]},
+        {"type": "divider"},
+        {"type": "header", "text": {"type": "plain_text", "text": "Your recent sessions"}},
+    ]
+    if not sessions:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "No sessions yet."}})
+    for row in sessions[:RECENT]:
+        title = escape(_short(row.title or "(no prompt yet)", 120)).replace("|", "¦")
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": (
+            f"<{session_url(row.share_token)}|{title}>\n{escape(row.repo or 'no repository')} · {row.status}")}})
+    return {"type": "home", "blocks": blocks}
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,225 @@
+// The live session page: applies the session's events as they arrive over the WebSocket and
+// resumes from the last sequence number it has after any disconnect (no gap, no duplicate).
+// Text from people, tools and the model goes in as text (textContent); the only HTML inserted is
+// the server's rendering of finished Markdown, which cannot contain markup of its own.
+"use strict";
+(function () {
+  const root = document.getElementById("session");
+  if (!root) return;
+  const token = root.dataset.token;
+  const requestToken = document.querySelector('meta[name="request-token"]').content;
+  let lastSeq = Number(root.dataset.lastSeq) || 0;
+  let socket = null;
+  let retry = 500;
+  let lastTyping = 0;
+  const ORIGINS = { web: "web", slack_thread: "Slack", slack_dm: "Slack", app_home: "Slack", shortcut: "Slack",
+                    parent_session: "a parent session", github: "GitHub" };
+  const $ = (id) => document.getElementById(id);
+
+  function text(el, value) { el.textContent = value == null ? "" : String(value); return el; }
+  function make(tag, cls, value) { const el = document.createElement(tag); if (cls) el.className = cls; if (value != null) text(el, value); return el; }
+  function nearBottom() { return window.innerHeight + window.scrollY >= document.body.scrollHeight - 80; }
+
+  function turnEl(id) { return document.querySelector('#turns .turn[data-turn="' + id + '"]'); }
+
+  function newTurn(d) {
+    const existing = turnEl(d.prompt_id);
+    if (existing) return existing;
+    const el = $("turn-template").content.firstElementChild.cloneNode(true);
+    el.id = "turn-" + d.prompt_id;
+    el.dataset.turn = d.prompt_id;
+    text(el.querySelector(".author"), d.author.name || d.author.id);
+    text(el.querySelector(".via"), "from " + (ORIGINS[d.author.origin] || d.author.origin || "Slack"));
+    text(el.querySelector(".prompt"), d.text);
+    const none = $("no-turns"); if (none) none.remove();
+    $("turns").appendChild(el);
+    return el;
+  }
+
+  function setOutcome(el, d) {
+    const out = el.querySelector(".outcome");
+    let label;
+    if (d.outcome === "done") label = "Done" + (d.duration_ms != null ? " in " + (d.duration_ms / 1000).toFixed(1) + " s" : "");
+    else if (d.outcome === "stopped") label = "Stopped" + (d.by ? " by " + d.by : "");
+    else label = d.error || "This turn failed.";
+    out.className = "outcome outcome-" + d.outcome;
+    text(out, label);
+    el.classList.remove("running");
+    el.querySelectorAll(".tool .state").forEach((s) => { if (s.textContent === "running…") text(s, "not finished"); });
+  }
+
+  function queueItem(d) {
+    if (document.querySelector('#queue li[data-prompt="' + d.prompt_id + '"]')) return;
+    const li = make("li");
+    li.dataset.prompt = d.prompt_id;
+    li.append(make("span", "author", d.author.name || d.author.id), ": ", make("span", "text", d.text));
+    $("queue").appendChild(li);
+    $("queue-box").hidden = false;
+  }
+
+  function dropQueued(id) {
+    const li = document.querySelector('#queue li[data-prompt="' + id + '"]');
+    if (li) li.remove();
+    $("queue-box").hidden = !$("queue").children.length;
+  }
+
+  function clearQueue() { $("queue").replaceChildren(); $("queue-box").hidden = true; }
+
+  function running() { return document.querySelector("#turns .turn.running") !== null; }
+
+  function showStop() { const stop = $("stop"); if (stop) stop.hidden = !running(); }
+
+  function apply(item) {
+    const d = item.data;
+    const el = item.turn != null ? turnEl(item.turn) : null;
+    switch (item.kind) {
+      case "prompt_queued": queueItem(d); break;
+      case "turn_started": dropQueued(d.prompt_id); newTurn(d); break;
+      case "text_delta": if (el) el.querySelector(".live").append(d.text); break;
+      case "assistant_message":
+        if (el) {
+          if (item.html) el.querySelector(".settled").insertAdjacentHTML("beforeend", item.html);
+          text(el.querySelector(".live"), "");
+        }
+        break;
+      case "tool_call":
+        if (el) {
+          const t = make("details", "tool");
+          t.dataset.id = d.id;
+          const summary = make("summary");
+          summary.append(make("code", "name", d.name), " ", make("span", "state", "running…"));
+          t.append(summary, make("pre", "args", pretty(d.arguments)), make("pre", "output", ""));
+          el.querySelector(".tools").appendChild(t);
+        }
+        break;
+      case "tool_result":
+        if (el) {
+          const tools = el.querySelectorAll(".tool");
+          for (let i = tools.length - 1; i >= 0; i--) {
+            if (tools[i].dataset.id === d.id) {
+              text(tools[i].querySelector(".state"), d.ok ? "ok" : "failed");
+              text(tools[i].querySelector(".output"), d.output);
+              break;
+            }
+          }
+        }
+        break;
+      case "file_changed":
+        if (el) {
+          let f = Array.from(el.querySelectorAll(".file")).find((x) => x.dataset.path === d.path);
+          if (!f) {
+            f = make("details", "file");
+            f.dataset.path = d.path;
+            const summary = make("summary");
+            summary.append(make("code", null, d.path), " ", make("span", "action", d.action));
+            f.append(summary, make("pre", "diff", ""));
+            el.querySelector(".files").appendChild(f);
+          }
+          text(f.querySelector(".action"), d.action);
+          if (d.diff != null) text(f.querySelector(".diff"), d.diff);
+        }
+        break;
+      case "note": if (el) el.querySelector(".notes").appendChild(make("li", null, d.text)); break;
+      case "turn_ended": if (el) setOutcome(el, d); break;
+      case "queue_changed": if (d.cleared) clearQueue(); break;
+      case "status":
+        text($("state"), d.state);
+        $("state").className = "state-" + d.state;
+        if (d.state === "idle") clearQueue();
+        break;
+      case "sandbox_ready": text($("sandbox"), "sandbox from " + d.source); break;
+      case "git_synced": text($("branch"), "· branch " + d.branch); break;
+      case "error": $("errors").appendChild(make("li", null, d.message)); break;
+      case "egress": egress(d); break;
+      default: break;
+    }
+  }
+
+  function egress(d) {
+    const key = d.host + ":" + d.port;
+    let li = document.querySelector('#egress-list li[data-key="' + CSS.escape(key) + '"]');
+    if (!li) { li = make("li"); li.dataset.key = key; li.dataset.count = "0"; $("egress-list").appendChild(li); }
+    li.dataset.count = String(Number(li.dataset.count || "0") + 1);
+    text(li, key + ": " + (d.allowed ? "allowed" : "refused") + " · " + li.dataset.count + " connection(s)" + (d.reason ? " · " + d.reason : ""));
+    $("egress").hidden = false;
+  }
+
+  function pretty(args) {
+    try { return JSON.stringify(JSON.parse(args), null, 2); } catch (e) { return args || ""; }
+  }
+
+  function presence(p) {
+    const parts = [];
+    if (p.names.length) parts.push(p.names.join(", "));
+    if (p.anonymous) parts.push(p.anonymous + " anonymous");
+    text($("presence"), "Watching: " + (parts.join(" and ") || "nobody"));
+  }
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    socket = new WebSocket(scheme + "//" + location.host + "/s/" + token + "/ws?after=" + lastSeq);
+    socket.onopen = () => { retry = 500; text($("conn"), "live"); $("conn").className = "conn live"; };
+    socket.onmessage = (message) => {
+      const stick = nearBottom();
+      for (const item of JSON.parse(message.data)) {
+        if (item.type === "presence") { presence(item); continue; }
+        if (item.seq <= lastSeq) continue;  // already shown (replays are idempotent)
+        try { apply(item); } catch (e) { console.error("could not show event", item.seq, e); }
+        lastSeq = item.seq;
+      }
+      root.dataset.lastSeq = String(lastSeq);
+      showStop();
+      if (stick) window.scrollTo(0, document.body.scrollHeight);
+    };
+    socket.onclose = () => {
+      text($("conn"), "reconnecting…"); $("conn").className = "conn down";
+      setTimeout(connect, retry);
+      retry = Math.min(retry * 2, 5000);
+    };
+  }
+
+  async function post(path, body) {
+    const error = $("form-error");
+    if (error) error.hidden = true;
+    let answer;
+    try {
+      const response = await fetch("/s/" + token + path, {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-Request-Token": requestToken },
+        body: JSON.stringify(body || {}),
+      });
+      answer = await response.json().catch(() => ({ ok: false, error: "The server answered " + response.status + "." }));
+    } catch (e) {
+      answer = { ok: false, error: "Could not reach the server; check your connection and try again." };
+    }
+    if (!answer.ok && error) { text(error, answer.error); error.hidden = false; }
+    return answer;
+  }
+
+  const form = $("prompt-form");
+  if (form) {
+    const box = $("prompt");
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const value = box.value.trim();
+      if (!value) return;
+      $("send").disabled = true;
+      const answer = await post("/prompt", { text: value });
+      $("send").disabled = false;
+      if (answer.ok) box.value = "";
+    });
+    box.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && (e.metaKey || e.ctrlKey)) { e.preventDefault(); form.requestSubmit(); }
+    });
+    box.addEventListener("input", () => {
+      const now = Date.now();
+      if (now - lastTyping < 20000 || !socket || socket.readyState !== WebSocket.OPEN) return;
+      lastTyping = now;
+      socket.send(JSON.stringify({ type: "typing" }));
+    });
+    $("stop").addEventListener("click", () => post("/stop"));
+  }
+  const clear = $("clear-queue");
+  if (clear) clear.addEventListener("click", () => post("/clear"));
+  connect();
+})();
