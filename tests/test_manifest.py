@@ -24,8 +24,12 @@ METHOD_SCOPES: dict[str, set[str]] = {
     "conversations.replies": {"channels:history", "groups:history"},
     "users.info": {"users:read"},
     "usergroups.users.list": {"usergroups:read"},
+    "views.publish": set(),
+    "chat.unfurl": {"links:write"},
 }
-EVENT_SCOPES = {
+EVENT_SCOPES: dict[str, str | None] = {
+    "app_home_opened": None,
+    "link_shared": "links:read",
     "app_mention": "app_mentions:read",
     "message.channels": "channels:history",
     "message.groups": "groups:history",
@@ -59,10 +63,14 @@ async def test_manifest_scopes_match_the_calls_and_events_the_service_uses(
     assert not unknown, f"add these methods and their scopes to METHOD_SCOPES and manifest.yml: {unknown}"
     events = set(MANIFEST["settings"]["event_subscriptions"]["bot_events"])
     assert events == set(EVENT_SCOPES)
-    needed = set().union(*(METHOD_SCOPES[m] for m in used)) | {EVENT_SCOPES[e] for e in events}
+    needed = set().union(*(METHOD_SCOPES[m] for m in used)) | {EVENT_SCOPES[e] for e in events if EVENT_SCOPES[e]}
     assert set(MANIFEST["oauth_config"]["scopes"]["bot"]) == needed
     assert MANIFEST["settings"]["socket_mode_enabled"] is True
     assert MANIFEST["settings"]["interactivity"]["is_enabled"] is True
+    assert MANIFEST["features"]["app_home"]["home_tab_enabled"] is True
+    assert MANIFEST["features"]["unfurl_domains"], "session links unfurl on PUBLIC_URL's host"
+    assert set(MANIFEST["oauth_config"]["scopes"]["user"]) == {"openid", "profile", "email"}  # Sign in with Slack
+    assert "/auth/slack/callback" in MANIFEST["oauth_config"]["redirect_urls"][0]
 
 
 async def exercise(slack, model, copy, json) -> None:  # type: ignore[no-untyped-def]
@@ -86,3 +94,9 @@ async def exercise(slack, model, copy, json) -> None:  # type: ignore[no-untyped
     ask = (await slack.wait_for(lambda: slack.bot_messages(thread_ts=chatter)))[0]
     await slack.choose("U0BOB001", ask, "pick_repo", "acme/data-pipeline")
     await slack.wait_for(lambda: len(slack.bot_messages(thread_ts=chatter)) == 2)
+    # the Home tab (and its sign-in button), and a session link's preview
+    await slack.open_home("U0ALICE1")
+    await slack.wait_for(lambda: slack.home_views.get("U0ALICE1"))
+    await slack.click_home("U0ALICE1", "open_web_view")
+    await slack.share_link("U0BOB001", status.buttons()["view_session"]["url"])
+    await slack.wait_for(lambda: slack.unfurls)

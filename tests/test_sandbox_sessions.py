@@ -240,3 +240,45 @@ async def test_the_likeliest_repo_warms_while_the_model_classifies(tmp_path, sla
         await slack.wait_for(lambda: slack.bot_messages(thread_ts=vague), timeout=10)  # then the bot asks
     finally:
         await svc.stop()
+
+
+async def test_typing_on_the_session_page_warms_its_sandbox_and_the_next_turn_uses_it(sandboxed, slack, model):
+    """A session whose container was reaped as idle: the first keystroke in the page's prompt box
+    restores it from the snapshot, and the next turn finds it ready (it says so in its log)."""
+    import json
+
+    from bot.events import WarmUp
+    from tests.web_client import signed_in
+
+    model.add(Reply(tool_calls=[ToolCall("write_file", {"path": "notes.txt", "content": "remember me"})]),
+              Reply(text="first"))
+    root = await slack.mention("U0ALICE1", "in acme/api write a note")
+    await slack.wait_for(lambda: finished(slack, root), timeout=60)
+    session = await sandboxed.sessions.find_by_surface(thread_surface("C0000001", root))
+    manager = sandboxed.sandbox.manager  # type: ignore[union-attr]
+    await until(lambda: manager.snapshots.image(session.id), what="the turn's snapshot")
+    await manager.drop(session.id)  # what the idle timeout does
+    alice = await signed_in(sandboxed, slack, "U0ALICE1")
+    try:
+        async with alice.http.ws_connect(f"{alice.base}/s/{session.share_token}/ws?after=1000000",
+                                         headers={"Origin": alice.base}) as ws:
+            await ws.send_str(json.dumps({"type": "typing"}))
+            await ws.send_str(json.dumps({"type": "typing"}))  # one warm-up per burst of typing
+
+            async def warmed() -> list[WarmUp]:
+                return [e.data for e in sandboxed.sessions.log_of(session.id).read() if isinstance(e.data, WarmUp)]
+
+            ups = await until(warmed, what="the warm-up")
+            assert ups == [WarmUp(trigger="web", repo="acme/api", action="started")]
+            sandbox = manager.get(session.id)
+            assert sandbox is not None and sandbox.warmed_by == "web"
+            await sandbox.executor()  # restored before anyone sent anything
+            model.add(Reply(text="second"))
+            status, body = await alice.post(f"/s/{session.share_token}/prompt", {"text": "and now?"})
+            assert status == 200, body
+            await slack.wait_for(lambda: finished(slack, root, 2), timeout=60)
+        ready = [e.data for e in sandboxed.sessions.log_of(session.id).read() if isinstance(e.data, SandboxReady)]
+        assert ready[-1].warm_up == "web" and ready[-1].source == "snapshot"
+        assert ready[-1].wait_ms == 0 and (ready[-1].saved_ms or 0) > 0, ready[-1]
+    finally:
+        await alice.close()

@@ -212,7 +212,7 @@ class SessionService:
             )).scalars().all()
         return [r for r in dict.fromkeys(rows) if r][:limit]
 
-    async def list(self, *, creator: str | None = None, repos: Collection[str] | None = None,
+    async def list_sessions(self, *, creator: str | None = None, repos: Collection[str] | None = None,
                    status: str | None = None, limit: int = 100) -> list[SessionSummary]:
         """The latest sessions, newest first: of one person, on some repositories, in one status."""
         query = select(SessionRow).order_by(SessionRow.created_at.desc(), SessionRow.id).limit(limit)

@@ -309,7 +309,7 @@ class SlackClient:
         team = body.get("team_id")
         name = await self.directory.display_name(user)
         token = await self.links.mint(user, name, team if isinstance(team, str) else None)
-        recent = await self.sessions.list(creator=user, limit=RECENT)
+        recent = await self.sessions.list_sessions(creator=user, limit=RECENT)
         view = home_view(f"{self.settings.public_url}/auth/link/{token}", recent, self.settings.session_url,
                          max(1, round(self.links.ttl / 60)))
         await self.web.views_publish(user_id=user, view=view)

@@ -1,5 +1,6 @@
 """What signed-in people do from the pages: prompt, stop, clear the queue, start a session, pick
-its repository, and the keystroke that warms a sandbox. Each is a call on intake, which applies
+its repository, and the keystroke on the new-session page that warms a sandbox (on a session's
+page, typing goes over its WebSocket). Each is a call on intake, which applies
 the same access rules as in Slack; each request is checked for origin, sign-in and the page's
 request token first (`WebContext.writer`). Answers are JSON: `{"ok": true, ...}` or
 `{"ok": false, "error": "what to tell the person"}`.
@@ -64,16 +65,10 @@ def routes(ctx: WebContext) -> list[web.RouteDef]:
         warmed = isinstance(repo, str) and ctx.intake.warm_repo(repo, viewer.author)
         return web.json_response({"ok": True, "warmed": warmed})
 
-    async def typing(request: web.Request) -> web.Response:
-        viewer = ctx.writer(request)
-        info = await ctx.session_for(request)
-        return web.json_response({"ok": True, "warm_up": await ctx.intake.warm(info.id, viewer.author, "web")})
-
     return [
         web.post("/s/{token}/prompt", prompt),
         web.post("/s/{token}/stop", stop),
         web.post("/s/{token}/clear", clear_queue),
-        web.post("/s/{token}/typing", typing),
         web.post("/new", create),
         web.post("/new/pick", pick),
         web.post("/new/typing", typing_new),

@@ -27,7 +27,7 @@ from bot.web.security import origin_of, same_origin
 
 TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
 TOKEN_HEADER = "X-Request-Token"
-VIEWS_KEPT = 64
+VIEWS_KEPT = 32
 """Session projections kept current in memory for page loads (the most recently opened)."""
 
 templates = jinja2.Environment(

@@ -57,9 +57,9 @@ def routes(ctx: WebContext) -> list[web.RouteDef]:
         if status not in (None, *STATUSES):
             status = None
         allowed = [repo] if repo in repos else ([] if repo else None)
-        if not mine:  # everyone's sessions, on the repositories this person may use
-            allowed = allowed if allowed is not None else repos
-        rows = await ctx.sessions.list(creator=viewer.user_id if mine else None, repos=allowed, status=status)
+        if not mine and allowed is None and len(ctx.sessions.catalog):
+            allowed = repos  # everyone's sessions, on the repositories this person may use
+        rows = await ctx.sessions.list_sessions(creator=viewer.user_id if mine else None, repos=allowed, status=status)
         return await ctx.page("sessions.html", viewer=viewer, rows=rows, mine=mine, repos=repos, repo=repo,
                               status=status, statuses=STATUSES, request_token=ctx.identity.request_token(viewer))
 
