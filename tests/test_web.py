@@ -108,6 +108,7 @@ async def test_a_web_prompt_is_answered_on_the_page_and_in_the_thread_under_the_
         assert "From <@U0ALICE1>:\nand when does it run?" in model.requests[-1].last_user_text
         status, html = await alice.get(f"/s/{token}")
         assert "and when does it run?" in html and "from web" in html and "<strong>3 am</strong>" in html
+        assert '<span class="author">Alice</span> <span class="via">from Slack</span>' in html, "Slack prompts by name"
     finally:
         await alice.close()
 

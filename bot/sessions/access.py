@@ -49,6 +49,9 @@ class Directory(Protocol):
     async def person(self, author: Author, groups: frozenset[str]) -> Person:
         """Who `author` is; `groups` are the user groups whose membership matters (may be empty)."""
 
+    def known_name(self, user_id: str) -> str | None:
+        """How the surface names this person, if it already knows (no lookup)."""
+
 
 class SignedIn:
     """The directory of a surface that signs its people in itself (the web page): whoever it
@@ -56,6 +59,9 @@ class SignedIn:
 
     async def person(self, author: Author, groups: frozenset[str]) -> Person:
         return Person(author.id)
+
+    def known_name(self, user_id: str) -> str | None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,9 @@ class Access:
         later for an origin takes over from an earlier one (web sign-in is checked by Slack's, when on)."""
         self._directories.insert(0, (frozenset(origins), directory))
 
+    def _directory(self, author: Author) -> Directory | None:
+        return next((d for origins, d in self._directories if author.origin.value in origins), None)
+
     @property
     def restricted_to_listed(self) -> bool:
         return bool(self.settings.allow_users or self.settings.allow_usergroups)
@@ -101,7 +110,7 @@ class Access:
 
     async def check_person(self, author: Author) -> Denied | None:
         """None when `author` may use the bot at all, else why not."""
-        directory = next((d for origins, d in self._directories if author.origin.value in origins), None)
+        directory = self._directory(author)
         if directory is None:
             return Denied("not_member", "I can't tell who you are here, so I can't take requests from this place.")
         s = self.settings
@@ -122,6 +131,11 @@ class Access:
             return Denied("not_allowed", "Sorry, you are not on the list of people who may use me. "
                                          "An admin can add you (ALLOW_USERS or ALLOW_USERGROUPS).")
         return None
+
+    def known_name(self, author: Author) -> str | None:
+        """The author's name as their directory last saw it (filled by `check_person`'s lookup)."""
+        directory = self._directory(author)
+        return directory.known_name(author.id) if directory is not None else None
 
     def check_rate(self, author: Author) -> Denied | None:
         """At most MAX_PROMPTS_PER_MINUTE prompts a minute each; past it, say when to go on."""

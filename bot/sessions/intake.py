@@ -157,7 +157,9 @@ class Intake:
                                 "and send it again."))
         if denied := await self.access.check_person(author) or self.access.check_rate(author):
             return self._refuse(author, Refused.denied(denied))
-        request = replace(request, text=text)
+        if author.name is None and (name := self.access.known_name(author)):
+            author = author.model_copy(update={"name": name})  # for people reading the session elsewhere
+        request = replace(request, text=text, author=author)
         if request.session_id is not None:
             existing = await self.sessions.get(request.session_id)
             if existing is None:

@@ -55,6 +55,11 @@ class SlackDirectory:
         except DirectoryUnavailable:
             return None
 
+    def known_name(self, user: str) -> str | None:
+        """The name from the last lookup, if it is still cached (never calls Slack)."""
+        cached = self._users.get(user)
+        return cached[4] if cached is not None else None
+
     async def _own_team(self) -> tuple[str | None, str | None]:
         if self._team is None:
             async with self._lock:
