@@ -10,8 +10,9 @@ CPU is not the service loop's (these machines have 2 cores):
   time minus the event's `ts` (its append to the log: same machine, same clock). Viewers ask for
   permessage-deflate as browsers do (`--no-compress` turns it off). Reported: delivery latency
   p50/p95/p99/max over all viewers and events, events delivered against expected, the service
-  process's RSS (before the viewers, at peak, after), and its event loop's lag (a ticker's sleep
-  overshoot, every 10 ms) during the run;
+  process's RSS (before the viewers, at peak, after), its event loop's lag (a ticker's sleep
+  overshoot, every 10 ms) during the run, and the CPU of the service, of the clients and of the
+  rest of the machine (/proc/stat: another busy process there makes the figures worse);
 - time to first content: GET of the streamed session's page (first load, which projects the
   whole log, then a second, from the server's cached projection) and the HTML size; the loop's
   lag while 5 GETs of it run at once, and while 5 GETs of another 10,000-event session (100
@@ -20,7 +21,8 @@ CPU is not the service loop's (these machines have 2 cores):
 
 Exits non-zero only if an event was missing, skipped or doubled (a missed target is a figure).
 
-Run: `.venv/bin/python -m bench.web_fanout [--viewers 100] [--events 10000] [--rate 500]`.
+Run: `.venv/bin/python -m bench.web_fanout [--viewers 100] [--events 10000] [--rate 500]`
+(`--no-compress`, `--no-browser`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ def memory() -> dict[str, float]:
         if key in ("VmRSS", "VmHWM"):
             found[key] = int(value.split()[0]) / 1024
     return found
+
+
+def machine_cpu() -> float:
+    """CPU seconds the whole machine has been busy (all cores, every process), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 # -- clients (each kind runs in a child process: `--child KIND ...`) ------------------------
@@ -344,13 +353,13 @@ async def run(viewers: int, events: int, rate: float, compress: bool, browser: b
             rss_connected = memory()["VmRSS"]
             watch.reset()
             clients.go()
-            cpu0 = time.process_time()
+            cpu0, machine0 = time.process_time(), machine_cpu()
             took = await produce(sessions, info.id, turn, events, rate)
             sessions.emit(info.id, TurnEnded(prompt_id=turn, outcome=Outcome.DONE, duration_ms=took * 1000), turn=turn)
             sessions.emit(info.id, Status(state="idle"))
             final = sessions.log_of(info.id).last_seq()
             fan = await clients.result(budget)
-            cpu = time.process_time() - cpu0
+            cpu, machine = time.process_time() - cpu0, machine_cpu() - machine0
             lag = watch.window()
             rss_peak, hwm = watch.max_rss, memory()["VmHWM"]
             await until(lambda: ctx.presence.count() == 0, 30, "the viewers to leave")
@@ -384,7 +393,8 @@ async def run(viewers: int, events: int, rate: float, compress: bool, browser: b
                   f"{rss_peak:.0f} MiB peak during the stream (VmHWM {hwm:.0f} MiB), {rss_after:.0f} MiB after")
             print(f"  service loop: max lag {lag['max_ms']:.1f} ms, p99 lag {lag['p99_ms']:.1f} ms; service CPU "
                   f"{cpu:.1f} s over {fan['wall_s']:.1f} s ({cpu / wall * 100:.0f}% of a core); "
-                  f"clients' CPU {fan['cpu_s']:.1f} s ({fan['cpu_s'] / wall * 100:.0f}% of a core)", flush=True)
+                  f"clients' CPU {fan['cpu_s']:.1f} s ({fan['cpu_s'] / wall * 100:.0f}% of a core); "
+                  f"other processes and the kernel {max(0.0, machine - cpu - fan['cpu_s']):.1f} s", flush=True)
 
             # -- page loads -------------------------------------------------------------------
             print(f"time to first content, session page of {final:,} events (GET to the whole HTML, client in another process):")

@@ -145,7 +145,7 @@ async def test_writes_need_a_signed_in_person_on_one_of_our_pages(service, slack
 
 
 async def test_the_websocket_replays_from_any_sequence_number_then_tails(service, slack, model):
-    _, token = await asked(slack, model, "count", answer="word " * 150)
+    _, token = await asked(slack, model, "count", answer="word " * 500)  # past INLINE_MARKDOWN: rendered in a thread
     base = base_url(service)
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(f"{base}/s/{token}/ws?after=0", headers={"Origin": base}) as ws:
@@ -153,7 +153,7 @@ async def test_the_websocket_replays_from_any_sequence_number_then_tails(service
         seqs = [e["seq"] for e in events]
         assert seqs == list(range(1, len(seqs) + 1)), "every event once, in order"
         text = "".join(e["data"]["text"] for e in events if e["kind"] == "text_delta")
-        assert text == "word " * 150
+        assert text == "word " * 500
         assert any(e["kind"] == "assistant_message" and "word" in e.get("html", "") for e in events)
         middle = seqs[len(seqs) // 2]
         async with http.ws_connect(f"{base}/s/{token}/ws?after={middle}", headers={"Origin": base}) as ws:

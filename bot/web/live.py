@@ -35,6 +35,8 @@ FRAME_EVENTS = 500
 """Most events in one frame (a replay of a long log goes out in several)."""
 BACKLOG = 2000
 """Encoded events waiting for one viewer's socket; past it the viewer reads on from the log."""
+INLINE_MARKDOWN = 2000
+"""Characters of Markdown rendered on the event loop; a longer answer is rendered in a thread."""
 TYPING_EVERY = 20.0
 """Seconds between two warm-ups asked by one viewer's typing."""
 
@@ -88,17 +90,40 @@ class Presence:
 
 
 class EventEncoder:
-    """Events as the page reads them; each encoded once for all its viewers."""
+    """Events as the page reads them; each encoded once for all its viewers. A long answer's
+    Markdown is rendered in a thread (tens of milliseconds for a long one), once, while the
+    viewers that need it wait for that one rendering."""
 
-    def __init__(self, size: int = 8192):
+    def __init__(self, size: int = 4096):
         self._cache: LRUCache[tuple[str, int], str] = LRUCache(size)
+        self._rendering: dict[tuple[str, int], asyncio.Future[str]] = {}
 
-    def encode(self, session_id: str, event: Event) -> str:
+    async def encode(self, session_id: str, event: Event) -> str:
         key = (session_id, event.seq)
-        cached = self._cache.get(key)
-        if cached is None:
-            cached = self._cache[key] = json.dumps(as_json(event), ensure_ascii=False)
-        return cached
+        if (cached := self._cache.get(key)) is not None:
+            return cached
+        if (pending := self._rendering.get(key)) is not None:
+            return await asyncio.shield(pending)
+        data = event.data
+        if not (isinstance(data, AssistantMessage) and len(data.content) > INLINE_MARKDOWN):
+            encoded = self._cache[key] = _encode(event)
+            return encoded
+        future = self._rendering[key] = asyncio.get_running_loop().create_future()
+        try:
+            encoded = await asyncio.to_thread(_encode, event)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._rendering[key]
+        self._cache[key] = encoded
+        future.set_result(encoded)
+        return encoded
+
+
+def _encode(event: Event) -> str:
+    return json.dumps(as_json(event), ensure_ascii=False)
 
 
 def as_json(event: Event) -> dict[str, Any]:
@@ -117,13 +142,15 @@ async def serve_socket(request: web.Request, sessions: LiveSessions, session_id:
         after = max(0, int(request.query.get("after", "0")))
     except ValueError:
         raise web.HTTPBadRequest(text="after must be a sequence number") from None
-    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4096)
+    # No per-message compression: frames are small, and each viewer would compress the same
+    # frame again with a compressor of its own (a tenth of a core and ~14 MiB at 100 viewers).
+    ws = web.WebSocketResponse(heartbeat=30, max_msg_size=4096, compress=False)
     await ws.prepare(request)
     queue: asyncio.Queue[str] = asyncio.Queue(BACKLOG)
 
     async def feed() -> None:
         async for event in sessions.follow(session_id, after):
-            await queue.put(encoder.encode(session_id, event))
+            await queue.put(await encoder.encode(session_id, event))
 
     async def send() -> None:
         while True:
