@@ -306,3 +306,23 @@ async def test_sign_in_with_slack_openid_connect_and_bolt_ignores_oauth_variable
     finally:
         await person.close()
         await svc.stop()
+
+
+async def test_people_the_access_rules_keep_out_get_no_sign_in_link_and_no_lists(service, slack, model):
+    await asked(slack, model, "something of Alice's")
+    slack.users["U0GUEST01"] = {"is_restricted": True}
+    await slack.open_home("U0GUEST01")
+    await slack.wait_for(lambda: slack.home_views.get("U0GUEST01"), what="the guest's Home tab")
+    assert "open_web_view" not in slack.home_buttons("U0GUEST01")
+    assert "guests" in json.dumps(slack.home_views["U0GUEST01"])
+    # a link minted before they became a guest still signs them in, but shows them nothing
+    token = await SignInLinks(service.db).mint("U0GUEST01", "Guest", None)
+    guest = anonymous(service)
+    try:
+        status, _ = await guest.get(f"/auth/link/{token}")
+        assert status == 403
+        for path in ("/sessions?who=all", "/new"):
+            status, html = await guest.get(path)
+            assert status == 403 and "guests" in html and "something of Alice" not in html, path
+    finally:
+        await guest.close()

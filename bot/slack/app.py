@@ -36,7 +36,7 @@ from bot.sessions.intake import Held, HeldRequest, Hints, Intake, Refused, Reque
 from bot.sessions.service import SessionService
 from bot.slack.directory import SlackDirectory
 from bot.slack.format import CLEAR_QUEUE_ACTION, STOP_ACTION, VIEW_ACTION
-from bot.slack.home import OPEN_WEB_ACTION, RECENT, home_view
+from bot.slack.home import OPEN_WEB_ACTION, RECENT, home_view, refused_view
 from bot.slack.messages import (
     THREAD,
     IncomingMessage,
@@ -307,8 +307,11 @@ class SlackClient:
         if event.get("tab", "home") != "home" or not isinstance(user, str) or not user:
             return
         team = body.get("team_id")
-        name = await self.directory.display_name(user)
-        token = await self.links.mint(user, name, team if isinstance(team, str) else None)
+        person = Author(id=user, origin=Origin.APP_HOME, team=team if isinstance(team, str) else None)
+        if denied := await self.intake.access.check_person(person):
+            await self.web.views_publish(user_id=user, view=refused_view(denied.message))
+            return
+        token = await self.links.mint(user, await self.directory.display_name(user), person.team)
         recent = await self.sessions.list_sessions(creator=user, limit=RECENT)
         view = home_view(f"{self.settings.public_url}/auth/link/{token}", recent, self.settings.session_url,
                          max(1, round(self.links.ttl / 60)))

@@ -40,5 +40,13 @@ def home_view(signin_url: str, sessions: list[SessionSummary], session_url: Any,
     return {"type": "home", "blocks": blocks}
 
 
+def refused_view(message: str) -> dict[str, Any]:
+    """The Home tab of someone the access rules keep out: why, and no sign-in link."""
+    return {"type": "home", "blocks": [
+        {"type": "header", "text": {"type": "plain_text", "text": "hosted-agents"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": escape(message)}},
+    ]}
+
+
 def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -10,6 +10,7 @@ from aiohttp import web
 from bot.events import Origin
 from bot.sessions.projection import SessionView
 from bot.web.context import WebContext, local_path
+from bot.web.identity import Viewer
 from bot.web.live import serve_socket
 from bot.web.security import same_origin
 
@@ -46,10 +47,21 @@ def routes(ctx: WebContext) -> list[web.RouteDef]:
 
         return await serve_socket(request, ctx.sessions, info.id, viewer, ctx.presence, ctx.encoder, warm)
 
+    async def refused(viewer: Viewer) -> web.Response | None:
+        """The lists and forms are for people the access rules let in (a guest signed in by an
+        old link sees no one's sessions)."""
+        denied = await ctx.intake.access.check_person(viewer.author)
+        if denied is None:
+            return None
+        return await ctx.page("message.html", code=403, viewer=viewer, request_token="", title="Not for you, sorry",
+                              text=denied.message)
+
     async def sessions_list(request: web.Request) -> web.Response:
         viewer = ctx.viewer(request)
         if viewer is None:
             raise web.HTTPFound("/signin?next=/sessions")
+        if (denied := await refused(viewer)) is not None:
+            return denied
         mine = request.query.get("who", "mine") != "all"
         repos = [r.name for r in ctx.intake.repos_for(viewer.author)]
         repo = request.query.get("repo") or None
@@ -67,6 +79,8 @@ def routes(ctx: WebContext) -> list[web.RouteDef]:
         viewer = ctx.viewer(request)
         if viewer is None:
             raise web.HTTPFound("/signin?next=/new")
+        if (denied := await refused(viewer)) is not None:
+            return denied
         repos = [r.name for r in ctx.intake.repos_for(viewer.author)]
         return await ctx.page("new.html", viewer=viewer, repos=repos, request_token=ctx.identity.request_token(viewer))
 
