@@ -7,8 +7,10 @@ reported as one line per setting by `describe_errors`, never as a traceback.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,6 +18,7 @@ from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SLACK_API_URL = "https://slack.com/api/"
+log = logging.getLogger(__name__)
 
 
 def _http_url(v: str) -> str:
@@ -102,6 +105,19 @@ class Settings(BaseSettings):
     slack_oidc_client_secret: SecretStr | None = None
     slack_oidc_authorize_url: str = "https://slack.com/openid/connect/authorize"
 
+    github_api_url: str = "https://api.github.com"
+    """GitHub's REST API; GitHub Enterprise: https://HOST/api/v3."""
+    github_web_url: str = "https://github.com"
+    """GitHub's web pages (OAuth lives there); remotes on its host authenticate with GitHub tokens."""
+    github_app_id: str = ""
+    github_app_private_key: SecretStr | None = None
+    """The GitHub App's private key: the PEM text, or the path of a file holding it."""
+    github_client_id: str = ""
+    """The GitHub App's OAuth client id (people link their GitHub account with it)."""
+    github_client_secret: SecretStr | None = None
+    github_webhook_secret: SecretStr | None = None
+    """Checks `X-Hub-Signature-256` on `POST /webhooks/github`; unset: webhooks are refused."""
+
     repos_config: Path | None = None
     """YAML file of repositories (format in DESIGN.md)."""
     git_clone_url: str = "https://github.com/{repo}.git"
@@ -177,7 +193,8 @@ class Settings(BaseSettings):
             raise ValueError("must be an app-level token starting with xapp- (Socket Mode)")
         return v or None
 
-    @field_validator("secret_key", "slack_oidc_client_secret")
+    @field_validator("secret_key", "slack_oidc_client_secret", "github_app_private_key", "github_client_secret",
+                     "github_webhook_secret")
     @classmethod
     def _blank_is_unset(cls, v: SecretStr | None) -> SecretStr | None:
         return v if v is not None and v.get_secret_value().strip() else None
@@ -190,7 +207,29 @@ class Settings(BaseSettings):
                              "(e.g. from `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
         return v
 
-    @field_validator("slack_api_url", "public_url", "slack_oidc_authorize_url")
+    @field_validator("github_app_id")
+    @classmethod
+    def _app_id(cls, v: str) -> str:
+        if v.strip() and not v.strip().isdigit():
+            raise ValueError("must be the GitHub App's numeric id (App settings → About → App ID)")
+        return v.strip()
+
+    @field_validator("github_app_private_key")
+    @classmethod
+    def _private_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return None
+        text = v.get_secret_value().strip()
+        if "-----BEGIN" not in text:
+            path = Path(text).expanduser()
+            if not path.is_file():
+                raise ValueError("must be the PEM text of the App's private key or the path of a file holding it")
+            text = path.read_text().strip()
+            if "-----BEGIN" not in text:
+                raise ValueError("the file does not hold a PEM private key")
+        return SecretStr(text)
+
+    @field_validator("slack_api_url", "public_url", "slack_oidc_authorize_url", "github_api_url", "github_web_url")
     @classmethod
     def _http_url_or_unset(cls, v: str) -> str:
         return _http_url(v) if v else ""
@@ -244,6 +283,12 @@ class Settings(BaseSettings):
             raise ValueError(f"{missing} is missing: Slack needs both SLACK_BOT_TOKEN and SLACK_APP_TOKEN")
         if bool(self.slack_oidc_client_id) != (self.slack_oidc_client_secret is not None):
             raise ValueError("Sign in with Slack needs both SLACK_OIDC_CLIENT_ID and SLACK_OIDC_CLIENT_SECRET")
+        if bool(self.github_app_id) != (self.github_app_private_key is not None):
+            raise ValueError("the GitHub App needs both GITHUB_APP_ID and GITHUB_APP_PRIVATE_KEY")
+        if bool(self.github_client_id) != (self.github_client_secret is not None):
+            raise ValueError("linking GitHub accounts needs both GITHUB_CLIENT_ID and GITHUB_CLIENT_SECRET")
+        self.github_api_url = self.github_api_url.rstrip("/")
+        self.github_web_url = self.github_web_url.rstrip("/")
         if not self.public_url:
             self.public_url = f"http://{self.web_host}:{self.web_port}"
         self.public_url = self.public_url.rstrip("/")
@@ -258,6 +303,14 @@ class Settings(BaseSettings):
             return self.max_sandboxes
         total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         return max(1, total // parse_size(self.sandbox_memory))
+
+    @property
+    def github_app_enabled(self) -> bool:
+        return bool(self.github_app_id) and self.github_app_private_key is not None
+
+    @property
+    def github_linking_enabled(self) -> bool:
+        return bool(self.github_client_id) and self.github_client_secret is not None
 
     @property
     def oidc_enabled(self) -> bool:
@@ -336,6 +389,28 @@ def egress_patterns(text: str) -> list[str]:
             egress_pattern(item)
             patterns.append(item.strip().lower())
     return patterns
+
+
+def secret_key(settings: Settings) -> bytes:
+    """SECRET_KEY, or the key generated on first start and kept in DATA_DIR (mode 0600): signs the
+    web's cookies and, derived per purpose, encrypts stored tokens."""
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value().encode()
+    path = settings.data_dir / "secret_key"
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = secrets.token_urlsafe(48).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as out:
+        out.write(key)
+    log.info("generated a SECRET_KEY in %s (set SECRET_KEY to manage it yourself)", path.resolve())
+    return key
 
 
 class ConfigError(Exception):

@@ -10,19 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
-import os
-import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from bot.config import Settings
 from bot.events import Author, Origin
-
-log = logging.getLogger(__name__)
 
 COOKIE = "ha_session"
 SESSION_MAX_AGE = 30 * 86400
@@ -45,31 +38,6 @@ class Viewer:
     @property
     def display(self) -> str:
         return self.name or self.user_id
-
-
-def secret_key(settings: Settings) -> bytes:
-    """SECRET_KEY, or the key generated on first start and kept in DATA_DIR (mode 0600)."""
-    if settings.secret_key is not None:
-        return settings.secret_key.get_secret_value().encode()
-    path = settings.data_dir / "secret_key"
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = secrets.token_urlsafe(48).encode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as out:
-        out.write(key)
-    log.info("generated a SECRET_KEY in %s (set SECRET_KEY to manage it yourself)", _shown(path))
-    return key
-
-
-def _shown(path: Path) -> str:
-    return str(path.resolve())
 
 
 class Identity:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from bot.config import Settings
+from bot.config import Settings, secret_key
 from bot.sessions.intake import Intake
 from bot.sessions.service import SessionService
 from bot.store.signin_links import SignInLinks
 from bot.web import actions, auth, pages
 from bot.web.context import WebContext
-from bot.web.identity import Identity, secret_key
+from bot.web.identity import Identity
 from bot.web.security import security_headers
 
 STATIC = Path(__file__).with_name("static")
