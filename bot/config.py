@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     github_client_secret: SecretStr | None = None
     github_webhook_secret: SecretStr | None = None
     """Checks `X-Hub-Signature-256` on `POST /webhooks/github`; unset: webhooks are refused."""
+    github_app_mention: str = "hosted-agents"
+    """What a PR comment says to address the agent (`@hosted-agents please ...`): it becomes a prompt."""
 
     repos_config: Path | None = None
     """YAML file of repositories (format in DESIGN.md)."""

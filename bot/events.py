@@ -73,8 +73,9 @@ class Author(_Payload):
 
 SLACK_ORIGINS = frozenset({Origin.SLACK_THREAD, Origin.SLACK_DM, Origin.APP_HOME, Origin.SHORTCUT})
 """Origins in Slack itself."""
-SLACK_ID_ORIGINS = SLACK_ORIGINS | {Origin.WEB}
-"""Origins whose author ids are Slack user ids: people sign in to the web with Slack."""
+SLACK_ID_ORIGINS = SLACK_ORIGINS | {Origin.WEB, Origin.GITHUB}
+"""Origins whose author ids are Slack user ids: people sign in to the web with Slack, and a GitHub
+comment speaks for the Slack account linked to its author (unlinked authors are not let in)."""
 _SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 
 
@@ -230,9 +231,27 @@ class ParticipantsAdded(_Payload):
     by: str
 
 
+class PullRequest(_Payload):
+    """The session's pull request moved: opened, pushed to, reviewed, commented on, merged, closed."""
+
+    kind: Literal["pull_request"] = "pull_request"
+    repo: str
+    number: int
+    url: str
+    action: str
+    """opened, pushed, approved, changes_requested, commented, merged, closed, reopened."""
+    by: str | None = None
+    """Who: a Slack id for what the session did (opened, pushed), a GitHub login for what happened on GitHub."""
+    as_app: bool = False
+    """Opened as the GitHub App (the person had no linked account)."""
+    text: str | None = None
+    """A comment's text, or what a push added."""
+
+
 EventData = Annotated[
     PromptQueued | TurnStarted | TextDelta | AssistantMessage | ToolCalled | ToolResult | FileChanged | Note
-    | TurnEnded | QueueChanged | Status | SandboxReady | GitSynced | ErrorRaised | Egress | ParticipantsAdded | WarmUp,
+    | TurnEnded | QueueChanged | Status | SandboxReady | GitSynced | ErrorRaised | Egress | ParticipantsAdded | WarmUp
+    | PullRequest,
     Field(discriminator="kind"),
 ]
 _adapter: TypeAdapter[EventData] = TypeAdapter(EventData)
@@ -240,7 +259,7 @@ KINDS: frozenset[str] = frozenset(
     m.model_fields["kind"].default
     for m in (PromptQueued, TurnStarted, TextDelta, AssistantMessage, ToolCalled, ToolResult, FileChanged, Note,
               TurnEnded, QueueChanged, Status, SandboxReady, GitSynced, ErrorRaised, Egress, ParticipantsAdded,
-              WarmUp)
+              WarmUp, PullRequest)
 )
 
 

@@ -14,21 +14,31 @@ from slack_sdk.errors import SlackApiError
 from bot.agent.loop import Agent
 from bot.agent.model import ModelNotConfigured, make_client
 from bot.agent.plugins import BuiltinTools, GitSyncGate, SandboxContext, plugin_manager, tool_registry
-from bot.config import ConfigError, Settings
+from bot.agent.pull_request_tool import PullRequestPlugin
+from bot.agent.tools import ToolError
+from bot.config import ConfigError, Settings, secret_key
 from bot.events import Origin
+from bot.github.accounts import GitHubAccounts
+from bot.github.app import AppTokens
+from bot.github.crypto import TokenCipher
+from bot.github.git import app_credentials
+from bot.github.oauth import GitHubOAuth
 from bot.repos import RepoCatalog, load_repos
 from bot.sessions.access import Access, SignedIn
-from bot.sessions.intake import Intake
+from bot.sessions.intake import Intake, Refused
+from bot.sessions.pull_requests import PullRequests
 from bot.sessions.service import SessionService
 from bot.slack.app import SlackClient, SlackContext
 from bot.store.batch import BatchWriter
 from bot.store.db import Database
 from bot.store.pending import PendingRequests
 from bot.store.processed_events import ProcessedEvents
+from bot.store.pull_requests import PullRequestRecords
 from bot.store.signin_links import SignInLinks
 from bot.web.server import build_app
 from classifier.classify import Classifier
 from classifier.model import ModelClassifier
+from sandbox.gitauth import no_credentials
 from sandbox.stack import SandboxStack
 
 log = logging.getLogger("hosted_agents")
@@ -40,9 +50,14 @@ class Service:
         self.catalog: RepoCatalog = load_repos(settings.repos_config, settings.git_clone_url)
         self.db = Database(settings.database_url)
         with_sandboxes = len(self.catalog) > 0 and settings.sandbox_backend == "docker"
-        self.sandbox: SandboxStack | None = SandboxStack(settings, self.db, self.catalog) if with_sandboxes else None
+        self.app_tokens = AppTokens(settings) if settings.github_app_enabled else None
+        credentials = app_credentials(self.app_tokens, settings.github_web_url) if self.app_tokens else no_credentials
+        self.sandbox: SandboxStack | None = (SandboxStack(settings, self.db, self.catalog, credentials)
+                                             if with_sandboxes else None)
         manager = self.sandbox.manager if self.sandbox else None
-        builtins = [BuiltinTools(settings.sandbox_command_timeout), GitSyncGate(), SandboxContext(manager)]
+        builtins: list[object] = [BuiltinTools(settings.sandbox_command_timeout), GitSyncGate(), SandboxContext(manager)]
+        if self.app_tokens is not None:
+            builtins.append(PullRequestPlugin(self._agent_opens_pull_request))
         self.hooks = plugin_manager(settings.plugins, builtins=builtins)
         self._model: AsyncOpenAI | None = make_client(settings) if settings.model_configured else None
         tools = tool_registry(self.hooks)
@@ -55,13 +70,30 @@ class Service:
         self.classifier = self._classifier() if len(self.catalog) else None
         self.access = Access(settings, self.catalog)
         self.access.add_directory([Origin.WEB, Origin.PARENT_SESSION], SignedIn())
+        oauth = GitHubOAuth(settings) if settings.github_linking_enabled else None
+        self.github_accounts = GitHubAccounts(self.db, oauth, TokenCipher(secret_key(settings)))
+        self.pull_requests = PullRequests(settings, self.sessions, PullRequestRecords(self.db), self.app_tokens,
+                                          self.github_accounts)
         self.intake = Intake(self.sessions, self.classifier, PendingRequests(self.db, settings.pending_request_ttl),
-                             settings, self.access)
+                             settings, self.access, self.pull_requests)
         self.signin_links = SignInLinks(self.db)
         self.scheduler = AsyncIOScheduler()
         self.slack: SlackClient | None = None
         self._web: web.AppRunner | None = None
         self.web_port: int | None = None
+
+    async def _agent_opens_pull_request(self, session_id: str, title: str, body: str) -> str:
+        """The agent's `open_pull_request`: in the name of the person whose prompt is running."""
+        by = self.sessions.running_prompter(session_id)
+        if by is None:
+            raise ToolError("No prompt is running in this session.")
+        result = await self.intake.open_pull_request(session_id, by, title, body)
+        if isinstance(result, Refused):
+            raise ToolError(result.message)
+        if not result.created:
+            return f"Pushed the new commits to the session's pull request #{result.number}: {result.url}"
+        marked = " (opened as the GitHub App: the person has no linked account)" if result.as_app else ""
+        return f"Opened pull request #{result.number}{marked}: {result.url}"
 
     def _classifier(self) -> Classifier:
         vote = ModelClassifier(self._model_client, self.settings.classifier_model, self.catalog, self.settings.classifier_timeout)
@@ -105,7 +137,8 @@ class Service:
         self.scheduler.start()
 
     async def _start_web(self) -> None:
-        app = build_app(self.settings, self.sessions, self.intake, self.signin_links, self.settings.slack_enabled)
+        app = build_app(self.settings, self.sessions, self.intake, self.signin_links, self.settings.slack_enabled,
+                        self.github_accounts)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.web_host, self.settings.web_port)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import shlex
 import time
@@ -21,6 +22,7 @@ from bot.store.db import Database
 from bot.store.tables import ImageRow
 from sandbox.backend import LABEL, SandboxBackend
 from sandbox.executor import Executor
+from sandbox.gitauth import GitCredentials, no_credentials
 from sandbox.gitrefs import InvalidBranch, check_branch
 from sandbox.protocol import SANDBOX_HOME, SANDBOX_UID, WORKSPACE, Exec
 
@@ -46,9 +48,12 @@ def image_repository(repo: str) -> str:
 
 
 class ImageBuilder:
-    def __init__(self, backend: SandboxBackend, db: Database, keep: int = 3, step_timeout: float = 1800.0):
+    def __init__(self, backend: SandboxBackend, db: Database, keep: int = 3, step_timeout: float = 1800.0,
+                 credentials: GitCredentials = no_credentials):
         self.backend = backend
         self.db = db
+        self.credentials = credentials
+        """The clone's (and `git ls-remote`'s) credentials for private remotes."""
         self.keep = keep
         self.step_timeout = step_timeout
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -64,7 +69,7 @@ class ImageBuilder:
         async with self._locks[repo.name]:
             if not force:
                 current = await self._latest_row(repo.name)
-                tip = await remote_tip(repo.clone_url or "", repo.default_branch)
+                tip = await remote_tip(repo.clone_url or "", repo.default_branch, await self.credentials(repo))
                 if current is not None and tip is not None and current.commit == tip:
                     return current.tag  # type: ignore[return-value]
             return await self._build(repo)
@@ -85,7 +90,7 @@ class ImageBuilder:
             ref = await self.backend.create(repo.image.base, {f"{LABEL}.role": "build", f"{LABEL}.repo": repo.name})
             ex = await self.backend.executor(ref)
             clone = ["git", "clone", "--quiet", "--branch", branch, "--", repo.clone_url or "", "."]
-            await self._step(ex, lines, "clone", Exec(argv=clone))
+            await self._step(ex, lines, "clone", Exec(argv=clone, env=await self.credentials(repo)))
             commit = (await self._step(ex, lines, "commit", Exec(argv=["git", "rev-parse", "HEAD"]))).strip()
             # Setup steps come from the operator's config and install things: they run as root,
             # and what they leave in the workspace is handed to the sandbox user afterwards.
@@ -166,12 +171,13 @@ class ImageBuilder:
             return list((await s.execute(query)).scalars().all())
 
 
-async def remote_tip(url: str, branch: str) -> str | None:
+async def remote_tip(url: str, branch: str, env: dict[str, str] | None = None) -> str | None:
     """The commit at the branch tip, asked of the remote without a clone (None if unreachable)."""
     try:
         proc = await asyncio.create_subprocess_exec(
             "git", "ls-remote", url, f"refs/heads/{branch}",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})},
         )
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
     except (OSError, TimeoutError):

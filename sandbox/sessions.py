@@ -27,6 +27,7 @@ from bot.store.db import Database
 from sandbox.backend import DISK_LABEL, LABEL, ContainerRef, SandboxBackend
 from sandbox.disk import new_disk_name
 from sandbox.executor import Executor
+from sandbox.gitauth import GitCredentials, no_credentials
 from sandbox.gitrefs import check_branch
 from sandbox.images import ImageBuilder
 from sandbox.pool import WarmPool
@@ -106,6 +107,10 @@ class SessionSandbox:
         argv = ["git", "diff", "HEAD", "--", path] if path else ["git", "diff", "HEAD"]
         return await (await self.executor()).call(Exec(argv=argv, timeout=60, cap=30_000))
 
+    async def git(self, argv: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> CommandResult:
+        """One git command in the workspace (`argv` after `git`), with this command's own environment."""
+        return await (await self.executor()).call(Exec(argv=["git", *argv], env=env or {}, timeout=timeout, cap=30_000))
+
     async def status(self) -> CommandResult:
         return await (await self.executor()).call(Exec(argv=["git", "status", "--short", "--branch"], timeout=60, cap=30_000))
 
@@ -145,7 +150,7 @@ class SessionSandbox:
 class SandboxManager:
     def __init__(self, backend: SandboxBackend, db: Database, catalog: RepoCatalog, images: ImageBuilder,
                  pool: WarmPool, idle_timeout: float, snapshot_retention: float, snapshots_max: int = 50,
-                 disk_quota: str | None = None):
+                 disk_quota: str | None = None, credentials: GitCredentials = no_credentials):
         self.backend = backend
         self.db = db
         self.catalog = catalog
@@ -156,6 +161,8 @@ class SandboxManager:
         self.snapshots_max = snapshots_max
         self.disk_quota = disk_quota
         """SANDBOX_DISK, for the tools' message when a command fills the disk."""
+        self.credentials = credentials
+        """For the git commands that reach a repo's remote (the sync's fetch, a push)."""
         self.snapshots = SnapshotRecords(db)
         self._sandboxes: dict[str, SessionSandbox] = {}
 
@@ -259,7 +266,8 @@ class SandboxManager:
 
         Branch names are checked and passed as arguments: no shell ever sees them."""
         base, work = check_branch(sb.repo.default_branch), check_branch(sb.work_branch)
-        result = await executor.call(Exec(argv=["git", "fetch", "--quiet", "origin", f"refs/heads/{base}"], timeout=300))
+        fetch = ["git", "fetch", "--quiet", "origin", f"refs/heads/{base}"]
+        result = await executor.call(Exec(argv=fetch, timeout=300, env=await self.credentials(sb.repo)))
         if result.exit_code == 0:
             result = await executor.call(Exec(argv=["git", "checkout", "--quiet", "-B", work, "FETCH_HEAD"], timeout=60))
             if result.exit_code == 0:

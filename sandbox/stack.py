@@ -16,6 +16,7 @@ from sandbox.backend import SandboxLimits
 from sandbox.disk import DiskError, DiskStore
 from sandbox.docker import DockerBackend, DockerUnavailable, UnknownRuntime
 from sandbox.egress import EgressPolicy, EgressProxy, default_patterns
+from sandbox.gitauth import GitCredentials, no_credentials
 from sandbox.images import BuildFailed, ImageBuilder
 from sandbox.pool import WarmPool
 from sandbox.sessions import SandboxManager
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 class SandboxStack:
-    def __init__(self, settings: Settings, db: Database, catalog: RepoCatalog):
+    def __init__(self, settings: Settings, db: Database, catalog: RepoCatalog,
+                 credentials: GitCredentials = no_credentials):
         self.settings = settings
         self.catalog = catalog
         limits = SandboxLimits(network=settings.sandbox_network, memory=settings.sandbox_memory,
@@ -44,13 +46,13 @@ class SandboxStack:
             raise ConfigError(f"SANDBOX_RUNTIME: {exc}") from None
         except DockerUnavailable as exc:
             raise ConfigError(f"DOCKER_HOST: {exc}; the repositories in REPOS_CONFIG need a Docker engine") from None
-        self.images = ImageBuilder(self.backend, db, keep=settings.images_keep)
+        self.images = ImageBuilder(self.backend, db, keep=settings.images_keep, credentials=credentials)
         self.pool = WarmPool(self.backend, db, self.images, catalog, ttl=settings.pool_entry_ttl)
         self.manager = SandboxManager(self.backend, db, catalog, self.images, self.pool,
                                       idle_timeout=settings.sandbox_idle_timeout,
                                       snapshot_retention=settings.snapshot_retention,
                                       snapshots_max=settings.snapshots_max,
-                                      disk_quota=settings.sandbox_disk or None)
+                                      disk_quota=settings.sandbox_disk or None, credentials=credentials)
         self.scheduler: AsyncIOScheduler | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 

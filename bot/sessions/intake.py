@@ -18,9 +18,11 @@ from dataclasses import dataclass, field, replace
 
 from bot.config import Settings
 from bot.events import Author, Origin, ParticipantsAdded
+from bot.github.webhooks import CommentAdded, WebhookEvent
 from bot.repos import Repo
 from bot.sessions.access import Access, Denied, Place
 from bot.sessions.log import Prompt
+from bot.sessions.pull_requests import Opened, PullRequestRefused, PullRequests
 from bot.sessions.service import SessionInfo, SessionService, Surface
 from bot.store.pending import EXPIRED, STARTED, PendingRequests
 from bot.store.tables import PendingRequestRow
@@ -129,13 +131,14 @@ ExpiryObserver = Callable[[HeldRequest], Awaitable[None]]
 
 class Intake:
     def __init__(self, sessions: SessionService, classifier: Classifier | None, pending: PendingRequests,
-                 settings: Settings, access: Access):
+                 settings: Settings, access: Access, pull_requests: PullRequests | None = None):
         self.sessions = sessions
         self.classifier = classifier
         self.pending = pending
         self.settings = settings
         self.max_prompt_chars = settings.max_prompt_chars
         self.access = access
+        self.pull_requests = pull_requests
         self._expiry_observers: list[ExpiryObserver] = []
 
     @property
@@ -259,6 +262,33 @@ class Intake:
     def repos_for(self, author: Author) -> list[Repo]:
         """The repositories this person may start a session on outside a channel (the web)."""
         return self.access.repos_for(author, Place())
+
+    async def open_pull_request(self, session_id: str, by: Author, title: str | None = None, body: str | None = None,
+                                as_app: bool = False) -> Opened | Refused:
+        """Commit, push and open the session's PR in `by`'s name: anyone who may prompt the session may."""
+        info = await self.sessions.get(session_id)
+        if info is None:
+            return Refused("unknown_session", "I can't find that session any more.")
+        if denied := await self.access.check_person(by) or await self._may_prompt(info, Request("", by)):
+            return self._refuse(by, Refused.denied(denied))
+        if self.pull_requests is None:
+            return Refused("not_configured", "Pull requests are not set up here (GITHUB_APP_ID, GITHUB_APP_PRIVATE_KEY).")
+        try:
+            return await self.pull_requests.open(session_id, by, title, body, as_app)
+        except PullRequestRefused as exc:
+            return Refused(exc.reason, exc.message)
+
+    async def github_event(self, event: WebhookEvent, mention: str) -> None:
+        """A webhook about a pull request: its session hears of it; a comment that names `mention`
+        (the App, e.g. `@hosted-agents`) is a prompt from its author's linked Slack account."""
+        if self.pull_requests is None:
+            return
+        row = await self.pull_requests.apply(event)
+        if row is None or not isinstance(event, CommentAdded) or event.is_bot or mention.lower() not in event.body.lower():
+            return
+        linked = await self.pull_requests.slack_user(event.author_id)
+        author = Author(id=linked or f"github:{event.author}", name=event.author, origin=Origin.GITHUB)
+        await self.submit(Request(event.body.replace(mention, "").strip(), author, session_id=row.session_id))
 
     async def set_ui_ref(self, held_id: str, ref: str) -> None:
         """Remember what the surface showed to ask (e.g. its message), to update it later."""

@@ -109,6 +109,7 @@ class SessionService:
         self.bus = EventBus(lambda sid, after: self._logs.get(sid).page(after))
         self._runners: dict[str, Runner] = {}
         self._observers: list[Observer] = []
+        self._listeners: list[Callable[[str, Event], None]] = []
         self._by_id: LRUCache[str, SessionInfo] = LRUCache(CACHE_SIZE)
         self._by_surface: LRUCache[Surface, SessionInfo] = LRUCache(CACHE_SIZE)
         self._status_written: LRUCache[str, str] = LRUCache(CACHE_SIZE)
@@ -126,6 +127,11 @@ class SessionService:
 
     def add_observer(self, observer: Observer) -> None:
         self._observers.append(observer)
+
+    def add_listener(self, listener: Callable[[str, Event], None]) -> None:
+        """Called with (session id, event) for every event appended, working or not: for surfaces that
+        show what happens to an idle session (a PR merged overnight). Must not block."""
+        self._listeners.append(listener)
 
     async def get(self, session_id: str) -> SessionInfo | None:
         if (info := self._by_id.get(session_id)) is not None:
@@ -307,6 +313,11 @@ class SessionService:
             self.emit(session_id, QueueChanged(queued=0, cleared=count, by=by))
         return count
 
+    def running_prompter(self, session_id: str) -> Author | None:
+        """The person whose prompt is running now, if one is."""
+        runner = self._runners.get(session_id)
+        return runner.prompt.author if runner and runner.turn_running and runner.prompt else None
+
     def running_author(self, session_id: str) -> str | None:
         """Who prompted the turn running now, if one is."""
         runner = self._runners.get(session_id)
@@ -349,6 +360,11 @@ class SessionService:
     def emit(self, session_id: str, data: EventData, turn: int | None = None) -> Event:
         event = self._logs.get(session_id).append(data, turn)
         self.bus.publish(session_id, event)
+        for listener in self._listeners:
+            try:
+                listener(session_id, event)
+            except Exception:
+                log.exception("session event listener failed")
         return event
 
     # -- lifecycle ----------------------------------------------------------------------

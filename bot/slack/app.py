@@ -31,12 +31,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.agent.hookspecs import hookimpl
 from bot.config import Settings
-from bot.events import SLACK_ID_ORIGINS, Author, Origin
+from bot.events import SLACK_ID_ORIGINS, Author, Event, Origin, PullRequest
 from bot.sessions.intake import Held, HeldRequest, Hints, Intake, Refused, Request
 from bot.sessions.service import SessionService
+from bot.slack.delivery import Content
 from bot.slack.directory import SlackDirectory
-from bot.slack.format import CLEAR_QUEUE_ACTION, STOP_ACTION, VIEW_ACTION
-from bot.slack.home import OPEN_WEB_ACTION, RECENT, home_view, refused_view
+from bot.slack.format import CLEAR_QUEUE_ACTION, CREATE_PR_ACTION, STOP_ACTION, VIEW_ACTION, pull_request_text, render_note
+from bot.slack.home import CONNECT_GITHUB_ACTION, OPEN_WEB_ACTION, RECENT, home_view, refused_view
 from bot.slack.messages import (
     THREAD,
     IncomingMessage,
@@ -179,10 +180,12 @@ class SlackClient:
         self.renderer = SlackRenderer(self.web, sessions, settings)
         sessions.add_observer(self.renderer.on_working)
         intake.on_expired(self._show_expired)
+        sessions.add_listener(self._on_session_event)
         self.directory = SlackDirectory(self.web)
         intake.access.add_directory((o.value for o in SLACK_ID_ORIGINS), self.directory)
         self._register()
         self._socket: AsyncSocketModeHandler | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self._thread_locks = KeyedLocks()
 
     async def start(self) -> None:
@@ -207,6 +210,8 @@ class SlackClient:
         app.action(STOP_ACTION)(self.on_stop)
         app.action(CLEAR_QUEUE_ACTION)(self.on_clear_queue)
         app.action(VIEW_ACTION)(self.on_view)
+        app.action(CREATE_PR_ACTION)(self.on_create_pr)
+        app.action(CONNECT_GITHUB_ACTION)(self.on_view)
         app.action(OPEN_WEB_ACTION)(self.on_view)
         app.action(PICK_ACTION)(self.on_pick)
         app.event("app_home_opened")(self.on_home_opened)
@@ -284,6 +289,34 @@ class SlackClient:
         if session_id and isinstance(refused := await self.intake.clear_queue(session_id, _clicker(body)), Refused):
             await self._ephemeral(channel, user, refused.message)
 
+    async def on_create_pr(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        """Commit, push and open the session's PR in the clicker's name; a refusal (e.g. no linked
+        GitHub account: the link to connect) is said to them alone."""
+        await ack()
+        session_id, user, channel = await self._action_target(body, action)
+        if not session_id:
+            return
+        by = _clicker(body)
+        by = by.model_copy(update={"name": self.directory.known_name(by.id)})
+        result = await self.intake.open_pull_request(session_id, by)
+        if isinstance(result, Refused):
+            await self._ephemeral(channel, user, result.message)
+
+    def _on_session_event(self, session_id: str, event: Event) -> None:
+        """What happens to a session's pull request is said in its thread, working or not."""
+        if isinstance(event.data, PullRequest):
+            task = asyncio.create_task(self._tell_pull_request(session_id, event.data))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _tell_pull_request(self, session_id: str, pr: PullRequest) -> None:
+        info = await self.sessions.get(session_id)
+        thread = thread_of(info) if info else None
+        if thread is None:
+            return
+        for fallback, blocks in render_note(pull_request_text(pr)):
+            self.renderer.outbox.post(thread[0], thread[1], Content(fallback, blocks))
+
     async def on_pick(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         """Someone picked the repository of a held request: intake starts its session."""
         await ack()
@@ -311,10 +344,16 @@ class SlackClient:
         if denied := await self.intake.access.check_person(person):
             await self.web.views_publish(user_id=user, view=refused_view(denied.message))
             return
-        token = await self.links.mint(user, await self.directory.display_name(user), person.team)
+        name = await self.directory.display_name(user)
+        token = await self.links.mint(user, name, person.team)
         recent = await self.sessions.list_sessions(creator=user, limit=RECENT)
+        github = None
+        if self.settings.github_linking_enabled and self.intake.pull_requests is not None:
+            linked = await self.intake.pull_requests.linked(user)
+            connect = await self.links.mint(user, name, person.team)
+            github = (linked, f"{self.settings.public_url}/auth/link/{connect}?next=/github/connect")
         view = home_view(f"{self.settings.public_url}/auth/link/{token}", recent, self.settings.session_url,
-                         max(1, round(self.links.ttl / 60)))
+                         max(1, round(self.links.ttl / 60)), github)
         await self.web.views_publish(user_id=user, view=view)
 
     async def on_link_shared(self, event: dict[str, Any]) -> None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from bot.events import PullRequest
+
 TEXT_LIMIT = 40_000
 BLOCKS_LIMIT = 50
 SECTION_LIMIT = 3_000
@@ -35,6 +37,7 @@ PROMPT_QUOTE = 150
 STOP_ACTION = "stop_turn"
 CLEAR_QUEUE_ACTION = "clear_queue"
 VIEW_ACTION = "view_session"
+CREATE_PR_ACTION = "create_pr"
 
 ZWSP = "\u200b"
 """Put after a `<` that would open a Slack token (`<!here>`, `<@U…>`, `<url|text>`) in Markdown:
@@ -225,6 +228,8 @@ class Head:
     duration_ms: float | None = None
     via: str | None = None
     """Where the prompt was sent from when not Slack (`the web`)."""
+    can_open_pr: bool = False
+    """The session has a repository and pull requests are set up: offer *Create PR* once the turn is done."""
 
     @property
     def running(self) -> bool:
@@ -278,6 +283,31 @@ def render_note(text: str, allowed: Collection[str] = ()) -> list[tuple[str, lis
             for i, part in enumerate(parts)]
 
 
+def pull_request_text(pr: PullRequest) -> str:
+    """What happened to the session's pull request, as a note in its thread."""
+    ref = f"[PR #{pr.number}]({pr.url})"
+    who = mention(pr.by) if pr.by and is_user_id(pr.by) else (pr.by or "someone")
+    match pr.action:
+        case "opened":
+            how = " as the GitHub App (no linked GitHub account)" if pr.as_app else ""
+            return f"{who} opened {ref}{how}."
+        case "pushed":
+            return f"Pushed new commits to {ref}" + (f": {pr.text}" if pr.text else ".")
+        case "approved":
+            return f"{ref} was approved by {who}."
+        case "changes_requested":
+            return f"{who} requested changes on {ref}."
+        case "commented":
+            return f"{who} commented on {ref}: " + " ".join((pr.text or "").split())[:300]
+        case "merged":
+            return f"{ref} was merged. :tada:"
+        case "closed":
+            return f"{ref} was closed without merging."
+        case "reopened":
+            return f"{ref} was reopened."
+    return f"{ref}: {pr.action}."
+
+
 def markdown_block(text: str) -> Block:
     return {"type": "markdown", "text": text}
 
@@ -294,6 +324,9 @@ def _buttons(head: Head) -> list[Block]:
     if head.running:
         buttons.append({"type": "button", "action_id": STOP_ACTION, "style": "danger", "value": head.session_id,
                         "text": {"type": "plain_text", "text": "Stop"}})
+    elif head.can_open_pr:
+        buttons.append({"type": "button", "action_id": CREATE_PR_ACTION, "value": head.session_id,
+                        "text": {"type": "plain_text", "text": "Create PR"}})
     if head.queued:
         buttons.append(
             {"type": "button", "action_id": CLEAR_QUEUE_ACTION, "value": head.session_id,

@@ -13,11 +13,14 @@ from bot.sessions.service import SessionSummary
 from bot.slack.format import Block, escape
 
 OPEN_WEB_ACTION = "open_web_view"
+CONNECT_GITHUB_ACTION = "connect_github"
 RECENT = 10
 
 
-def home_view(signin_url: str, sessions: list[SessionSummary], session_url: Any, minutes: int) -> dict[str, Any]:
-    """The Home tab's view (`views.publish`)."""
+def home_view(signin_url: str, sessions: list[SessionSummary], session_url: Any, minutes: int,
+              github: tuple[str | None, str] | None = None) -> dict[str, Any]:
+    """The Home tab's view (`views.publish`); `github` is (the login linked, if any; the connect URL)
+    when accounts can be linked."""
     blocks: list[Block] = [
         {"type": "header", "text": {"type": "plain_text", "text": "hosted-agents"}},
         {"type": "section", "text": {"type": "mrkdwn", "text": (
@@ -28,6 +31,15 @@ def home_view(signin_url: str, sessions: list[SessionSummary], session_url: Any,
              "text": {"type": "plain_text", "text": "Open web view"}}]},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": (
             f"The button signs you in; it works once and for {minutes} minutes. Open this tab again for a new one.")}]},
+    ]
+    if github is not None:
+        login, connect_url = github
+        status = f"GitHub: linked as *{escape(login)}*." if login else (
+            "GitHub: not linked. Link your account so pull requests are opened in your name.")
+        blocks.append({"type": "section", "block_id": "github", "text": {"type": "mrkdwn", "text": status},
+                       "accessory": {"type": "button", "action_id": CONNECT_GITHUB_ACTION, "url": connect_url,
+                                     "text": {"type": "plain_text", "text": "Connect GitHub" if not login else "Relink"}}})
+    blocks += [
         {"type": "divider"},
         {"type": "header", "text": {"type": "plain_text", "text": "Your recent sessions"}},
     ]

@@ -105,6 +105,8 @@ class SlackRenderer:
         self.first_post_after = first_post_after
         self.close_timeout = close_timeout
         self.team_id: str | None = None
+        self.pull_requests = settings.github_app_enabled
+        """Whether finished turns offer *Create PR*."""
         self._team_lookup: asyncio.Task[None] | None = None
         self._refused_channels: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -429,6 +431,7 @@ class _TurnRender:
         head = Head(
             author=turn.author.id, prompt=turn.prompt, session_id=self.t.info.id, session_url=self.t.session_url,
             via="the web" if turn.author.origin is Origin.WEB else None,
+            can_open_pr=self.t.r.pull_requests and self.t.info.repo is not None,
             allowed=self.t.allowed(), answer=answer, answer_preview=turn.text if answer else "",
             activity=turn.activity, queued=len(view.queue) if turn.running else 0,
             outcome=turn.outcome.value if turn.outcome is not None else None,

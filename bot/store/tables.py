@@ -183,3 +183,62 @@ class SignInLinkRow(Base):
     team: Mapped[str | None] = mapped_column(String(64))
     expires_at: Mapped[float] = mapped_column(Float, index=True)
     used_at: Mapped[float | None] = mapped_column(Float)
+
+
+class GitHubAccountRow(Base):
+    """A person's linked GitHub account: who they are there, and their user tokens, encrypted."""
+
+    __tablename__ = "github_accounts"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    """The person's id where they signed in (their Slack user id)."""
+    github_id: Mapped[int] = mapped_column(Integer)
+    login: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str | None] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(320))
+    access_token: Mapped[str] = mapped_column(Text)
+    """Encrypted (bot/github/crypto.py), as is the refresh token."""
+    access_expires_at: Mapped[float | None] = mapped_column(Float)
+    refresh_token: Mapped[str | None] = mapped_column(Text)
+    refresh_expires_at: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class PullRequestRow(Base):
+    """A session's pull request and where it stands, moved forward by GitHub's webhooks."""
+
+    __tablename__ = "pull_requests"
+    __table_args__ = (UniqueConstraint("repo", "number", name="uq_pull_requests_repo_number"),
+                      Index("ix_pull_requests_session", "session_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    repo: Mapped[str] = mapped_column(String(200))
+    number: Mapped[int] = mapped_column(Integer)
+    url: Mapped[str] = mapped_column(String(500))
+    branch: Mapped[str] = mapped_column(String(255))
+    author: Mapped[str] = mapped_column(String(128))
+    """Who asked for it (their Slack id)."""
+    opened_as: Mapped[str] = mapped_column(String(16))
+    """`user` (with the person's own token) or `app` (as the GitHub App, marked as such)."""
+    state: Mapped[str] = mapped_column(String(16))
+    """`open`, `closed` or `merged`."""
+    gh_updated_at: Mapped[str | None] = mapped_column(String(32))
+    """GitHub's `updated_at` of the last event applied: older deliveries change nothing."""
+    approvals: Mapped[int] = mapped_column(Integer, default=0)
+    changes_requested: Mapped[int] = mapped_column(Integer, default=0)
+    first_review_at: Mapped[float | None] = mapped_column(Float)
+    pushes_after_review: Mapped[int] = mapped_column(Integer, default=0)
+    """Revisions: pushes after the first review."""
+    created_at: Mapped[float] = mapped_column(Float)
+    merged_at: Mapped[float | None] = mapped_column(Float)
+    closed_at: Mapped[float | None] = mapped_column(Float)
+
+
+class GitHubDeliveryRow(Base):
+    """Webhook deliveries already handled (`X-GitHub-Delivery`): GitHub redelivers."""
+
+    __tablename__ = "github_deliveries"
+
+    delivery_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    received_at: Mapped[float] = mapped_column(Float, index=True)

@@ -23,7 +23,7 @@ def routes(ctx: WebContext) -> list[web.RouteDef]:
                                   title="This sign-in link has expired",
                                   text="Sign-in links work once and for 10 minutes. Open the app's Home tab in Slack "
                                        "again for a fresh one.")
-        response = web.HTTPFound("/sessions")
+        response = web.HTTPFound(local_path(request.query.get("next")))
         ctx.identity.sign_in(response, Viewer(person.user_id, person.name, person.team))
         raise response
 

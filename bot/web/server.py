@@ -9,10 +9,11 @@ from pathlib import Path
 from aiohttp import web
 
 from bot.config import Settings, secret_key
+from bot.github.accounts import GitHubAccounts
 from bot.sessions.intake import Intake
 from bot.sessions.service import SessionService
 from bot.store.signin_links import SignInLinks
-from bot.web import actions, auth, pages
+from bot.web import actions, auth, github, pages
 from bot.web.context import WebContext
 from bot.web.identity import Identity
 from bot.web.security import security_headers
@@ -22,7 +23,7 @@ CONTEXT = web.AppKey("context", WebContext)
 
 
 def build_app(settings: Settings, sessions: SessionService, intake: Intake, links: SignInLinks,
-              slack_enabled: bool) -> web.Application:
+              slack_enabled: bool, accounts: GitHubAccounts) -> web.Application:
     identity = Identity(secret_key(settings), secure=settings.public_url.startswith("https://"))
     ctx = WebContext(settings, sessions, intake, identity, links, slack_enabled)
     app = web.Application(client_max_size=1024 * 1024, middlewares=[security_headers])
@@ -35,6 +36,7 @@ def build_app(settings: Settings, sessions: SessionService, intake: Intake, link
     app.add_routes(pages.routes(ctx))
     app.add_routes(actions.routes(ctx))
     app.add_routes(auth.routes(ctx))
+    app.add_routes(github.routes(ctx, accounts))
     app.router.add_static("/static/", STATIC, follow_symlinks=False, append_version=False)
 
     async def close_sockets(_: web.Application) -> None:
