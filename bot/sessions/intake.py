@@ -287,7 +287,11 @@ class Intake:
         if row is None or not isinstance(event, CommentAdded) or event.is_bot or mention.lower() not in event.body.lower():
             return
         linked = await self.pull_requests.slack_user(event.author_id)
-        author = Author(id=linked or f"github:{event.author}", name=event.author, origin=Origin.GITHUB)
+        if linked is None:  # the access rules know people by their Slack account
+            self.access.refuse(Author(id=f"github:{event.author}", origin=Origin.GITHUB),
+                               Denied("not_linked", "a GitHub account linked to nobody in Slack"))
+            return
+        author = Author(id=linked, name=event.author, origin=Origin.GITHUB)
         await self.submit(Request(event.body.replace(mention, "").strip(), author, session_id=row.session_id))
 
     async def set_ui_ref(self, held_id: str, ref: str) -> None:
