@@ -88,6 +88,11 @@ async def test_signed_deliveries_move_the_pr_forward_once_and_show_in_the_thread
     await slack.wait_for(lambda: any("was merged" in m.rendered() for m in slack.bot_messages(thread_ts=root)),
                          what="the merge in the thread")
 
+    info = await svc.sessions.get(session_id)
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{svc.web_port}/s/{info.share_token}") as resp:
+        page = await resp.text()
+    assert 'href="https://github.com/acme/api/pull/7"' in page and '<span id="pr-state">merged</span>' in page
+
     review = {"action": "submitted", "repository": {"full_name": "acme/api"},
               "pull_request": {"number": 7, "html_url": "https://github.com/acme/api/pull/7"},
               "review": {"state": "APPROVED", "user": {"login": "bob"}, "submitted_at": "2026-12-04T10:00:03Z",

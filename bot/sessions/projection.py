@@ -22,6 +22,7 @@ from bot.events import (
     Outcome,
     ParticipantsAdded,
     PromptQueued,
+    PullRequest,
     QueueChanged,
     SandboxReady,
     Status,
@@ -96,6 +97,15 @@ class EgressSummary:
 
 
 @dataclass
+class PullRequestView:
+    number: int
+    url: str
+    state: str
+    """open, merged or closed."""
+    approvals: int = 0
+
+
+@dataclass
 class Totals:
     turns: int = 0
     tool_calls: int = 0
@@ -118,6 +128,7 @@ class SessionView:
     egress: dict[str, EgressSummary] = field(default_factory=dict)
     """`host:port` → what the sandbox did there through the egress proxy."""
     warm_ups: int = 0
+    pull_request: PullRequestView | None = None
     totals: Totals = field(default_factory=Totals)
     last_seq: int = 0
 
@@ -176,6 +187,17 @@ class SessionView:
                 return None
             case WarmUp():
                 self.warm_ups += 1
+                return None
+            case PullRequest():
+                pr = self.pull_request
+                if pr is None or pr.number != data.number:
+                    pr = self.pull_request = PullRequestView(data.number, data.url, "open")
+                if data.action in ("merged", "closed"):
+                    pr.state = data.action
+                elif data.action == "reopened":
+                    pr.state = "open"
+                elif data.action == "approved":
+                    pr.approvals += 1
                 return None
         if turn is None:
             return None

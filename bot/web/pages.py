@@ -31,6 +31,7 @@ def routes(ctx: WebContext) -> list[web.RouteDef]:
         def render(view: SessionView) -> str:
             return ctx.render("session.html", info=info, view=view, turns=list(view.turns.values()), viewer=viewer,
                               request_token=token, origin_label=lambda o: ORIGIN_LABELS.get(o, str(o)),
+                              pull_requests=ctx.settings.github_app_enabled,
                               next_path=request.path)
 
         html = await ctx.with_view(info.id, render)

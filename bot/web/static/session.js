@@ -131,6 +131,7 @@
       case "git_synced": text($("branch"), "· branch " + d.branch); break;
       case "error": $("errors").appendChild(make("li", null, d.message)); break;
       case "egress": egress(d); break;
+      case "pull_request": pullRequest(d); break;
       default: break;
     }
   }
@@ -142,6 +143,17 @@
     li.dataset.count = String(Number(li.dataset.count || "0") + 1);
     text(li, key + ": " + (d.allowed ? "allowed" : "refused") + " · " + li.dataset.count + " connection(s)" + (d.reason ? " · " + d.reason : ""));
     $("egress").hidden = false;
+  }
+
+  function pullRequest(d) {
+    const link = $("pr-link");
+    link.href = d.url;
+    text(link, "PR #" + d.number);
+    const state = { merged: "merged", closed: "closed", reopened: "open", opened: "open" }[d.action];
+    if (state) text($("pr-state"), state);
+    $("pr").hidden = false;
+    const button = $("create-pr");
+    if (button) text(button, "Push to PR");
   }
 
   function pretty(args) {
@@ -219,6 +231,12 @@
     });
     $("stop").addEventListener("click", () => post("/stop"));
   }
+  const createPr = $("create-pr");
+  if (createPr) createPr.addEventListener("click", async () => {
+    createPr.disabled = true;
+    await post("/pull-request");
+    createPr.disabled = false;
+  });
   const clear = $("clear-queue");
   if (clear) clear.addEventListener("click", () => post("/clear"));
   connect();
