@@ -26,7 +26,7 @@ from bot.github.oauth import GitHubOAuth
 from bot.repos import RepoCatalog, load_repos
 from bot.sessions.access import Access, SignedIn
 from bot.sessions.intake import Intake, Refused
-from bot.sessions.pull_requests import PullRequests
+from bot.sessions.pull_requests import FollowUpPush, PullRequests
 from bot.sessions.service import SessionService
 from bot.slack.app import SlackClient, SlackContext
 from bot.store.batch import BatchWriter
@@ -74,6 +74,8 @@ class Service:
         self.github_accounts = GitHubAccounts(self.db, oauth, TokenCipher(secret_key(settings)))
         self.pull_requests = PullRequests(settings, self.sessions, PullRequestRecords(self.db), self.app_tokens,
                                           self.github_accounts)
+        if self.app_tokens is not None:
+            self.hooks.register(FollowUpPush(self.pull_requests))
         self.intake = Intake(self.sessions, self.classifier, PendingRequests(self.db, settings.pending_request_ttl),
                              settings, self.access, self.pull_requests)
         self.signin_links = SignInLinks(self.db)

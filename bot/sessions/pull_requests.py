@@ -18,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from github import Auth, Github, GithubException
 
+from bot.agent.hookspecs import hookimpl
 from bot.config import Settings
-from bot.events import Author, Origin, PullRequest
+from bot.events import Author, Note, Origin, PullRequest
 from bot.github.accounts import GitHubAccounts, LinkedAccount, NotLinked
 from bot.github.app import AppTokens, AppUnavailable, BotIdentity
 from bot.github.webhooks import CommentAdded, PullRequestChanged, ReviewSubmitted, WebhookEvent
@@ -67,18 +70,36 @@ class PullRequests:
         self.app = app
         self.accounts = accounts
         self._locks: dict[str, asyncio.Lock] = {}
+        self.not_linked_observers: list[Callable[[str, Author], Coroutine[Any, Any, None]]] = []
+        """Told (session id, person) when a PR waits for the person to link GitHub: a surface
+        offers them, privately, the link and opening it as the App instead."""
 
     def connect_url(self) -> str:
         return f"{self.settings.public_url}/github/connect"
 
     async def open(self, session_id: str, by: Author, title: str | None = None, body: str | None = None,
-                   as_app: bool = False) -> Opened:
-        """Commit, push and open (or update) the session's PR; raises PullRequestRefused."""
+                   as_app: bool = False, only_changes: bool = False) -> Opened:
+        """Commit, push and open (or update) the session's PR; raises PullRequestRefused.
+        `only_changes`: push to an existing PR only when there was something to commit."""
         lock = self._locks.setdefault(session_id, asyncio.Lock())
         async with lock:  # a button and the agent at once: one PR
-            return await self._open(session_id, by, title, body, as_app)
+            return await self._open(session_id, by, title, body, as_app, only_changes)
 
-    async def _open(self, session_id: str, by: Author, title: str | None, body: str | None, as_app: bool) -> Opened:
+    async def after_turn(self, session_id: str, prompt_id: int) -> None:
+        """A follow-up prompt's changes go to the session's open PR, and the thread says so."""
+        row = await self.records.of_session(session_id)
+        if row is None or row.state != "open":
+            return
+        turn = (await self.sessions.view(session_id)).turns.get(prompt_id)
+        if turn is None:
+            return
+        try:
+            await self.open(session_id, turn.author, title=_subject(turn.prompt), as_app=True, only_changes=True)
+        except PullRequestRefused as exc:
+            self.sessions.emit(session_id, Note(text=f"The changes could not be pushed to PR #{row.number}: {exc.message}"))
+
+    async def _open(self, session_id: str, by: Author, title: str | None, body: str | None, as_app: bool,
+                    only_changes: bool = False) -> Opened:
         info = await self.sessions.get(session_id)
         repo = self.sessions.catalog.get(info.repo) if info and info.repo else None
         if info is None or repo is None:
@@ -89,13 +110,18 @@ class PullRequests:
         account = await self.accounts.get(by.id) if self.accounts else None
         existing = await self.records.of_session(session_id)
         if account is None and not as_app and existing is None:
-            raise PullRequestRefused("not_linked", f"Connect your GitHub account first so the PR is yours: "
-                                                   f"{self.connect_url()} (or ask for it to be opened as the App).")
+            for observer in self.not_linked_observers:
+                self.sessions.background(observer(session_id, by))
+            raise PullRequestRefused("not_linked", f"{by.handle} has not linked a GitHub account, so the PR cannot be "
+                                                   "opened in their name yet; they have been sent the link to connect "
+                                                   "(or they can have it opened as the GitHub App).")
         try:
             bot = await self.app.identity(repo.name)
             sandbox = await self._sandbox(session_id, repo)
             title = (title or info.title or f"Changes from session {session_id}").strip()[:250]
             committed = await self._commit(sandbox, session_id, by, account, bot, title)
+            if existing is not None and existing.state == "open" and committed is None and only_changes:
+                return Opened(existing.number, existing.url, False, existing.opened_as == "app")
             branch = existing.branch if existing else _branch(session_id, title)
             await self._push(sandbox, repo, branch)
             if existing is not None and existing.state == "open":
@@ -239,6 +265,22 @@ async def _git(sandbox: SessionSandbox, argv: list[str], env: dict[str, str] | N
     if result.exit_code != 0:
         line = (result.output.strip().splitlines() or ["unknown error"])[-1][:300]
         raise PullRequestRefused("git_failed", f"git {argv[0]} failed: {line}")
+
+
+def _subject(prompt: str) -> str:
+    line = " ".join(prompt.split())
+    return line if len(line) <= 72 else line[:71] + "…"
+
+
+class FollowUpPush:
+    """A plugin: when a turn ends in a session with an open PR, its changes are pushed to it."""
+
+    def __init__(self, pull_requests: PullRequests):
+        self.pull_requests = pull_requests
+
+    @hookimpl
+    def turn_ended(self, session_id: str, prompt_id: int) -> Awaitable[None]:
+        return self.pull_requests.after_turn(session_id, prompt_id)
 
 
 def _branch(session_id: str, title: str) -> str:

@@ -36,7 +36,17 @@ from bot.sessions.intake import Held, HeldRequest, Hints, Intake, Refused, Reque
 from bot.sessions.service import SessionService
 from bot.slack.delivery import Content
 from bot.slack.directory import SlackDirectory
-from bot.slack.format import CLEAR_QUEUE_ACTION, CREATE_PR_ACTION, STOP_ACTION, VIEW_ACTION, pull_request_text, render_note
+from bot.slack.format import (
+    CLEAR_QUEUE_ACTION,
+    CONNECT_GITHUB_LINK_ACTION,
+    CREATE_PR_ACTION,
+    CREATE_PR_AS_APP_ACTION,
+    STOP_ACTION,
+    VIEW_ACTION,
+    github_offer_blocks,
+    pull_request_text,
+    render_note,
+)
 from bot.slack.home import CONNECT_GITHUB_ACTION, OPEN_WEB_ACTION, RECENT, home_view, refused_view
 from bot.slack.messages import (
     THREAD,
@@ -182,6 +192,9 @@ class SlackClient:
         intake.on_expired(self._show_expired)
         sessions.add_listener(self._on_session_event)
         self.directory = SlackDirectory(self.web)
+        self._offered: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=3600)
+        if intake.pull_requests is not None:
+            intake.pull_requests.not_linked_observers.append(self._offer_github)
         intake.access.add_directory((o.value for o in SLACK_ID_ORIGINS), self.directory)
         self._register()
         self._socket: AsyncSocketModeHandler | None = None
@@ -211,7 +224,9 @@ class SlackClient:
         app.action(CLEAR_QUEUE_ACTION)(self.on_clear_queue)
         app.action(VIEW_ACTION)(self.on_view)
         app.action(CREATE_PR_ACTION)(self.on_create_pr)
+        app.action(CREATE_PR_AS_APP_ACTION)(self.on_create_pr)
         app.action(CONNECT_GITHUB_ACTION)(self.on_view)
+        app.action(CONNECT_GITHUB_LINK_ACTION)(self.on_view)
         app.action(OPEN_WEB_ACTION)(self.on_view)
         app.action(PICK_ACTION)(self.on_pick)
         app.event("app_home_opened")(self.on_home_opened)
@@ -298,9 +313,27 @@ class SlackClient:
             return
         by = _clicker(body)
         by = by.model_copy(update={"name": self.directory.known_name(by.id)})
-        result = await self.intake.open_pull_request(session_id, by)
-        if isinstance(result, Refused):
+        as_app = action.get("action_id") == CREATE_PR_AS_APP_ACTION
+        result = await self.intake.open_pull_request(session_id, by, as_app=as_app)
+        if isinstance(result, Refused) and result.reason != "not_linked":  # not linked: offered privately already
             await self._ephemeral(channel, user, result.message)
+
+    async def _offer_github(self, session_id: str, person: Author) -> None:
+        """Someone needs a PR but has no linked GitHub account: privately, once an hour, the link to
+        connect (it signs them in to the web first) and the choice of opening it as the App."""
+        info = await self.sessions.get(session_id)
+        thread = thread_of(info) if info else None
+        if thread is None or person.id in self._offered or not self.settings.github_linking_enabled:
+            return
+        self._offered[person.id] = True
+        token = await self.links.mint(person.id, person.name, person.team)
+        url = f"{self.settings.public_url}/auth/link/{token}?next=/github/connect"
+        text, blocks = github_offer_blocks(url, session_id)
+        try:
+            await self.web.chat_postEphemeral(channel=thread[0], user=person.id, thread_ts=thread[1], text=text,
+                                              blocks=blocks)
+        except Exception as exc:
+            log.warning("offering %s the GitHub link failed: %r", person.id, exc)
 
     def _on_session_event(self, session_id: str, event: Event) -> None:
         """What happens to a session's pull request is said in its thread, working or not."""

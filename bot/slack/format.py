@@ -38,6 +38,8 @@ STOP_ACTION = "stop_turn"
 CLEAR_QUEUE_ACTION = "clear_queue"
 VIEW_ACTION = "view_session"
 CREATE_PR_ACTION = "create_pr"
+CREATE_PR_AS_APP_ACTION = "create_pr_as_app"
+CONNECT_GITHUB_LINK_ACTION = "connect_github_link"
 
 ZWSP = "\u200b"
 """Put after a `<` that would open a Slack token (`<!here>`, `<@U…>`, `<url|text>`) in Markdown:
@@ -281,6 +283,20 @@ def render_note(text: str, allowed: Collection[str] = ()) -> list[tuple[str, lis
     parts = split_markdown(sanitize_markdown(text, allowed), PART_LIMIT - 10) or ["_(empty note)_"]
     return [(escape_mrkdwn(excerpt(":memo: " + text), allowed), [markdown_block((":memo: " if i == 0 else "") + part)])
             for i, part in enumerate(parts)]
+
+
+def github_offer_blocks(connect_url: str, session_id: str) -> tuple[str, list[Block]]:
+    """Privately, to someone who needs a PR but has no linked GitHub account."""
+    text = ("To open the pull request in your name, connect your GitHub account (the link works once, for "
+            "10 minutes). Or open it as the GitHub App: it is marked as such, and you can review it.")
+    return text, [
+        {"type": "section", "text": {"type": "mrkdwn", "text": escape(text)}},
+        {"type": "actions", "block_id": "github_offer", "elements": [
+            {"type": "button", "action_id": CONNECT_GITHUB_LINK_ACTION, "style": "primary", "url": connect_url,
+             "text": {"type": "plain_text", "text": "Connect GitHub"}},
+            {"type": "button", "action_id": CREATE_PR_AS_APP_ACTION, "value": session_id,
+             "text": {"type": "plain_text", "text": "Open as the App"}}]},
+    ]
 
 
 def pull_request_text(pr: PullRequest) -> str:
