@@ -22,7 +22,7 @@ METHOD_SCOPES: dict[str, set[str]] = {
     "chat.stopStream": {"chat:write"},
     "conversations.info": {"channels:read", "groups:read"},
     "conversations.replies": {"channels:history", "groups:history"},
-    "users.info": {"users:read"},
+    "users.info": {"users:read", "users:read.email"},
     "usergroups.users.list": {"usergroups:read"},
     "views.publish": set(),
     "chat.unfurl": {"links:write"},

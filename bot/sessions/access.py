@@ -52,6 +52,9 @@ class Directory(Protocol):
     def known_name(self, user_id: str) -> str | None:
         """How the surface names this person, if it already knows (no lookup)."""
 
+    def known_email(self, user_id: str) -> str | None:
+        """The person's email, if the surface already knows it (no lookup)."""
+
 
 class SignedIn:
     """The directory of a surface that signs its people in itself (the web page): whoever it
@@ -61,6 +64,9 @@ class SignedIn:
         return Person(author.id)
 
     def known_name(self, user_id: str) -> str | None:
+        return None
+
+    def known_email(self, user_id: str) -> str | None:
         return None
 
 
@@ -136,6 +142,10 @@ class Access:
         """The author's name as their directory last saw it (filled by `check_person`'s lookup)."""
         directory = self._directory(author)
         return directory.known_name(author.id) if directory is not None else None
+
+    def known_email(self, author: Author) -> str | None:
+        directory = self._directory(author)
+        return directory.known_email(author.id) if directory is not None else None
 
     def check_rate(self, author: Author) -> Denied | None:
         """At most MAX_PROMPTS_PER_MINUTE prompts a minute each; past it, say when to go on."""

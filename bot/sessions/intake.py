@@ -160,8 +160,9 @@ class Intake:
                                 "and send it again."))
         if denied := await self.access.check_person(author) or self.access.check_rate(author):
             return self._refuse(author, Refused.denied(denied))
-        if author.name is None and (name := self.access.known_name(author)):
-            author = author.model_copy(update={"name": name})  # for people reading the session elsewhere
+        if author.name is None or author.email is None:  # for people reading the session elsewhere, and commits
+            author = author.model_copy(update={"name": author.name or self.access.known_name(author),
+                                               "email": author.email or self.access.known_email(author)})
         request = replace(request, text=text, author=author)
         if request.session_id is not None:
             existing = await self.sessions.get(request.session_id)

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 TTL = 300.0
 """Seconds a person's or a user group's answer is reused."""
-_UserInfo = tuple[bool, str | None, str | None, bool, str | None]
-"""(guest, team_id, enterprise_id, unknown, display name) of a Slack user."""
+_UserInfo = tuple[bool, str | None, str | None, bool, str | None, str | None]
+"""(guest, team_id, enterprise_id, unknown, display name, email) of a Slack user."""
 
 
 class SlackDirectory:
@@ -40,7 +40,7 @@ class SlackDirectory:
 
     async def person(self, author: Author, groups: frozenset[str]) -> Person:
         team, enterprise = await self._own_team()
-        guest, user_team, user_enterprise, unknown, _ = await self._user(author.id)
+        guest, user_team, user_enterprise, unknown, _, _ = await self._user(author.id)
         same_org = (user_team == team) or (enterprise is not None and user_enterprise == enterprise)
         event_team_foreign = author.team is not None and author.team != team and not (
             enterprise is not None and user_enterprise == enterprise)
@@ -59,6 +59,11 @@ class SlackDirectory:
         """The name from the last lookup, if it is still cached (never calls Slack)."""
         cached = self._users.get(user)
         return cached[4] if cached is not None else None
+
+    def known_email(self, user: str) -> str | None:
+        """The profile's email from the last lookup (needs `users:read.email`), if cached."""
+        cached = self._users.get(user)
+        return cached[5] if cached is not None else None
 
     async def _own_team(self) -> tuple[str | None, str | None]:
         if self._team is None:
@@ -92,13 +97,15 @@ class SlackDirectory:
         try:
             info = (await self._call("users.info", user=user)).get("user") or {}
         except _NotFound:
-            answer: _UserInfo = (False, None, None, True, None)
+            answer: _UserInfo = (False, None, None, True, None, None)
         else:
             guest = bool(info.get("is_restricted") or info.get("is_ultra_restricted"))
             enterprise = (info.get("enterprise_user") or {}).get("enterprise_id")
             profile = info.get("profile") or {}
             name = profile.get("display_name") or profile.get("real_name") or info.get("real_name") or info.get("name")
-            answer = (guest, info.get("team_id"), enterprise, False, str(name) if name else None)
+            email = profile.get("email")
+            answer = (guest, info.get("team_id"), enterprise, False, str(name) if name else None,
+                      str(email) if email else None)
         self._users[user] = answer
         return answer
 
