@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 from bot.service import Service
-from sandbox.protocol import SANDBOX_UID
 from bot.slack.messages import thread_surface
+from sandbox.protocol import SANDBOX_UID
 from tests.conftest import make_settings, service_env
 from tests.fakes.github import FakeGitHub
 from tests.fakes.openai import Reply, ToolCall
 from tests.github_fixtures import github, github_env  # noqa: F401 (fixture)
 from tests.sandbox_fixtures import APP, TEST, _docker_client, repos_yaml
-from tests.slack_threads import all_done, turns
+from tests.slack_threads import all_done
 from tests.test_github_link import link
 from tests.test_sandbox_sessions import until
 
@@ -49,7 +49,7 @@ def archive_bytes(container, path: str) -> bytes:  # type: ignore[no-untyped-def
     return b"\n".join(out)
 
 
-async def test_a_linked_persons_session_opens_a_pr_in_their_name_and_leaks_no_token(  # noqa: PLR0915
+async def test_a_linked_persons_session_opens_a_pr_in_their_name_and_leaks_no_token(
         tmp_path: Path, slack, model, github: FakeGitHub, docker_engine, caplog):  # type: ignore[no-untyped-def]  # noqa: F811
     github.add_repo("acme", "api", {"app.py": APP, "test_app.py": TEST})  # private: cloning needs the App's token
     github.add_user("alice-gh", 5001, "Alice Example")
