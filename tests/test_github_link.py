@@ -82,3 +82,16 @@ async def test_an_expiring_token_is_refreshed_once_and_the_rotated_pair_is_kept(
     await about_to_expire()
     third = await svc.github_accounts.token("U0ALICE1")
     assert third not in (first, tokens[0]) and github.tokens[third].valid, "the rotated refresh token was kept"
+
+
+async def test_the_app_home_offers_connect_github_and_says_who_you_are_linked_as(svc, slack, github):  # noqa: F811
+    from tests.web_client import home_link
+
+    await home_link(svc, slack, "U0ALICE1")
+    assert "not linked" in str(slack.home_views["U0ALICE1"])
+    connect = slack.home_buttons("U0ALICE1")["connect_github"]["url"]
+    assert "/auth/link/" in connect and connect.endswith("?next=/github/connect")
+    github.add_user("alice-gh", 5001, "Alice Example")
+    await link(svc, slack, github, "U0ALICE1", "alice-gh")
+    await home_link(svc, slack, "U0ALICE1")
+    assert "linked as *alice-gh*" in str(slack.home_views["U0ALICE1"])

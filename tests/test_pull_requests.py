@@ -20,13 +20,27 @@ from sandbox.protocol import SANDBOX_UID
 from tests.conftest import make_settings, service_env
 from tests.fakes.github import FakeGitHub
 from tests.fakes.openai import Reply, ToolCall
+from tests.fakes.slack import Message
 from tests.github_fixtures import github, github_env  # noqa: F401 (fixture)
 from tests.sandbox_fixtures import APP, TEST, _docker_client, repos_yaml
-from tests.slack_threads import all_done
+from tests.slack_threads import all_done, turns
 from tests.test_github_link import link
 from tests.test_sandbox_sessions import until
 
 pytestmark = pytest.mark.usefixtures("docker_cleanup")
+
+
+async def start(tmp_path: Path, slack, model, github: FakeGitHub) -> Service:  # type: ignore[no-untyped-def]  # noqa: F811
+    github.add_repo("acme", "api", {"app.py": APP, "test_app.py": TEST})  # private: cloning needs the App's token
+    repos = repos_yaml(tmp_path / "repos.yml", github.clone_url("acme", "api"))
+    env = service_env(tmp_path / "data", slack, model, repos_config=repos, sandbox_memory="512m", sandbox_pids=256,
+                      image_rebuild_interval=0, sandbox_network="host", **github_env(github))
+    svc = Service(make_settings(env))
+    await svc.start()
+    await asyncio.wait_for(slack.connected.wait(), 10)
+    assert svc.sandbox is not None
+    await until(lambda: svc.sandbox.images.latest("acme/api"), what="the image build (a private clone)")  # type: ignore[union-attr]
+    return svc
 
 
 def thread_says(slack, root: str, text: str) -> bool:  # type: ignore[no-untyped-def]
@@ -51,18 +65,10 @@ def archive_bytes(container, path: str) -> bytes:  # type: ignore[no-untyped-def
 
 async def test_a_linked_persons_session_opens_a_pr_in_their_name_and_leaks_no_token(
         tmp_path: Path, slack, model, github: FakeGitHub, docker_engine, caplog):  # type: ignore[no-untyped-def]  # noqa: F811
-    github.add_repo("acme", "api", {"app.py": APP, "test_app.py": TEST})  # private: cloning needs the App's token
     github.add_user("alice-gh", 5001, "Alice Example")
     github.add_user("bob-gh", 5002, "Bob Builder")
-    repos = repos_yaml(tmp_path / "repos.yml", github.clone_url("acme", "api"))
-    env = service_env(tmp_path / "data", slack, model, repos_config=repos, sandbox_memory="512m", sandbox_pids=256,
-                      image_rebuild_interval=0, sandbox_network="host", **github_env(github))
-    svc = Service(make_settings(env))
-    await svc.start()
+    svc = await start(tmp_path, slack, model, github)
     try:
-        await asyncio.wait_for(slack.connected.wait(), 10)
-        assert svc.sandbox is not None
-        await until(lambda: svc.sandbox.images.latest("acme/api"), what="the image build (a private clone)")  # type: ignore[union-attr]
         await link(svc, slack, github, "U0ALICE1", "alice-gh")
         await link(svc, slack, github, "U0BOB001", "bob-gh")
 
@@ -136,5 +142,44 @@ async def test_a_linked_persons_session_opens_a_pr_in_their_name_and_leaks_no_to
         assert places["/workspace"] and b"return a + b" in places["/workspace"], "the scan reads the workspace"
         leaks = [(where, token.decode()[:8]) for where, data in places.items() for token in tokens if token in data]
         assert leaks == []
+    finally:
+        await svc.stop()
+
+
+async def test_without_a_linked_account_the_person_is_offered_the_link_or_a_pr_as_the_app(
+        tmp_path: Path, slack, model, github: FakeGitHub, docker_engine):  # type: ignore[no-untyped-def]  # noqa: F811
+    svc = await start(tmp_path, slack, model, github)
+    try:
+        fix = ToolCall("edit_file", {"path": "app.py", "old_text": "return a - b", "new_text": "return a + b"})
+        model.add(Reply(tool_calls=[fix]), Reply(text="Fixed it."))
+        root = await slack.mention("U0CAROL1", "in acme/api the add function is broken, fix it")
+        await slack.wait_for(lambda: all_done(slack, root, 1), timeout=60)
+        head = turns(slack, root)[0].head
+        await slack.click("U0CAROL1", head, "create_pr")
+        offers = await slack.wait_for(lambda: [c.params for c in slack.calls_to("chat.postEphemeral")
+                                               if "Connect GitHub" in json.dumps(c.params)], what="the private offer")
+        assert offers[0]["user"] == "U0CAROL1" and offers[0]["thread_ts"] == root
+        blocks = offers[0]["blocks"] if isinstance(offers[0]["blocks"], list) else json.loads(offers[0]["blocks"])
+        offer = Message(offers[0]["channel"], slack.next_ts(), slack.bot_user_id, offers[0]["text"], root, blocks, bot=True)
+        assert "/auth/link/" in offer.buttons()["connect_github_link"]["url"]
+        assert "next=/github/connect" in offer.buttons()["connect_github_link"]["url"]
+        assert not [c for c in github.calls if c.method == "POST" and c.path == "/repos/acme/api/pulls"], \
+            "nothing is opened until they choose"
+        await slack.click("U0CAROL1", offer, "create_pr_as_app")
+        await slack.wait_for(lambda: thread_says(slack, root, "as the GitHub App"), timeout=30, what="the PR, as the App")
+        pr = github.pull("acme", "api", 1)
+        assert pr.via_app and pr.user == "hosted-agents[bot]"
+        before = github.branch_head("acme", "api", pr.head)
+
+        # a follow-up's changes go to the same PR, and the thread says so
+        doc = ToolCall("edit_file", {"path": "app.py", "old_text": "def add(a, b):\n",
+                                     "new_text": "def add(a, b):\n    \"\"\"The sum.\"\"\"\n"})
+        model.add(Reply(tool_calls=[doc]), Reply(text="Documented."))
+        await slack.user_message("U0CAROL1", "add a docstring", thread_ts=root)
+        await slack.wait_for(lambda: all_done(slack, root, 2), timeout=60)
+        await slack.wait_for(lambda: thread_says(slack, root, "Pushed new commits"), what="the push in the thread")
+        after = github.branch_head("acme", "api", pr.head)
+        assert after != before and '"""The sum."""' in (github.read_file("acme", "api", pr.head, "app.py") or "")
+        assert len([c for c in github.calls if c.method == "POST" and c.path == "/repos/acme/api/pulls"]) == 1
     finally:
         await svc.stop()

@@ -132,10 +132,16 @@ async def test_writes_need_a_signed_in_person_on_one_of_our_pages(service, slack
             assert resp.status == 400
         status, body = await alice.post(f"/s/{token}/prompt", {"text": "   "})
         assert status == 422 and body["reason"] == "empty"
+        status, _ = await alice.post(f"/s/{token}/prompt", {"text": "x" * 300_000})
+        assert status == 413, "a page's write is small"
         status, _ = await alice.post("/s/" + "A" * 32 + "/prompt", {"text": "hi"})
         assert status == 404
         status, _ = await stranger.post("/new", {"text": "start something"})
         assert status == 401
+        status, _ = await stranger.post(f"/s/{token}/pull-request")
+        assert status == 401
+        status, body = await alice.post(f"/s/{token}/pull-request")
+        assert status == 422 and body["reason"] == "no_repo", body  # (and without GitHub set up: what to set)
         await asyncio.sleep(0.2)
         assert len(model.requests) == calls, "nothing refused reached the model"
         assert len(turns(slack, root)) == 1
@@ -247,6 +253,8 @@ async def test_new_sessions_from_the_web_and_the_sessions_list(acme, slack, mode
         assert status == 200 and body["url"].startswith("/s/"), body
         status, html = await alice.get(body["url"])
         assert status == 200 and "add a health check endpoint" in html
+        status, refused = await alice.post(body["url"] + "/pull-request")  # no GitHub App here: say what to set
+        assert status == 422 and refused["reason"] == "not_configured" and "GITHUB_APP_ID" in refused["error"]
         # the classifier cannot tell: the page asks, the person picks
         model.add(Reply(text=json.dumps({"repo": "unknown", "confidence": 0.1, "alternatives": [], "reason": ""})),
                   Reply(text="Looked."))

@@ -76,10 +76,11 @@ def routes(ctx: WebContext) -> list[web.RouteDef]:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length or len(raw))
     try:
-        body = json.loads(await request.text() or "{}")
+        body = json.loads(raw.decode("utf-8", "replace") or "{}")
     except ValueError:
         raise web.HTTPBadRequest(text="The request body must be JSON.") from None
     if not isinstance(body, dict):

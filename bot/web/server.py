@@ -26,7 +26,8 @@ def build_app(settings: Settings, sessions: SessionService, intake: Intake, link
               slack_enabled: bool, accounts: GitHubAccounts) -> web.Application:
     identity = Identity(secret_key(settings), secure=settings.public_url.startswith("https://"))
     ctx = WebContext(settings, sessions, intake, identity, links, slack_enabled)
-    app = web.Application(client_max_size=1024 * 1024, middlewares=[security_headers])
+    # GitHub caps webhook payloads at 25 MB; the pages' own JSON writes are held to far less (actions.MAX_BODY).
+    app = web.Application(client_max_size=25 * 1024 * 1024, middlewares=[security_headers])
     app[CONTEXT] = ctx
 
     async def health(_: web.Request) -> web.Response:
