@@ -26,6 +26,7 @@ from tests.sandbox_fixtures import APP, TEST, _docker_client, repos_yaml
 from tests.slack_threads import all_done, turns
 from tests.test_github_link import link
 from tests.test_sandbox_sessions import until
+from tests.web_client import signed_in
 
 pytestmark = pytest.mark.usefixtures("docker_cleanup")
 
@@ -155,6 +156,10 @@ async def test_without_a_linked_account_the_person_is_offered_the_link_or_a_pr_a
         root = await slack.mention("U0CAROL1", "in acme/api the add function is broken, fix it")
         await slack.wait_for(lambda: all_done(slack, root, 1), timeout=60)
         head = turns(slack, root)[0].head
+        carol = await signed_in(svc, slack, "U0CAROL1")  # the page's button says the same, with the link
+        status, answer = await carol.post(f"/s/{head.buttons()['view_session']['url'].rsplit('/', 1)[1]}/pull-request")
+        await carol.close()
+        assert status == 422 and answer["reason"] == "not_linked" and answer["connect"] == "/github/connect"
         await slack.click("U0CAROL1", head, "create_pr")
         offers = await slack.wait_for(lambda: [c.params for c in slack.calls_to("chat.postEphemeral")
                                                if "Connect GitHub" in json.dumps(c.params)], what="the private offer")

@@ -71,7 +71,12 @@ def routes(ctx: WebContext, accounts: GitHubAccounts) -> list[web.RouteDef]:
     async def create_pull_request(request: web.Request) -> web.Response:
         viewer = ctx.writer(request)
         info = await ctx.session_for(request)
-        result = await ctx.intake.open_pull_request(info.id, viewer.author)
+        as_app = request.query.get("as_app") == "1"
+        result = await ctx.intake.open_pull_request(info.id, viewer.author, as_app=as_app)
+        if isinstance(result, Refused) and result.reason == "not_linked":
+            return web.json_response({"ok": False, "reason": result.reason, "connect": "/github/connect",
+                                      "error": "Connect your GitHub account first so the PR is yours (Connect GitHub "
+                                               "at /github/connect), or open it as the GitHub App."}, status=422)
         if isinstance(result, Refused):
             return web.json_response({"ok": False, "reason": result.reason, "error": result.message}, status=422)
         return web.json_response({"ok": True, "number": result.number, "url": result.url, "created": result.created})

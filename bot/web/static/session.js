@@ -234,8 +234,17 @@
   const createPr = $("create-pr");
   if (createPr) createPr.addEventListener("click", async () => {
     createPr.disabled = true;
-    await post("/pull-request");
+    const answer = await post("/pull-request");
     createPr.disabled = false;
+    if (answer.reason === "not_linked") {
+      const error = $("form-error");
+      const connect = make("a", null, "Connect GitHub");
+      connect.href = answer.connect;
+      const asApp = make("button", "secondary", "Open as the App");
+      asApp.type = "button";
+      asApp.addEventListener("click", async () => { asApp.disabled = true; await post("/pull-request?as_app=1"); });
+      error.append(" ", connect, " ", asApp);
+    }
   });
   const clear = $("clear-queue");
   if (clear) clear.addEventListener("click", () => post("/clear"));
