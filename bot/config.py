@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     image_rebuild_interval: float = Field(1800.0, ge=0)
     """Seconds between scheduled image builds of every repo (0 turns the schedule off)."""
     images_keep: int = Field(3, ge=1)
+    warm_up_ttl: float = Field(300.0, gt=0)
+    """Seconds a container warmed because someone started typing waits for their session; then it is
+    removed and the warm-up counted as unused."""
     pool_entry_ttl: float = Field(3600.0, gt=0)
     """Seconds an unclaimed warm container lives before it is replaced."""
     snapshot_retention: float = Field(7 * 86400.0, ge=0)

@@ -35,6 +35,7 @@ from bot.store.pending import PendingRequests
 from bot.store.processed_events import ProcessedEvents
 from bot.store.pull_requests import PullRequestRecords
 from bot.store.signin_links import SignInLinks
+from bot.store.warm_ups import RepoDefaults, WarmUps
 from bot.web.server import build_app
 from classifier.classify import Classifier
 from classifier.model import ModelClassifier
@@ -76,8 +77,10 @@ class Service:
                                           self.github_accounts)
         if self.app_tokens is not None:
             self.hooks.register(FollowUpPush(self.pull_requests))
+        self.warm_ups = WarmUps(self.db, settings.warm_up_ttl)
+        self.sessions.warm_ups = self.warm_ups
         self.intake = Intake(self.sessions, self.classifier, PendingRequests(self.db, settings.pending_request_ttl),
-                             settings, self.access, self.pull_requests)
+                             settings, self.access, self.pull_requests, self.warm_ups, RepoDefaults(self.db))
         self.signin_links = SignInLinks(self.db)
         self.scheduler = AsyncIOScheduler()
         self.slack: SlackClient | None = None
@@ -136,6 +139,8 @@ class Service:
                                name="prune processed Slack events")
         self.scheduler.add_job(self.signin_links.prune, "interval", seconds=3600, max_instances=1, coalesce=True,
                                name="prune expired sign-in links")
+        self.scheduler.add_job(self.warm_ups.expire, "interval", seconds=max(1.0, min(60.0, self.settings.warm_up_ttl / 4)),
+                               max_instances=1, coalesce=True, name="count unused warm-ups")
         self.scheduler.start()
 
     async def _start_web(self) -> None:

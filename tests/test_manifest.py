@@ -25,10 +25,15 @@ METHOD_SCOPES: dict[str, set[str]] = {
     "users.info": {"users:read", "users:read.email"},
     "usergroups.users.list": {"usergroups:read"},
     "views.publish": set(),
+    "conversations.open": {"im:write"},
+    "chat.getPermalink": set(),
+    "assistant.threads.setStatus": {"assistant:write"},
     "chat.unfurl": {"links:write"},
 }
 EVENT_SCOPES: dict[str, str | None] = {
     "app_home_opened": None,
+    "assistant_thread_started": "assistant:write",
+    "agent_session_stopped": None,
     "link_shared": "links:read",
     "app_mention": "app_mentions:read",
     "message.channels": "channels:history",
@@ -64,10 +69,13 @@ async def test_manifest_scopes_match_the_calls_and_events_the_service_uses(
     events = set(MANIFEST["settings"]["event_subscriptions"]["bot_events"])
     assert events == set(EVENT_SCOPES)
     needed = set().union(*(METHOD_SCOPES[m] for m in used)) | {EVENT_SCOPES[e] for e in events if EVENT_SCOPES[e]}
+    needed |= {"commands"} if MANIFEST["features"].get("shortcuts") else set()  # shortcuts need the commands scope
     assert set(MANIFEST["oauth_config"]["scopes"]["bot"]) == needed
     assert MANIFEST["settings"]["socket_mode_enabled"] is True
     assert MANIFEST["settings"]["interactivity"]["is_enabled"] is True
     assert MANIFEST["features"]["app_home"]["home_tab_enabled"] is True
+    assert [s["callback_id"] for s in MANIFEST["features"]["shortcuts"]] == ["send_to_agent"]
+    assert MANIFEST["features"]["agent_view"]["agent_description"]
     assert MANIFEST["features"]["unfurl_domains"], "session links unfurl on PUBLIC_URL's host"
     assert set(MANIFEST["oauth_config"]["scopes"]["user"]) == {"openid", "profile", "email"}  # Sign in with Slack
     assert "/auth/slack/callback" in MANIFEST["oauth_config"]["redirect_urls"][0]
@@ -100,3 +108,14 @@ async def exercise(slack, model, copy, json) -> None:  # type: ignore[no-untyped
     await slack.click_home("U0ALICE1", "open_web_view")
     await slack.share_link("U0BOB001", status.buttons()["view_session"]["url"])
     await slack.wait_for(lambda: slack.unfurls)
+    # the Home tab's composer and Start (a DM thread), the shortcut, the agent pane
+    model.add(Reply(text="home"), Reply(text="shortcut"), Reply(text="pane"))
+    await slack.type_home("U0ALICE1", "in acme/api make it faster")
+    await slack.click_home("U0ALICE1", "home_start")
+    await slack.wait_for(lambda: slack.calls_to("conversations.open"))
+    message = await slack.user_message("U0CAROL1", "acme/api: the refunds endpoint 500s")
+    await slack.shortcut("U0BOB001", ("C0000001", message), "send_to_agent")
+    await slack.wait_for(lambda: slack.calls_to("chat.getPermalink"))
+    channel, thread = await slack.start_assistant_thread("U0ALICE1")
+    await slack.user_message("U0ALICE1", "in acme/api hello", channel=channel, thread_ts=thread)
+    await slack.wait_for(lambda: slack.calls_to("assistant.threads.setStatus"))

@@ -26,11 +26,14 @@ from bot.sessions.pull_requests import Opened, PullRequestRefused, PullRequests
 from bot.sessions.service import SessionInfo, SessionService, Surface
 from bot.store.pending import EXPIRED, STARTED, PendingRequests
 from bot.store.tables import PendingRequestRow
+from bot.store.warm_ups import RepoDefaults, WarmUps
 from classifier.classify import Classification, Classifier, RequestContext
 
 log = logging.getLogger(__name__)
 
 HELD_ID = re.compile(r"^[0-9a-f]{16}$")
+NOWHERE = Place()
+"""Outside any channel: a DM, the Home tab, the web."""
 """The shape of held-request ids (secrets.token_hex(8))."""
 
 
@@ -131,7 +134,8 @@ ExpiryObserver = Callable[[HeldRequest], Awaitable[None]]
 
 class Intake:
     def __init__(self, sessions: SessionService, classifier: Classifier | None, pending: PendingRequests,
-                 settings: Settings, access: Access, pull_requests: PullRequests | None = None):
+                 settings: Settings, access: Access, pull_requests: PullRequests | None = None,
+                 warm_ups: WarmUps | None = None, defaults: RepoDefaults | None = None):
         self.sessions = sessions
         self.classifier = classifier
         self.pending = pending
@@ -139,6 +143,8 @@ class Intake:
         self.max_prompt_chars = settings.max_prompt_chars
         self.access = access
         self.pull_requests = pull_requests
+        self.warm_ups = warm_ups
+        self.defaults = defaults
         self._expiry_observers: list[ExpiryObserver] = []
 
     @property
@@ -250,7 +256,62 @@ class Intake:
             return None
         if await self.access.check_person(by) or await self._may_prompt(info, Request("", by)):
             return None
-        return await self.sessions.warm_session(session_id, trigger)
+        action = await self.sessions.warm_session(session_id, trigger)
+        if action == "started" and self.warm_ups is not None:
+            await self.warm_ups.record(trigger, info.repo, by.id)
+            await self.warm_ups.claim(by.id, info.repo, session_id)
+        return action
+
+    async def predict_repo(self, author: Author, text: str, place: Place = NOWHERE) -> str | None:
+        """The repository a request being typed is likeliest about, among those the person may use
+        there: what the rules decide on the text so far, else the place's default, else the person's
+        latest repository, else the only one they may use."""
+        allowed = [r.name for r in self.access.repos_for(author, place)]
+        if not allowed:
+            return None
+        if self.classifier is not None and text.strip():
+            decided = self.classifier.decide_by_rules(RequestContext(text, channel=place.channel_name))
+            if decided is not None and decided.repo in allowed:
+                return decided.repo
+        default = await self.default_repo(place)
+        if default in allowed:
+            return default
+        recent = next((r for r in await self.sessions.recent_repos(author.id) if r in allowed), None)
+        return recent or (allowed[0] if len(allowed) == 1 else None)
+
+    async def warm_for(self, author: Author, text: str, trigger: str, place: Place = NOWHERE,
+                       previous: str | None = None) -> str | None:
+        """Someone is typing a request (App Home composer, agent pane): warm a container for its
+        likeliest repository, and again for another one when the text comes to name it. Returns
+        the repository aimed at; nothing is warmed again while it stays the same."""
+        if await self.access.check_person(author):
+            return None
+        repo = await self.predict_repo(author, text, place)
+        if repo is not None and repo != previous:
+            self.sessions.warm(repo)
+            if self.warm_ups is not None:
+                await self.warm_ups.record(trigger, repo, author.id)
+        return repo
+
+    async def default_repo(self, place: Place) -> str | None:
+        """The repository set for this place (`@bot set repo owner/repo` in a channel)."""
+        if self.defaults is None or place.channel_id is None:
+            return None
+        return await self.defaults.get(place.channel_id)
+
+    async def set_default_repo(self, place: Place, repo: str, by: Author) -> Refused | None:
+        """Set a channel's default repository: someone who may use that repository there may."""
+        configured = self.access.catalog.get(repo)
+        if configured is None:
+            return Refused("unknown_repo", f"I don't know the repository {repo}.")
+        if place.channel_id is None or self.defaults is None:
+            return Refused("no_place", "A default repository is set in a channel.")
+        if denied := await self.access.check_person(by):
+            return self._refuse(by, Refused.denied(denied))
+        if not self.access.may_use_repo(by, configured, place):
+            return self._refuse(by, Refused.denied(self.access.repo_denied(by, repo, place)))
+        await self.defaults.set(place.channel_id, configured.name, by.id)
+        return None
 
     def warm_repo(self, repo: str, by: Author) -> bool:
         """Someone is typing a new request for this repository: have a warm container ready."""
@@ -338,12 +399,17 @@ class Intake:
         decided = classifier.decide_by_rules(ctx)
         if decided is not None:
             return self._allowed(decided, allowed, place, author)  # the session acquires its own sandbox
+        if not hints.default_repo:
+            hints = replace(hints, default_repo=await self.default_repo(place))
         if hints.default_repo and any(r.name == hints.default_repo for r in allowed):
             return Classification(hints.default_repo, 0.8, (), "the default repository here", "default")
         if len(allowed) == 1:
             return Classification(allowed[0].name, 0.9, (), "the only repository you can use here", "only-allowed")
         ctx = replace(ctx, recent_repos=await self.sessions.recent_repos(author.id))
-        self.sessions.warm(classifier.likeliest(ctx))  # warm while the model thinks
+        guess = classifier.likeliest(ctx)
+        self.sessions.warm(guess)  # warm while the model thinks
+        if guess and self.warm_ups is not None:
+            self.sessions.background(self.warm_ups.record("channel_guess", guess, author.id))
         return self._allowed(await classifier.classify(ctx), allowed, place, author)
 
     def _allowed(self, decision: Classification, allowed: list[Repo], place: Place, author: Author) -> Classification | Refused:
@@ -371,6 +437,8 @@ class Intake:
     async def _start(self, request: Request, repo: str | None, decision: Classification | None) -> Started:
         session = await self.sessions.open(request.author.origin, request.author, repo, request.surface, request.parent_id,
                                            title=request.text)
+        if self.warm_ups is not None and session.repo:  # the warm-up this session may have been typed behind
+            self.sessions.background(self.warm_ups.claim(request.author.id, session.repo, session.id))
         prompt = await self.sessions.submit(session.id, request.text, request.author, request.order_key)
         return Started(session, prompt, created=True, classification=decision)
 

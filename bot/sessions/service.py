@@ -54,6 +54,7 @@ from bot.sessions.runner import Runner
 from bot.store.batch import BatchWriter
 from bot.store.db import Database
 from bot.store.tables import ParticipantRow, SessionRow, SurfaceRow, TurnRow
+from bot.store.warm_ups import WarmUps
 from bot.util.keyed_locks import KeyedLocks
 from sandbox.egress import EgressRecord
 from sandbox.sessions import SandboxManager, SessionSandbox
@@ -117,6 +118,10 @@ class SessionService:
         self._reported: LRUCache[str, SessionSandbox] = LRUCache(CACHE_SIZE)
         """The sandbox whose readiness each session's log already tells (a new one is told again)."""
         self._participants: LRUCache[str, frozenset[str]] = LRUCache(CACHE_SIZE)
+        self.warm_ups: WarmUps | None = None
+        """Where warm-ups are settled once a session's sandbox is ready (set by the wiring)."""
+        self._cold_ms: dict[str, float] = {}
+        """The latest cold start (a container from the repo's image) per repo: what a warm-up saves."""
         self._status_locks = KeyedLocks()
         self.admission = Admission(settings.max_sessions_per_user, settings.sandbox_slots)
         self._background: set[asyncio.Task[Any]] = set()
@@ -436,9 +441,17 @@ class SessionService:
             requested = sandbox.timings["requested"]
             turn = sandbox.timings.get("turn", requested) if sandbox.warmed_by else requested
             wait = max(0.0, ready - turn)
+            saved = (ready - requested - wait) * 1000 if sandbox.warmed_by else None
             self.emit(session_id, SandboxReady(
-                source=sandbox.source or "unknown", wait_ms=wait * 1000, warm_up=sandbox.warmed_by,
-                saved_ms=(ready - requested - wait) * 1000 if sandbox.warmed_by else None))
+                source=sandbox.source or "unknown", wait_ms=wait * 1000, warm_up=sandbox.warmed_by, saved_ms=saved))
+            repo = sandbox.repo.name
+            if sandbox.source == "image":
+                self._cold_ms[repo] = wait * 1000
+            elif sandbox.source == "pool" and repo in self._cold_ms:
+                saved = max(0.0, self._cold_ms[repo] - wait * 1000)
+            if self.warm_ups is not None:
+                await self.warm_ups.settle(session_id, used=sandbox.source == "pool" or sandbox.warmed_by is not None,
+                                           saved_ms=saved)
             await sandbox.wait_synced()
             self.emit(session_id, GitSynced(branch=sandbox.branch, note=sandbox.sync_note))
         except Exception as exc:

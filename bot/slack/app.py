@@ -12,7 +12,8 @@ import asyncio
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,8 +32,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.agent.hookspecs import hookimpl
 from bot.config import Settings
-from bot.events import SLACK_ID_ORIGINS, Author, Event, Origin, PullRequest
-from bot.sessions.intake import Held, HeldRequest, Hints, Intake, Refused, Request
+from bot.events import SLACK_ID_ORIGINS, Author, Event, Origin, PullRequest, Status
+from bot.sessions.access import Place
+from bot.sessions.intake import Held, HeldRequest, Hints, Intake, Refused, Request, Started
 from bot.sessions.service import SessionService
 from bot.slack.delivery import Content
 from bot.slack.directory import SlackDirectory
@@ -47,7 +49,16 @@ from bot.slack.format import (
     pull_request_text,
     render_note,
 )
-from bot.slack.home import CONNECT_GITHUB_ACTION, OPEN_WEB_ACTION, RECENT, home_view, refused_view
+from bot.slack.home import (
+    COMPOSE_ACTION,
+    COMPOSE_BLOCK,
+    CONNECT_GITHUB_ACTION,
+    OPEN_WEB_ACTION,
+    RECENT,
+    START_ACTION,
+    home_view,
+    refused_view,
+)
 from bot.slack.messages import (
     THREAD,
     IncomingMessage,
@@ -75,6 +86,10 @@ FAILED = "Sorry, I could not take that request because something went wrong on m
 _HEX_ID = re.compile(r"^[0-9a-f]{16}$")
 """The shape of session ids (secrets.token_hex(8))."""
 MESSAGE = "hosted_agents_message"
+SET_REPO = re.compile(r"^set repo\s+<?(?:https?://[^|>]*\|)?([A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)>?\s*$", re.IGNORECASE)
+"""`@bot set repo owner/repo` (Slack may have turned the name into a link)."""
+SEND_TO_AGENT = "send_to_agent"
+"""The message shortcut's callback id (manifest.yml)."""
 """Where the middleware leaves the parsed message in bolt's context."""
 
 
@@ -193,6 +208,10 @@ class SlackClient:
         sessions.add_listener(self._on_session_event)
         self.directory = SlackDirectory(self.web)
         self._offered: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=3600)
+        self._aimed: TTLCache[str, str | None] = TTLCache(maxsize=10_000, ttl=600)
+        """The repository each person's Home tab typing warmed last (typing re-aims when it changes)."""
+        self._pane_threads: TTLCache[tuple[str, str], bool] = TTLCache(maxsize=10_000, ttl=7 * 86400)
+        """Agent pane threads: their status shows whether the agent is working."""
         if intake.pull_requests is not None:
             intake.pull_requests.not_linked_observers.append(self._offer_github)
         intake.access.add_directory((o.value for o in SLACK_ID_ORIGINS), self.directory)
@@ -231,6 +250,11 @@ class SlackClient:
         app.action(PICK_ACTION)(self.on_pick)
         app.event("app_home_opened")(self.on_home_opened)
         app.event("link_shared")(self.on_link_shared)
+        app.action(COMPOSE_ACTION)(self.on_home_typing)
+        app.action(START_ACTION)(self.on_home_start)
+        app.event("assistant_thread_started")(self.on_pane_opened)
+        app.event("agent_session_stopped")(self.on_agent_stopped)
+        app.shortcut(SEND_TO_AGENT)(self.on_send_to_agent)
         app.event(re.compile(".*"))(self.on_other_event)
 
     async def _messages_once(self, body: dict[str, Any], context: AsyncBoltContext,
@@ -284,13 +308,124 @@ class SlackClient:
             hints=Hints(channel_id=None if msg.direct else msg.channel), more_hints=lambda: self._hints(msg),
             order_key=float(msg.ts), new_surface=msg.thread_ts is None, mentions=mentioned_people(msg, bot),
         )
+        if (msg.mentioned or msg.direct) and (setting := SET_REPO.match(request.text.strip())):
+            await self._set_repo(msg, setting.group(1))
+            return
+        await self._answer(msg, await self.intake.submit(request))
+
+    async def _set_repo(self, msg: IncomingMessage, repo: str) -> None:
+        """`@bot set repo owner/repo` in a channel: that channel's default repository from now on."""
+        if msg.direct:
+            await self._reply(msg.channel, msg.root, "A default repository is set in a channel: mention me there.")
+            return
+        author = author_of(msg)
+        refused = await self.intake.set_default_repo(Place(msg.channel, None), repo, author)
+        if refused is not None:
+            await self._ephemeral(msg.channel, msg.user, refused.message, thread_ts=msg.root)
+            return
+        await self._reply(msg.channel, msg.root, f"From now on, requests in this channel are about {repo} unless they say "
+                                                 f"otherwise (set by {author.handle}).")
+
+    # -- warm-up while typing, and Slack's agent surfaces -----------------------------------
+
+    async def on_home_typing(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+        """The Home tab's composer sends what is typed so far: warm the likeliest repository now,
+        and again when the text comes to name another."""
+        await ack()
+        person = _clicker(body).model_copy(update={"origin": Origin.APP_HOME})
+        text = str(action.get("value") or "")
+        self._aimed[person.id] = await self.intake.warm_for(person, text, "app_home", previous=self._aimed.get(person.id))
+
+    async def on_home_start(self, ack: Any, body: dict[str, Any]) -> None:
+        """*Start* in the Home tab: the session begins in a DM thread with the person."""
+        await ack()
+        person = _clicker(body).model_copy(update={"origin": Origin.APP_HOME})
+        text = _composed(body)
+        self._aimed.pop(person.id, None)
+        opened = await self.web.conversations_open(users=person.id)
+        channel = str((opened.get("channel") or {}).get("id", ""))
+        if not text.strip():
+            await self.web.chat_postMessage(channel=channel, text="Type what the agent should do in the Home tab, "
+                                                                  "then press Start.")
+            return
+        root = await self.web.chat_postMessage(channel=channel, text=f"From the Home tab: {text[:2900]}")
+        ts = str(root["ts"])
+        msg = IncomingMessage(channel=channel, ts=ts, thread_ts=None, user=person.id, text=text, mentioned=False,
+                              direct=True, team=person.team)
+        request = Request(text=text, author=person, surface=thread_surface(channel, ts), order_key=float(ts),
+                          new_surface=True)
         result = await self.intake.submit(request)
+        await self._answer(msg, result)
+
+    async def on_pane_opened(self, event: dict[str, Any]) -> None:
+        """The agent pane opened: warm the person's likeliest repository; its thread is a session place."""
+        thread = event.get("assistant_thread") or {}
+        user, channel, ts = thread.get("user_id"), thread.get("channel_id"), thread.get("thread_ts")
+        if not all(isinstance(v, str) and v for v in (user, channel, ts)):
+            return
+        self._pane_threads[(str(channel), str(ts))] = True
+        await self.intake.warm_for(Author(id=str(user), origin=Origin.SLACK_DM), "", "agent_pane")
+
+    async def on_agent_stopped(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        """Slack's own stop button on an agent session: like *Stop*."""
+        channel, thread_ts, user = event.get("channel"), event.get("thread_ts"), event.get("user")
+        if not all(isinstance(v, str) and v for v in (channel, thread_ts, user)):
+            return
+        info = await self.intake.find(thread_surface(str(channel), str(thread_ts)))
+        if info is None:
+            return
+        who = Author(id=str(user), origin=Origin.SLACK_DM if str(channel).startswith("D") else Origin.SLACK_THREAD,
+                     team=body.get("team_id") if isinstance(body.get("team_id"), str) else None)
+        refused = await self.intake.stop(info.id, who)
+        if refused is not None and refused.reason != "nothing_running":
+            await self._ephemeral(str(channel), str(user), refused.message, thread_ts=str(thread_ts))
+        await self._pane_status(str(channel), str(thread_ts), working=False)
+
+    async def on_send_to_agent(self, ack: Any, body: dict[str, Any]) -> None:
+        """The *Send to agent* message shortcut: the message (its text, author and link) becomes a
+        request in a thread under it."""
+        await ack()
+        message = body.get("message") or {}
+        channel = str((body.get("channel") or {}).get("id", ""))
+        ts = str(message.get("ts") or body.get("message_ts") or "")
+        person = _clicker(body).model_copy(update={"origin": Origin.SHORTCUT})
+        if not channel or not ts:
+            return
+        try:
+            link = (await self.web.chat_getPermalink(channel=channel, message_ts=ts)).get("permalink")
+        except Exception as exc:
+            log.info("no permalink for %s/%s: %r", channel, ts, exc)
+            link = None
+        text = str(message.get("text") or "").strip()
+        by = f"<@{message['user']}>" if isinstance(message.get("user"), str) else "someone"
+        prompt = f"{text}\n\n(Sent to the agent from a message by {by}" + (f": {link})" if link else ")")
+        root = str(message.get("thread_ts") or ts)
+        msg = IncomingMessage(channel=channel, ts=ts, thread_ts=None if root == ts else root, user=person.id, text=text,
+                              mentioned=True, direct=channel.startswith("D"), team=person.team)
+        request = Request(text=prompt if text else "", author=person, surface=thread_surface(channel, root),
+                          hints=Hints(channel_id=None if msg.direct else channel), more_hints=lambda: self._hints(msg),
+                          order_key=time.time())
+        result = await self.intake.submit(request)
+        await self._answer(msg, result)
+
+    async def _answer(self, msg: IncomingMessage, result: Started | Held | Refused) -> None:
+        """What a surface says back after intake: help, a private refusal, or the repository question."""
         if isinstance(result, Refused) and result.reason == "empty":
             await self._reply(msg.channel, msg.root, HELP)
-        elif isinstance(result, Refused):  # only the person sees why; the thread stays clean
+        elif isinstance(result, Refused):
             await self._ephemeral(msg.channel, msg.user, result.message, thread_ts=msg.root)
         elif isinstance(result, Held):
             await self._ask_for_repo(msg, result)
+
+    async def _pane_status(self, channel: str, thread_ts: str, working: bool) -> None:
+        """The agent pane shows the agent is working (Slack's own stop button comes with it)."""
+        if (channel, thread_ts) not in self._pane_threads:
+            return
+        try:
+            await self.web.api_call("assistant.threads.setStatus", json={
+                "channel_id": channel, "thread_ts": thread_ts, "status": "is working…" if working else ""})
+        except Exception as exc:
+            log.info("setting the agent pane's status failed: %r", exc)
 
     async def on_stop(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
@@ -336,11 +471,23 @@ class SlackClient:
             log.warning("offering %s the GitHub link failed: %r", person.id, exc)
 
     def _on_session_event(self, session_id: str, event: Event) -> None:
-        """What happens to a session's pull request is said in its thread, working or not."""
+        """What happens to a session's pull request is said in its thread, working or not; the agent
+        pane shows whether the agent is working."""
         if isinstance(event.data, PullRequest):
-            task = asyncio.create_task(self._tell_pull_request(session_id, event.data))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._tell_pull_request(session_id, event.data))
+        elif isinstance(event.data, Status) and self._pane_threads:
+            self._spawn(self._session_pane_status(session_id, event.data.state == "working"))
+
+    async def _session_pane_status(self, session_id: str, working: bool) -> None:
+        info = await self.sessions.get(session_id)
+        thread = thread_of(info) if info else None
+        if thread is not None:
+            await self._pane_status(thread[0], thread[1], working)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _tell_pull_request(self, session_id: str, pr: PullRequest) -> None:
         info = await self.sessions.get(session_id)
@@ -385,8 +532,10 @@ class SlackClient:
             linked = await self.intake.pull_requests.linked(user)
             connect = await self.links.mint(user, name, person.team)
             github = (linked, f"{self.settings.public_url}/auth/link/{connect}?next=/github/connect")
+        default = await self.intake.predict_repo(person, "")
+        channels = await self.intake.defaults.set_by(user) if self.intake.defaults else []
         view = home_view(f"{self.settings.public_url}/auth/link/{token}", recent, self.settings.session_url,
-                         max(1, round(self.links.ttl / 60)), github)
+                         max(1, round(self.links.ttl / 60)), github, default, channels)
         await self.web.views_publish(user_id=user, view=view)
 
     async def on_link_shared(self, event: dict[str, Any]) -> None:
@@ -507,3 +656,11 @@ def _clicker(body: dict[str, Any]) -> Author:
 def _actor(body: dict[str, Any]) -> tuple[str, str]:
     """Who clicked, and in which channel (interactive payloads)."""
     return str((body.get("user") or {}).get("id", "")), str((body.get("channel") or {}).get("id", ""))
+
+
+def _composed(body: dict[str, Any]) -> str:
+    """The Home tab composer's text, from the view state Slack sends with the *Start* click."""
+    values = ((body.get("view") or {}).get("state") or {}).get("values") or {}
+    field = (values.get(COMPOSE_BLOCK) or {}).get(COMPOSE_ACTION) or {}
+    value = field.get("value")
+    return value if isinstance(value, str) else ""

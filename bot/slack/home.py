@@ -14,15 +14,32 @@ from bot.slack.format import Block, escape
 
 OPEN_WEB_ACTION = "open_web_view"
 CONNECT_GITHUB_ACTION = "connect_github"
+COMPOSE_ACTION = "home_compose"
+COMPOSE_BLOCK = "compose"
+START_ACTION = "home_start"
 RECENT = 10
 
 
 def home_view(signin_url: str, sessions: list[SessionSummary], session_url: Any, minutes: int,
-              github: tuple[str | None, str] | None = None) -> dict[str, Any]:
+              github: tuple[str | None, str] | None = None, default_repo: str | None = None,
+              channel_defaults: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """The Home tab's view (`views.publish`); `github` is (the login linked, if any; the connect URL)
-    when accounts can be linked."""
+    when accounts can be linked. The composer sends its first characters as you type (the likeliest
+    repository's sandbox is warmed then) and *Start* begins the session in a DM thread."""
+    defaults = [f"<#{channel}>: {escape(repo)}" for channel, repo in channel_defaults or []]
+    where = f"Your default repository: *{escape(default_repo)}*." if default_repo else "No default repository yet."
+    if defaults:
+        where += " Channels you set: " + ", ".join(defaults) + "."
     blocks: list[Block] = [
         {"type": "header", "text": {"type": "plain_text", "text": "hosted-agents"}},
+        {"type": "input", "block_id": COMPOSE_BLOCK, "dispatch_action": True, "optional": True,
+         "label": {"type": "plain_text", "text": "Ask the agent"},
+         "element": {"type": "plain_text_input", "action_id": COMPOSE_ACTION, "multiline": True,
+                     "placeholder": {"type": "plain_text", "text": "What should it do? Name the repo if you like."},
+                     "dispatch_action_config": {"trigger_actions_on": ["on_character_entered"]}}},
+        {"type": "actions", "block_id": "compose_actions", "elements": [
+            {"type": "button", "action_id": START_ACTION, "style": "primary", "text": {"type": "plain_text", "text": "Start"}}]},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": where}]},
         {"type": "section", "text": {"type": "mrkdwn", "text": (
             "Mention me in a channel or send me a message to start a session. In the web view you can watch "
             "sessions live, prompt and stop them, and start new ones.")}},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -242,3 +243,34 @@ class GitHubDeliveryRow(Base):
 
     delivery_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     received_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class RepoDefaultRow(Base):
+    """The repository a place defaults to (`@bot set repo owner/repo` in a Slack channel)."""
+
+    __tablename__ = "repo_defaults"
+
+    place: Mapped[str] = mapped_column(String(200), primary_key=True)
+    """e.g. `slack:C0123`."""
+    repo: Mapped[str] = mapped_column(String(200))
+    set_by: Mapped[str] = mapped_column(String(128))
+    set_at: Mapped[float] = mapped_column(Float)
+
+
+class WarmUpRow(Base):
+    """A warm-up asked for ahead of a session (someone typing, opening the agent pane, a guess),
+    and whether the session that followed used it."""
+
+    __tablename__ = "warm_ups"
+    __table_args__ = (Index("ix_warm_ups_user_repo", "user_id", "repo", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trigger: Mapped[str] = mapped_column(String(32))
+    """`web`, `app_home`, `agent_pane`, `channel_guess`."""
+    repo: Mapped[str] = mapped_column(String(200))
+    user_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[float] = mapped_column(Float)
+    session_id: Mapped[str | None] = mapped_column(String(32))
+    used: Mapped[bool | None] = mapped_column(Boolean)
+    """None until a session followed (or the warm container expired: False)."""
+    saved_ms: Mapped[float | None] = mapped_column(Float)

@@ -29,6 +29,17 @@ Beyond messages, as the method and event docs describe them:
   (form fields or HTTP Basic) and the same `redirect_uri`, for an `xoxp-` token and an `id_token`
   (a JWT signed HS256 with the client secret: Slack signs RS256 with its own keys);
   `openid.connect.userInfo` answers for that token. Claims follow the scopes (`email`, `profile`).
+- Home tab composer: an `input` block with `dispatch_action: true` around a `plain_text_input` whose
+  `dispatch_action_config.trigger_actions_on` has `on_character_entered`; `type_home` types into it (a
+  `block_actions` payload with a `plain_text_input` action and the text in `view.state.values`), and
+  later payloads from that view (`click_home`) carry the typed text. A republished view keeps what was
+  typed in an input with the same `block_id` and `action_id`, as Slack does.
+- DMs: `conversations.open` (`users` -> the IM `D…`, the same one `dm_channel` names; `return_im`).
+- Agents and assistants: `assistant.threads.setStatus` (`assistant_status`, `assistant_status_log`),
+  `agents.sessions.setStatus` (`agent_sessions`, `agent_session_log`); `start_assistant_thread` (the
+  thread root in the DM and `assistant_thread_started`), `stop_agent_session` (the stop button:
+  `agent_session_stopped`, listing and stopping the app's streams in that thread).
+- Message shortcuts: `shortcut` sends `message_action`; `chat.getPermalink` links to a message.
 """
 
 from __future__ import annotations
@@ -88,6 +99,8 @@ class Message:
     """monotonic times of chat.appendStream calls"""
     unfurls: dict[str, dict[str, Any]] = field(default_factory=dict)
     """URL -> the attachment chat.unfurl put under it (a later call for the same URL replaces it)"""
+    subtype: str | None = None
+    """e.g. `assistant_app_thread` for the root Slack posts when a person opens the agent pane"""
 
     def rendered(self) -> str:
         """All text a person would read in the message: its blocks, or its text."""
@@ -177,6 +190,21 @@ class FakeSlack:
         self._oidc_codes: dict[str, dict[str, Any]] = {}
         self.oidc_tokens: dict[str, dict[str, Any]] = {}
         """access token (xoxp-) -> user, scopes and client id, for openid.connect.userInfo"""
+        self.home_composer: dict[str, str] = {}
+        """user id -> the text last typed (`type_home`) into their Home tab's dispatching input, while the
+        published view still holds that input"""
+        self._opened_ims: set[str] = set()
+        self._composer_at: dict[str, tuple[str, str]] = {}
+        """user id -> (block_id, action_id) of the input `home_composer` was typed into"""
+        self.assistant_status: dict[tuple[str, str], str] = {}
+        """(channel, thread_ts) -> the status assistant.threads.setStatus last set there ("" once cleared)"""
+        self.assistant_status_log: list[dict[str, Any]] = []
+        """every accepted assistant.threads.setStatus: channel_id, thread_ts, status, loading_messages"""
+        self.agent_sessions: dict[tuple[str, str], dict[str, Any]] = {}
+        """(channel, thread_ts) -> the agent session agents.sessions.setStatus made: status, title,
+        initiator_user_id (title and initiator are kept from the call that created it)"""
+        self.agent_session_log: list[dict[str, Any]] = []
+        """every accepted agents.sessions.setStatus: channel_id, thread_ts, status, title, initiator_user_id"""
 
     # -- server ---------------------------------------------------------------------------
 
@@ -268,7 +296,7 @@ class FakeSlack:
 
     async def _m_auth_test(self, _: dict[str, Any]) -> dict[str, Any]:
         return {
-            "ok": True, "url": "https://fake.slack.test/", "team": "Fake Co", "user": "hosted-agents",
+            "ok": True, "url": WORKSPACE_URL, "team": "Fake Co", "user": "hosted-agents",
             "team_id": self.team_id, "user_id": self.bot_user_id, "bot_id": self.bot_id,
             "is_enterprise_install": False,
         }
@@ -446,6 +474,115 @@ class FakeSlack:
         items = [m for m in self.messages.values() if m.channel == p.get("channel") and (m.ts == root or m.thread_ts == root)]
         return {"ok": True, "messages": [self._as_event(m) for m in sorted(items, key=lambda m: float(m.ts))]}
 
+    # -- DMs: https://docs.slack.dev/reference/methods/conversations.open ---------------------
+
+    async def _m_conversations_open(self, p: dict[str, Any]) -> dict[str, Any]:
+        users = [u.strip() for u in str(p.get("users") or "").split(",") if u.strip()]
+        channel = p.get("channel")
+        if not users and not channel:
+            return {"ok": False, "error": "users_list_not_supplied"}
+        if not users:  # resume an IM or a group DM by its id
+            if isinstance(channel, str) and channel.startswith("G") and channel in self._opened_ims:
+                return {"ok": True, "no_op": True, "already_open": True, "channel": {"id": channel}}
+            if not (isinstance(channel, str) and channel.startswith("D") and self._known_channel(channel)):
+                return {"ok": False, "error": "channel_not_found"}
+            users = ["U" + channel[1:]]
+        if len(users) > 8:
+            return {"ok": False, "error": "too_many_users"}
+        if any(not u.startswith(("U", "W")) or u in self.hidden_users for u in users):
+            return {"ok": False, "error": "user_not_found"}
+        if len(users) > 1:  # a group DM: one id per set of people
+            members = ",".join(sorted({*users, self.bot_user_id}))
+            im = "G" + hashlib.sha256(members.encode()).hexdigest()[:10].upper()
+        else:
+            im = self.dm_channel(users[0])
+        already = im in self._opened_ims or any(m.channel == im for m in self.messages.values())
+        self._opened_ims.add(im)
+        info: dict[str, Any] = {"id": im}
+        if _truthy(p.get("return_im")) and len(users) == 1:
+            user = users[0]
+            info.update({"created": self._base, "is_im": True, "is_org_shared": False, "user": user,
+                         "is_user_deleted": False, "priority": 0, "is_open": True,
+                         "last_read": "0000000000.000000", "latest": None, "unread_count": 0,
+                         "unread_count_display": 0})
+        answer: dict[str, Any] = {"ok": True, "channel": info}
+        if already:
+            answer.update({"no_op": True, "already_open": True})
+        return answer
+
+    def _known_channel(self, channel: str) -> bool:
+        """A channel the fake knows: a configured one, a DM with the app, or one that holds messages."""
+        return (channel in self.channels or (channel.startswith("D") and len(channel) > 1) or channel in self._opened_ims
+                or any(m.channel == channel for m in self.messages.values()))
+
+    # -- permalinks: https://docs.slack.dev/reference/methods/chat.getPermalink -----------------
+
+    async def _m_chat_getPermalink(self, p: dict[str, Any]) -> dict[str, Any]:
+        channel, ts = str(p.get("channel") or ""), str(p.get("message_ts") or "")
+        if not channel or not self._known_channel(channel):
+            return {"ok": False, "error": "channel_not_found"}
+        return {"ok": True, "channel": channel, "permalink": self.permalink(channel, ts)} \
+            if (channel, ts) in self.messages else {"ok": False, "error": "message_not_found"}
+
+    def permalink(self, channel: str, ts: str) -> str:
+        """The permalink Slack gives a message: `/archives/<channel>/p<ts without the dot>`, and for a reply in a
+        thread `?thread_ts=<root>&cid=<channel>`."""
+        link = f"{WORKSPACE_URL}archives/{channel}/p{ts.replace('.', '')}"
+        msg = self.messages.get((channel, ts))
+        if msg is not None and msg.thread_ts and msg.thread_ts != ts:
+            link += f"?thread_ts={msg.thread_ts}&cid={channel}"
+        return link
+
+    # -- agents and assistants: https://docs.slack.dev/reference/methods/assistant.threads.setStatus,
+    #    https://docs.slack.dev/reference/methods/agents.sessions.setStatus ----------------------
+
+    async def _m_assistant_threads_setStatus(self, p: dict[str, Any]) -> dict[str, Any]:
+        channel, thread_ts, status = p.get("channel_id"), p.get("thread_ts"), p.get("status")
+        if not isinstance(channel, str) or not self._known_channel(channel):
+            return {"ok": False, "error": "channel_not_found"}
+        if not self._is_thread_root(channel, thread_ts):
+            return {"ok": False, "error": "invalid_thread_ts"}
+        if not isinstance(status, str):  # required; "" clears the status
+            return _invalid_arguments("[ERROR] missing required field: status [json-pointer:/status]")
+        loading = p.get("loading_messages")
+        if isinstance(loading, str):
+            try:
+                loading = json.loads(loading)
+            except json.JSONDecodeError:
+                loading = [loading]
+        if loading is not None and (not isinstance(loading, list) or len(loading) > 10
+                                    or not all(isinstance(m, str) for m in loading)):
+            return _invalid_arguments("[ERROR] must be an array of at most 10 strings [json-pointer:/loading_messages]")
+        assert isinstance(thread_ts, str)
+        self.assistant_status[(channel, thread_ts)] = status
+        self.assistant_status_log.append({"channel_id": channel, "thread_ts": thread_ts, "status": status,
+                                          "loading_messages": loading})
+        return {"ok": True}
+
+    async def _m_agents_sessions_setStatus(self, p: dict[str, Any]) -> dict[str, Any]:
+        channel, thread_ts, status, title = p.get("channel_id"), p.get("thread_ts"), p.get("status"), p.get("title")
+        if status not in AGENT_SESSION_STATUSES:  # free text and "" are refused
+            return _invalid_arguments("[ERROR] must be a valid enum value [json-pointer:/status]")
+        if title is not None and (not isinstance(title, str) or len(title) > 200):
+            return _invalid_arguments("[ERROR] must be less than 201 characters [json-pointer:/title]")
+        if not isinstance(channel, str) or not self._known_channel(channel):
+            return {"ok": False, "error": "channel_not_found"}
+        if not self._is_thread_root(channel, thread_ts):  # the fake has thread-based sessions only
+            return {"ok": False, "error": "invalid_thread_ts"}
+        assert isinstance(thread_ts, str)
+        session = self.agent_sessions.get((channel, thread_ts))
+        if session is None:  # title and initiator only count when the call creates the session
+            session = self.agent_sessions[(channel, thread_ts)] = {
+                "title": title, "initiator_user_id": p.get("initiator_user_id")}
+        session["status"] = status
+        self.agent_session_log.append({"channel_id": channel, "thread_ts": thread_ts, "status": status, "title": title,
+                                       "initiator_user_id": p.get("initiator_user_id")})
+        return {"ok": True}
+
+    def _is_thread_root(self, channel: str, thread_ts: Any) -> bool:
+        msg = self.messages.get((channel, thread_ts)) if isinstance(thread_ts, str) else None
+        return msg is not None and msg.thread_ts in (None, msg.ts)
+
     # -- App Home: https://docs.slack.dev/reference/methods/views.publish ---------------------
 
     async def _m_views_publish(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -481,11 +618,20 @@ class FakeSlack:
         if external_id and any(v.get("external_id") == external_id for u, v in self.home_views.items() if u != user):
             return {"ok": False, "error": "duplicate_external_id"}
         view_id = previous["id"] if previous else f"V{uuid.uuid4().hex[:10].upper()}"
+        blocks = [_with_ids(b) for b in blocks]
+        # what the person typed survives an update that keeps the input's block_id and action_id
+        kept = {(b["block_id"], b["element"]["action_id"]) for b in blocks if b.get("type") == "input"}
+        values = {bid: {aid: v for aid, v in actions.items() if (bid, aid) in kept}
+                  for bid, actions in (previous or {}).get("state", {}).get("values", {}).items()}
+        values = {bid: actions for bid, actions in values.items() if actions}
+        if self._composer_at.get(user) not in kept:
+            self.home_composer.pop(user, None)
+            self._composer_at.pop(user, None)
         published = {
             "id": view_id, "team_id": self.team_id, "type": "home", "close": None, "submit": None,
-            "blocks": [{**b, "block_id": b.get("block_id") or uuid.uuid4().hex[:5]} for b in blocks],
+            "blocks": blocks,
             "private_metadata": str(view.get("private_metadata") or ""), "callback_id": str(view.get("callback_id") or ""),
-            "state": {"values": {}}, "hash": f"{int(time.time())}.{uuid.uuid4().hex[:8]}",
+            "state": {"values": values}, "hash": f"{int(time.time())}.{uuid.uuid4().hex[:8]}",
             "clear_on_close": False, "notify_on_close": False, "root_view_id": view_id, "previous_view_id": None,
             "app_id": "A0000001", "external_id": external_id, "app_installed_team_id": self.team_id, "bot_id": self.bot_id,
         }
@@ -633,6 +779,8 @@ class FakeSlack:
     def _as_event(self, msg: Message) -> dict[str, Any]:
         team = self.users.get(msg.user, {}).get("team_id", self.team_id)
         event: dict[str, Any] = {"type": "message", "user": msg.user, "text": msg.text, "ts": msg.ts, "team": team}
+        if msg.subtype:
+            event["subtype"] = msg.subtype
         if not msg.bot:  # Slack Connect: whose organisation the author is from, and where the message was sent
             event["user_team"], event["source_team"] = team, team
         if msg.blocks:
@@ -645,7 +793,8 @@ class FakeSlack:
         return event
 
     async def _echo(self, msg: Message, edited: bool = False) -> None:
-        event = {**self._as_event(msg), "channel": msg.channel, "event_ts": msg.ts, "channel_type": "channel"}
+        event = {**self._as_event(msg), "channel": msg.channel, "event_ts": msg.ts,
+                 "channel_type": "im" if msg.channel.startswith("D") else "channel"}
         if edited:
             event = {"type": "message", "subtype": "message_changed", "channel": msg.channel, "hidden": True,
                      "message": self._as_event(msg), "ts": self.next_ts(), "event_ts": msg.ts}
@@ -783,19 +932,103 @@ class FakeSlack:
         return found
 
     async def click_home(self, user: str, action_id: str) -> str:
-        """Press a button in the person's Home tab: `block_actions` from a view (no channel, message or response_url)."""
+        """Press a button in the person's Home tab: `block_actions` from a view (no channel, message or response_url).
+        The view carries what they typed in its inputs (`view.state.values`)."""
         view = self.home_views[user]
         block, button = next((b, e) for b, e in self._home_elements(user) if e["action_id"] == action_id)
+        return await self._view_action(user, view, {
+            "action_id": action_id, "block_id": block.get("block_id", ""), "value": button.get("value", ""),
+            "type": "button", "action_ts": f"{time.time():.6f}", "text": button["text"]})
+
+    def home_inputs(self, user: str) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+        """The `plain_text_input`s of the Home tab published for `user`, by action_id: (input block, element)."""
+        return {b["element"]["action_id"]: (b, b["element"]) for b in self.home_views.get(user, {}).get("blocks", [])
+                if b.get("type") == "input" and b.get("element", {}).get("type") == "plain_text_input"}
+
+    async def type_home(self, user: str, text: str, action_id: str | None = None, *, press_enter: bool = False) -> str:
+        """Type `text` into the Home tab's dispatching input, as a person would: the `block_actions` Slack sends for
+        a `plain_text_input` in an input block with `dispatch_action: true`. Slack sends it as characters are
+        entered when `dispatch_action_config.trigger_actions_on` has `on_character_entered`, or on Enter
+        (`press_enter`) when it has `on_enter_pressed` or no config. The text stays in the view's state (and in
+        `home_composer`) for later payloads from the view, such as `click_home`."""
+        if user not in self.home_views:
+            raise AssertionError(f"no Home tab was published for {user}")
+        inputs = {aid: (b, e) for aid, (b, e) in self.home_inputs(user).items() if action_id in (None, aid)}
+        dispatching = {aid: (b, e) for aid, (b, e) in inputs.items() if b.get("dispatch_action") is True}
+        if not dispatching:
+            raise AssertionError(f"no input block with dispatch_action: true{f' for {action_id}' if action_id else ''} "
+                                 f"in {user}'s Home tab: Slack would send the app nothing")
+        if len(dispatching) > 1:
+            raise AssertionError(f"more than one dispatching input in {user}'s Home tab: name one ({sorted(dispatching)})")
+        ((aid, (block, element)),) = dispatching.items()
+        triggers = (element.get("dispatch_action_config") or {}).get("trigger_actions_on") or ["on_enter_pressed"]
+        wanted = "on_enter_pressed" if press_enter else "on_character_entered"
+        if wanted not in triggers:
+            raise AssertionError(f"{aid} dispatches on {triggers}, not {wanted}: Slack would send the app nothing")
+        view = self.home_views[user]
+        view["state"]["values"].setdefault(block["block_id"], {})[aid] = {"type": "plain_text_input", "value": text}
+        self.home_composer[user] = text
+        self._composer_at[user] = (block["block_id"], aid)
+        return await self._view_action(user, view, {
+            "type": "plain_text_input", "action_id": aid, "block_id": block["block_id"], "value": text,
+            "action_ts": f"{time.time():.6f}"})
+
+    async def _view_action(self, user: str, view: dict[str, Any], action: dict[str, Any]) -> str:
         payload = {
-            "type": "block_actions",
-            "user": {"id": user, "username": user.lower(), "name": user.lower(),
-                     "team_id": self.users.get(user, {}).get("team_id", self.team_id)},
+            "type": "block_actions", "user": self._actor(user),
             "api_app_id": "A0000001", "token": "verification-token-unused",
             "container": {"type": "view", "view_id": view["id"]},
-            "trigger_id": f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:8]}", "team": {"id": self.team_id, "domain": "fake"},
-            "enterprise": None, "is_enterprise_install": False, "view": view,
-            "actions": [{"action_id": action_id, "block_id": block.get("block_id", ""), "value": button.get("value", ""),
-                         "type": "button", "action_ts": f"{time.time():.6f}", "text": button["text"]}],
+            "trigger_id": _trigger_id(), "team": {"id": self.team_id, "domain": "fake"},
+            "enterprise": None, "is_enterprise_install": False, "view": view, "actions": [action],
+        }
+        return await self.send_envelope("interactive", payload)
+
+    def _actor(self, user: str) -> dict[str, Any]:
+        return {"id": user, "username": user.lower(), "name": user.lower(),
+                "team_id": self.users.get(user, {}).get("team_id", self.team_id)}
+
+    # -- agents and assistants, as a person uses them ---------------------------------------
+
+    async def start_assistant_thread(self, user: str, context_channel: str | None = None) -> tuple[str, str]:
+        """Open the app's agent pane, as a person would: Slack starts a thread in the DM (its root has the subtype
+        `assistant_app_thread`) and sends `assistant_thread_started`, with the channel the person was viewing
+        (`context_channel`) as context. Returns (channel, thread_ts)."""
+        channel = self.dm_channel(user)
+        title = f"Chats from {time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime())}.000Z"
+        root = Message(channel, self.next_ts(), self.bot_user_id, title, subtype="assistant_app_thread")
+        self.messages[(channel, root.ts)] = root
+        context: dict[str, Any] = {}
+        if context_channel:
+            context = {"channel_id": context_channel, "team_id": self.team_id, "enterprise_id": None}
+        await self.send_event({"type": "assistant_thread_started",
+                               "assistant_thread": {"user_id": user, "context": context, "channel_id": channel,
+                                                    "thread_ts": root.ts},
+                               "event_ts": f"{time.time():.6f}"})
+        return channel, root.ts
+
+    async def stop_agent_session(self, user: str, channel: str, thread_ts: str) -> str:
+        """Press the stop button of the agent session in that thread: Slack stops the app's streams there and sends
+        `agent_session_stopped` listing them (`streaming_message_ts`, empty when none was streaming). The
+        session's status stays as it was: the app moves it on."""
+        streaming = [m for m in self.bot_messages(channel, thread_ts) if m.streaming]
+        for msg in streaming:
+            msg.streaming = False
+        return await self.send_event({"type": "agent_session_stopped", "channel": channel, "thread_ts": thread_ts,
+                                      "user": user, "streaming_message_ts": [m.ts for m in streaming],
+                                      "event_ts": f"{time.time():.6f}"})
+
+    async def shortcut(self, user: str, message: Message | tuple[str, str], callback_id: str) -> str:
+        """Use the app's message shortcut `callback_id` on a message (a `Message` or its (channel, ts)), as a
+        person would: a `message_action` payload."""
+        msg = message if isinstance(message, Message) else self.messages[message]
+        name = "directmessage" if msg.channel.startswith("D") else self.channels.get(msg.channel, {}).get("name", "")
+        payload = {
+            "type": "message_action", "token": "verification-token-unused", "action_ts": f"{time.time():.6f}",
+            "team": {"id": self.team_id, "domain": "fake"}, "user": self._actor(user),
+            "channel": {"id": msg.channel, "name": name}, "is_enterprise_install": False, "enterprise": None,
+            "callback_id": callback_id, "trigger_id": _trigger_id(), "message_ts": msg.ts,
+            "response_url": f"http://127.0.0.1:{self.port}/actions/{uuid.uuid4().hex}",
+            "message": self._as_event(msg),
         }
         return await self.send_envelope("interactive", payload)
 
@@ -843,6 +1076,18 @@ VIEW_BLOCKS_LIMIT, VIEW_BYTES_LIMIT = 100, 250_000
 ATTACHMENT_CONTENT = ("blocks", "title", "text", "fallback", "pretext", "image_url", "thumb_url", "fields", "author_name",
                       "preview")
 OIDC_SCOPES = {"openid", "email", "profile"}
+AGENT_SESSION_STATUSES = ("active", "processing", "suspended", "closed")
+WORKSPACE_URL = "https://fake.slack.test/"
+"""the workspace's address (auth.test's `url`); permalinks start with it"""
+
+
+def _trigger_id() -> str:
+    return f"{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:8]}"
+
+
+def _truthy(value: Any) -> bool:
+    """A boolean argument as Slack reads it from JSON or a form/query string (`true`, `1`)."""
+    return value is True or (isinstance(value, (str, int)) and str(value).lower() in ("1", "true"))
 
 
 def _invalid_arguments(message: str) -> dict[str, Any]:
@@ -875,6 +1120,46 @@ def _jwt_hs256(claims: dict[str, Any], key: str) -> str:
     payload = _b64url(json.dumps(claims, separators=(",", ":")).encode())
     signature = hmac.new(key.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
     return f"{header}.{payload}.{_b64url(signature)}"
+
+
+def _with_ids(block: dict[str, Any]) -> dict[str, Any]:
+    """A block as Slack keeps it: a block_id, and an action_id on an input's element, made up when missing."""
+    block = {**block, "block_id": block.get("block_id") or uuid.uuid4().hex[:5]}
+    element = block.get("element")
+    if block.get("type") == "input" and isinstance(element, dict) and not element.get("action_id"):
+        block["element"] = {**element, "action_id": uuid.uuid4().hex[:5]}
+    return block
+
+
+def _check_input(i: int, block: dict[str, Any]) -> str | None:
+    """An input block's documented limits (label, element, hint; a plain_text_input's own fields)."""
+    label, element, hint = block.get("label"), block.get("element"), block.get("hint")
+    if not isinstance(label, dict) or label.get("type") != "plain_text" or not label.get("text"):
+        return f"blocks[{i}].label must be a plain_text object"
+    if len(label["text"]) > 2000 or (isinstance(hint, dict) and len(hint.get("text", "")) > 2000):
+        return f"blocks[{i}].label and hint must be at most 2000 characters"
+    if not isinstance(element, dict) or not element.get("type"):
+        return f"blocks[{i}].element is required"
+    if block.get("dispatch_action") and element["type"] == "file_input":
+        return f"blocks[{i}]: unsupported type: dispatch_action with file_input"
+    if "dispatch_action_config" in element:
+        if element["type"] not in ("plain_text_input", "rich_text_input"):
+            return f"blocks[{i}].element: dispatch_action_config is only for plain_text_input and rich_text_input"
+        triggers = (element["dispatch_action_config"] or {}).get("trigger_actions_on", [])
+        if not isinstance(triggers, list) or not set(triggers) <= {"on_enter_pressed", "on_character_entered"}:
+            return f"blocks[{i}].element.dispatch_action_config.trigger_actions_on: must be on_enter_pressed or " \
+                   "on_character_entered"
+    if len(str(element.get("action_id") or "")) > 255:
+        return f"blocks[{i}].element.action_id must be at most 255 characters"
+    if element["type"] == "plain_text_input":
+        low, high = element.get("min_length"), element.get("max_length")
+        if low is not None and not (isinstance(low, int) and 0 <= low <= 3000):
+            return f"blocks[{i}].element.min_length must be between 0 and 3000"
+        if high is not None and not (isinstance(high, int) and 1 <= high <= 3000):
+            return f"blocks[{i}].element.max_length must be between 1 and 3000"
+        if len((element.get("placeholder") or {}).get("text", "")) > 150:
+            return f"blocks[{i}].element.placeholder must be at most 150 characters"
+    return None
 
 
 def _check_message(p: dict[str, Any]) -> dict[str, Any] | None:
@@ -919,6 +1204,10 @@ def _check_blocks(blocks: Any, limit: int = BLOCKS_LIMIT) -> str | None:
                 return f"blocks[{i}].elements must hold 1 to 10 items"
             if any(len(e.get("text", "")) > SECTION_LIMIT for e in elements):
                 return f"blocks[{i}].elements[].text must be at most {SECTION_LIMIT} characters"
+        elif kind == "input":
+            error = _check_input(i, block)
+            if error:
+                return error
         elif kind == "actions":
             elements = block.get("elements", [])
             if not elements or len(elements) > 25:
