@@ -28,6 +28,7 @@ METHOD_SCOPES: dict[str, set[str]] = {
     "conversations.open": {"im:write"},
     "chat.getPermalink": set(),
     "assistant.threads.setStatus": {"assistant:write"},
+    "agents.sessions.setStatus": {"assistant:write", "chat:write"},
     "chat.unfurl": {"links:write"},
 }
 EVENT_SCOPES: dict[str, str | None] = {
@@ -118,4 +119,4 @@ async def exercise(slack, model, copy, json) -> None:  # type: ignore[no-untyped
     await slack.wait_for(lambda: slack.calls_to("chat.getPermalink"))
     channel, thread = await slack.start_assistant_thread("U0ALICE1")
     await slack.user_message("U0ALICE1", "in acme/api hello", channel=channel, thread_ts=thread)
-    await slack.wait_for(lambda: slack.calls_to("assistant.threads.setStatus"))
+    await slack.wait_for(lambda: slack.calls_to("agents.sessions.setStatus"))

@@ -96,12 +96,23 @@ async def test_the_agent_pane_warms_shows_the_agent_working_and_honours_slacks_s
     await _until(lambda: warm_ups(acme), lambda rows: ("agent_pane", "acme/infra", "U0ALICE1") in rows)
     model.add(Reply(text="word " * 2000, chunk_delay=0.01))
     await slack.user_message("U0ALICE1", "in acme/infra add a DNS record", channel=channel, thread_ts=thread)
-    await slack.wait_for(lambda: slack.assistant_status.get((channel, thread)), what="the pane's working status")
+    await slack.wait_for(lambda: (slack.agent_sessions.get((channel, thread)) or {}).get("status") == "processing",
+                         what="the agent session processing (Slack shows its stop button)")
     await slack.stop_agent_session("U0ALICE1", channel, thread)
     await slack.wait_for(lambda: any("Stopped" in m.rendered() for m in slack.bot_messages(channel=channel,
                                                                                            thread_ts=thread)),
                          what="the turn stopped by Slack's stop")
-    await slack.wait_for(lambda: slack.assistant_status.get((channel, thread)) == "", what="the status cleared")
+    await slack.wait_for(lambda: slack.agent_sessions[(channel, thread)]["status"] == "active",
+                         what="the session moved away from processing")
+
+
+async def test_without_agent_sessions_the_pane_falls_back_to_the_assistant_status(acme, slack, model):
+    slack.method_errors["agents.sessions.setStatus"] = "not_allowed_token_type"  # the app is not declared an agent
+    channel, thread = await slack.start_assistant_thread("U0ALICE1")
+    model.add(Reply(text="word " * 400, chunk_delay=0.01))
+    await slack.user_message("U0ALICE1", "in acme/infra add a DNS record", channel=channel, thread_ts=thread)
+    await slack.wait_for(lambda: slack.assistant_status.get((channel, thread)) == "is working…", what="the status")
+    await slack.wait_for(lambda: slack.assistant_status.get((channel, thread)) == "", timeout=20, what="cleared")
 
 
 async def _until(read, check, timeout: float = 5.0):  # type: ignore[no-untyped-def]

@@ -28,6 +28,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
+from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.agent.hookspecs import hookimpl
@@ -211,6 +212,8 @@ class SlackClient:
         self._aimed: TTLCache[str, str | None] = TTLCache(maxsize=10_000, ttl=600)
         """The repository each person's Home tab typing warmed last (typing re-aims when it changes)."""
         self._pane_threads: TTLCache[tuple[str, str], bool] = TTLCache(maxsize=10_000, ttl=7 * 86400)
+        self._agent_sessions = True
+        """Whether `agents.sessions.setStatus` works here (an app declared as an agent)."""
         """Agent pane threads: their status shows whether the agent is working."""
         if intake.pull_requests is not None:
             intake.pull_requests.not_linked_observers.append(self._offer_github)
@@ -418,9 +421,22 @@ class SlackClient:
             await self._ask_for_repo(msg, result)
 
     async def _pane_status(self, channel: str, thread_ts: str, working: bool) -> None:
-        """The agent pane shows the agent is working (Slack's own stop button comes with it)."""
+        """The agent pane shows the agent is working: an agent session `processing` (with Slack's own
+        stop button) where the workspace offers agent sessions, else the assistant thread's status."""
         if (channel, thread_ts) not in self._pane_threads:
             return
+        if self._agent_sessions:
+            try:
+                await self.web.api_call("agents.sessions.setStatus", json={
+                    "channel_id": channel, "thread_ts": thread_ts, "status": "processing" if working else "active"})
+                return
+            except SlackApiError as exc:
+                log.info("agent sessions are not available (%s); using the assistant thread status",
+                         exc.response.get("error"))
+                self._agent_sessions = False
+            except Exception as exc:
+                log.info("setting the agent session's status failed: %r", exc)
+                return
         try:
             await self.web.api_call("assistant.threads.setStatus", json={
                 "channel_id": channel, "thread_ts": thread_ts, "status": "is working…" if working else ""})
@@ -517,7 +533,12 @@ class SlackClient:
     async def on_home_opened(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         """The Home tab: recent sessions and a fresh personal sign-in link to the web view."""
         user = event.get("user")
-        if event.get("tab", "home") != "home" or not isinstance(user, str) or not user:
+        if not isinstance(user, str) or not user:
+            return
+        if event.get("tab") == "messages":  # the agent pane / Messages tab: warm what they will likely ask about
+            await self.intake.warm_for(Author(id=user, origin=Origin.SLACK_DM), "", "agent_pane")
+            return
+        if event.get("tab", "home") != "home":
             return
         team = body.get("team_id")
         person = Author(id=user, origin=Origin.APP_HOME, team=team if isinstance(team, str) else None)

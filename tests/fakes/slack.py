@@ -149,6 +149,8 @@ class FakeSlack:
         self.retry_after = 1
         self.write_limit: int | None = None
         """answer 429 + Retry-After to writes past this many a second (all write methods together)"""
+        self.method_errors: dict[str, str] = {}
+        """method -> the error Slack answers it with here (a feature this workspace or app lacks)"""
         self.stream_error: str | None = None
         """refuse chat.startStream with this error (e.g. `method_not_supported`), to test the fallback"""
         self._writes: list[float] = []
@@ -283,6 +285,8 @@ class FakeSlack:
         wanted = self.app_token if method == "apps.connections.open" else self.bot_token
         if token != wanted:
             return 200, {"ok": False, "error": "invalid_auth"}
+        if method in self.method_errors:  # e.g. a workspace where the app is not an agent
+            return 200, {"ok": False, "error": self.method_errors[method]}
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
             return 200, {"ok": False, "error": "unknown_method"}
