@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.mention_burst
 	$(BIN)/python -m bench.egress_proxy
 	$(BIN)/python -m bench.web_fanout
+	$(BIN)/python -m bench.warm_up_latency
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
