@@ -70,6 +70,8 @@ class Request:
     """People the text names (Slack user ids): the session's starter adds them as participants."""
     session_id: str | None = None
     """The session this prompt is for, when the surface names it directly (its web page)."""
+    title: str | None = None
+    """The new session's title (a sub-session's, from its parent); unset: the start of the text."""
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,8 @@ class Intake:
             return Refused("unknown_session", "I can't find that session any more.")
         if denied := await self._may_control(info, by, "stop it"):
             return self._refuse(by, Refused.denied(denied))
-        if not self.sessions.stop(session_id, by=by.id):
+        stopped = self.sessions.stop(session_id, by=by.id)
+        if not await self.sessions.stop_descendants(session_id, by=by.id) and not stopped:  # its sub-sessions too
             return Refused("nothing_running", "Nothing is running in this session right now.")
         return None
 
@@ -370,7 +373,7 @@ class Intake:
 
     async def _start(self, request: Request, repo: str | None, decision: Classification | None) -> Started:
         session = await self.sessions.open(request.author.origin, request.author, repo, request.surface, request.parent_id,
-                                           title=request.text)
+                                           title=request.title or request.text)
         prompt = await self.sessions.submit(session.id, request.text, request.author, request.order_key)
         return Started(session, prompt, created=True, classification=decision)
 

@@ -31,9 +31,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.agent.hookspecs import hookimpl
 from bot.config import Settings
-from bot.events import SLACK_ID_ORIGINS, Author, Event, Origin, PullRequest
+from bot.events import SLACK_ID_ORIGINS, Author, ChildSession, Event, Origin, PullRequest
 from bot.sessions.intake import Held, HeldRequest, Hints, Intake, Refused, Request
 from bot.sessions.service import SessionService
+from bot.slack.children import ChildrenBoard
 from bot.slack.delivery import Content
 from bot.slack.directory import SlackDirectory
 from bot.slack.format import (
@@ -189,6 +190,7 @@ class SlackClient:
             self.app = AsyncApp(client=self.web, process_before_response=False, logger=_bolt_logger())
         self.renderer = SlackRenderer(self.web, sessions, settings)
         sessions.add_observer(self.renderer.on_working)
+        self.children = ChildrenBoard(self.renderer.outbox, sessions, settings)
         intake.on_expired(self._show_expired)
         sessions.add_listener(self._on_session_event)
         self.directory = SlackDirectory(self.web)
@@ -209,6 +211,7 @@ class SlackClient:
     async def close(self) -> None:
         if self._socket is not None:
             await self._socket.close_async()
+        await self.children.close()
         await self.renderer.close()
         await self.web.close()
 
@@ -341,6 +344,8 @@ class SlackClient:
             task = asyncio.create_task(self._tell_pull_request(session_id, event.data))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        elif isinstance(event.data, ChildSession):  # the sub-sessions' lines in the parent's thread
+            self.children.changed(session_id, event)
 
     async def _tell_pull_request(self, session_id: str, pr: PullRequest) -> None:
         info = await self.sessions.get(session_id)
