@@ -22,6 +22,7 @@ from tests.conftest import make_settings, service_env
 from tests.fakes.openai import FakeOpenAI, Reply, Request, ToolCall
 from tests.fakes.slack import FakeSlack, Message
 from tests.slack_threads import turns
+from tests.web_client import anonymous
 
 REPOS = Path(__file__).parent / "data" / "acme_repos.yml"
 STARTED = re.compile(r"Started sub-session ([0-9a-f]{16})")
@@ -117,6 +118,22 @@ async def test_a_parent_spawns_children_in_two_repos_reads_their_status_and_sums
     assert "view_session" not in message.buttons(), "the list is no turn of its own"
     view = await service.sessions.view(parent)
     assert [(c.id, c.status) for c in view.children.values()] == [(api.id, "done"), (web.id, "done")], "in spawn order"
+
+    # the web pages link parent and children both ways
+    viewer = anonymous(service)
+    try:
+        parent_info = await service.sessions.get(parent)
+        status, html = await viewer.get(f"/s/{parent_info.share_token}")
+        assert status == 200
+        assert f'<a class="title" href="/s/{api.share_token}">API endpoints</a>' in html
+        assert f'<a class="title" href="/s/{web.share_token}">Web pages</a>' in html
+        assert '<span class="status status-done">done</span>' in html
+        status, html = await viewer.get(f"/s/{api.share_token}")
+        assert status == 200
+        assert f'Sub-session of <a href="/s/{parent_info.share_token}">in acme/api compare' in html
+        assert "from a parent session" in html
+    finally:
+        await viewer.close()
 
     # the system prompts: the parent is told when to spawn, a child that it is one
     parent_system = next(r for r in model.requests if "compare" in r.last_user_text).body["messages"][0]["content"]
