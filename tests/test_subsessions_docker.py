@@ -1,7 +1,8 @@
 """Sub-sessions end to end on the real Docker engine: a parent mentioned in Slack spawns children in
 two repositories (each with its own sandbox, log and branch), reads their status and sums up
 naming both; the depth and count limits answer with tool errors; stopping the parent stops the
-children, down to the command running in a child's sandbox."""
+children, down to the command running in a child's sandbox; a child's pull request is opened in
+the name of the person who prompted the parent."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ import pytest
 from bot.events import Origin, Outcome
 from bot.service import Service
 from tests.conftest import make_settings, service_env
+from tests.fakes.github import FakeGitHub
 from tests.fakes.openai import FakeOpenAI, Reply, ToolCall
 from tests.fakes.slack import FakeSlack
+from tests.github_fixtures import github  # noqa: F401 (fixture)
 from tests.sandbox_fixtures import BASE_IMAGE, GitRemote
 from tests.slack_threads import turns
+from tests.test_github_link import link
+from tests.test_pull_requests import start as start_with_github
 from tests.test_subsessions import board, parent_of, spawned, tool_outputs, until
 
 pytestmark = pytest.mark.usefixtures("docker_cleanup")
@@ -101,8 +106,8 @@ async def test_a_parent_spawns_children_in_two_repos_and_sums_up_while_limits_an
         assert view.branch == f"hosted-agents/{child.id}"
     line = await slack.wait_for(lambda: (b := board(slack, root)) and "working" not in b.rendered() and b.rendered(),
                                 what="both children's lines to say done")
-    assert f"|API checkout> · `acme/api` · :white_check_mark: done" in line
-    assert f"|Web checkout> · `acme/web` · :white_check_mark: done" in line
+    assert "|API checkout> · `acme/api` · :white_check_mark: done" in line
+    assert "|Web checkout> · `acme/web` · :white_check_mark: done" in line
 
 
 async def test_stopping_the_parent_stops_the_children_and_their_commands(sandboxed, slack, model):
@@ -137,3 +142,47 @@ async def test_stopping_the_parent_stops_the_children_and_their_commands(sandbox
     line = await slack.wait_for(lambda: (b := board(slack, root)) and "stopped" in b.rendered() and b.rendered(),
                                 what="the child's line to say stopped")
     assert "|Long job> · `acme/web` · :black_square_for_stop: stopped" in line
+
+
+async def test_a_childs_pull_request_is_the_persons_and_shows_on_the_parents_line(
+        tmp_path: Path, slack: FakeSlack, model: FakeOpenAI, github: FakeGitHub, docker_engine: Any) -> None:  # noqa: F811
+    github.add_user("alice-gh", 5001, "Alice Example")
+    svc = await start_with_github(tmp_path, slack, model, github)
+    try:
+        model.add_for("delegate", Reply(tool_calls=[ToolCall("spawn_session", {
+            "repo": "acme/api", "prompt": "Fix the add function and open a PR.", "title": "Fix add"})]),
+            lambda req: Reply(tool_calls=[ToolCall("session_status", {"id": spawned(req)[0], "wait_seconds": 90})]),
+            lambda req: Reply(text="The sub-session says:\n" + tool_outputs(req)[0]))
+        model.add_for("Fix the add function", Reply(tool_calls=[ToolCall("edit_file", {
+            "path": "app.py", "old_text": "return a - b", "new_text": "return a + b"})]),
+            Reply(tool_calls=[ToolCall("open_pull_request", {"title": "Fix add", "body": "It subtracted."})]),
+            lambda req: Reply(text="No PR: " + tool_outputs(req)[0]))
+        root = await slack.mention("U0ALICE1", "in acme/api delegate the fix of add")
+        parent = await parent_of(svc, root)
+        await slack.wait_for(lambda: (t := turns(slack, root)) and t[0].done, timeout=150, what="the parent's answer")
+        assert "No PR: <@U0ALICE1> has not linked a GitHub account" in turns(slack, root)[0].answer()
+        offers = [c.params for c in slack.calls_to("chat.postEphemeral") if "connect your GitHub account" in c.params["text"]]
+        assert [(o["user"], o["thread_ts"]) for o in offers] == [("U0ALICE1", root)], "offered in the parent's thread"
+
+        # linked now: the parent has the child open its PR, in the person's name
+        await link(svc, slack, github, "U0ALICE1", "alice-gh")
+        model.add_for("open it now", lambda req: Reply(tool_calls=[ToolCall("send_to_session", {
+            "id": spawned(req)[0], "prompt": "The account is linked: open the PR."})]),
+            lambda req: Reply(tool_calls=[ToolCall("session_status", {"id": spawned(req)[0], "wait_seconds": 90})]),
+            lambda req: Reply(text="The sub-session says:\n" + tool_outputs(req)[0]))
+        model.add_for("open the PR.", Reply(tool_calls=[ToolCall("open_pull_request", {"title": "Fix add"})]),
+                      Reply(text="Opened the PR."))
+        await slack.user_message("U0ALICE1", "open it now", thread_ts=root)
+        await slack.wait_for(lambda: len(t := turns(slack, root)) == 2 and t[1].done, timeout=150, what="the second answer")
+        (child,) = await svc.sessions.child_ids(parent)
+        pr = github.pull("acme", "api", 1)
+        assert pr.user == "alice-gh" and not pr.via_app, "opened with the person's own token"
+        assert pr.head.startswith(f"agent/{child[:8]}-fix-add")
+        commit = github.commit_info("acme", "api", github.branch_head("acme", "api", pr.head) or "")
+        assert (commit.author_name, commit.author_email) == ("Alice Example", "5001+alice-gh@users.noreply.github.com")
+        assert "Pull request: #1 " in turns(slack, root)[1].answer()
+        line = await slack.wait_for(lambda: (b := board(slack, root)) and "PR #1" in b.rendered()
+                                    and "done" in b.rendered() and b.rendered(), what="the PR on the child's line")
+        assert "|Fix add> · `acme/api` · :white_check_mark: done · <" in line
+    finally:
+        await svc.stop()
