@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
-from bot.events import ChildSession, Origin, Outcome
+from bot.events import Author, ChildSession, Origin, Outcome
 from bot.service import Service
+from bot.sessions.intake import Request as IntakeRequest
+from bot.sessions.intake import Started
 from bot.slack.messages import thread_surface
 from tests.conftest import make_settings, service_env
 from tests.fakes.openai import FakeOpenAI, Reply, Request, ToolCall
@@ -248,3 +250,37 @@ async def test_stopping_the_parent_stops_its_children(service, slack, model):
 async def _idle(svc: Service, session_id: str) -> bool:
     view = await svc.sessions.view(session_id)
     return view.state == "idle" and bool(view.turns)
+
+
+async def test_a_childs_line_stays_current_while_the_parent_is_idle_and_after_a_restart(tmp_path, slack, model):
+    svc = await start(tmp_path, slack, model)
+    try:
+        model.add_for("hand off", Reply(tool_calls=[
+            ToolCall("spawn_session", {"repo": "acme/web", "prompt": "take your time", "title": "Patient"})]),
+            Reply(text="Handed off; ask me later."))
+        model.add_for("take your time", Reply(text="took my time " * 10, chunk_delay=0.1, chunk_chars=6))
+        root = await slack.mention("U0ALICE1", "in acme/api hand off the work")
+        parent = await parent_of(svc, root)
+        await slack.wait_for(lambda: (t := turns(slack, root)) and t[0].done, timeout=20, what="the parent's answer")
+        line = await slack.wait_for(lambda: (b := board(slack, root)) and b.rendered(), what="the child's line")
+        assert "|Patient> · `acme/web` · :hourglass_flowing_sand: working" in line, "the parent is done, the child is not"
+        await slack.wait_for(lambda: (b := board(slack, root)) and ":white_check_mark: done" in b.rendered(),
+                             what="the line to say done while the parent is idle")
+        assert (await svc.sessions.view(parent)).state == "idle"
+        (child,) = await svc.sessions.child_ids(parent)
+    finally:
+        await svc.stop()
+
+    svc = await start(tmp_path, slack, model)  # a new process: the same message goes on being edited
+    try:
+        message = board(slack, root)
+        model.add_for("once more", Reply(text="again", ttft=0.5))
+        alice = Author(id="U0ALICE1", name="Alice", origin=Origin.WEB)
+        assert isinstance(await svc.intake.submit(IntakeRequest("once more", alice, session_id=child)), Started)
+        await slack.wait_for(lambda: ":hourglass_flowing_sand: working" in board(slack, root).rendered(),
+                             what="the line to say working again")
+        await slack.wait_for(lambda: ":white_check_mark: done" in board(slack, root).rendered(), what="done again")
+        assert board(slack, root) is message and [m for m in slack.bot_messages(thread_ts=root)
+                                                  if m.text.startswith("Sub-sessions:")] == [message]
+    finally:
+        await svc.stop()

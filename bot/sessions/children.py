@@ -16,13 +16,14 @@ Stopping a session stops everything below it (`SessionService.stop_descendants`)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 
 from bot.agent.tools import ToolError
 from bot.config import Settings
 from bot.events import Author, ChildSession, Event, EventData, Origin, PullRequest, Status, TurnEnded
-from bot.sessions.intake import Held, Hints, Intake, Refused, Request
+from bot.sessions.intake import Held, Hints, Intake, Refused, Request, Started
 from bot.sessions.projection import SessionView, TurnView
 from bot.sessions.service import SessionInfo, SessionService
 from bot.util.keyed_locks import KeyedLocks
@@ -72,8 +73,13 @@ class SubSessions:
                                 f"may (MAX_SESSIONS_PER_TREE={s.max_sessions_per_tree}). Reuse a sub-session with "
                                 "send_to_session, or do the work here.")
             author = by.model_copy(update={"origin": Origin.PARENT_SESSION})
-            result = await self.intake.submit(Request(prompt, author, hints=Hints(repo=repo.strip()),
-                                                      parent_id=session_id, title=title))
+            starting = asyncio.ensure_future(self.intake.submit(Request(prompt, author, hints=Hints(repo=repo.strip()),
+                                                                        parent_id=session_id, title=title)))
+            try:
+                result = await asyncio.shield(starting)
+            except asyncio.CancelledError:  # the parent's turn was stopped meanwhile: the child must not outlive it
+                self.sessions.background(self._cancel_once_started(starting, by.id))
+                raise
         if isinstance(result, Refused):
             raise ToolError(f"The sub-session was not started: {result.message}")
         if isinstance(result, Held):  # a named repository is never held; kept for the type's sake
@@ -136,6 +142,19 @@ class SubSessions:
             f"{s.max_children_per_session} sub-sessions per session, {s.max_sessions_per_tree} sessions in one "
             f"tree, nested {s.max_spawn_depth} deep."
         )
+
+    async def _cancel_once_started(self, starting: asyncio.Future[Started | Held | Refused], by: str) -> None:
+        try:
+            result = await starting
+        except Exception:
+            return
+        if not isinstance(result, Started):
+            return
+        for _ in range(100):  # its runner may be between taking the prompt and starting the turn: retry a moment
+            turn, cleared = self.sessions.cancel(result.session.id, by)
+            if turn or cleared or not self.sessions.working(result.session.id):
+                return
+            await asyncio.sleep(0.05)
 
     # -- relaying a child's changes to its parent ----------------------------------------------
 
