@@ -87,8 +87,8 @@ class Service:
             self.hooks.register(FollowUpPush(self.pull_requests))
         self.intake = Intake(self.sessions, self.classifier, PendingRequests(self.db, settings.pending_request_ttl),
                              settings, self.access, self.pull_requests)
-        self.subsessions = SubSessions(settings, self.sessions, self.intake)
         self.signin_links = SignInLinks(self.db)
+        self.subsessions = SubSessions(settings, self.sessions, self.intake)
         self.scheduler = AsyncIOScheduler()
         self.slack: SlackClient | None = None
         self._web: web.AppRunner | None = None

@@ -74,7 +74,7 @@ class SubSessions:
                                 "send_to_session, or do the work here.")
             author = by.model_copy(update={"origin": Origin.PARENT_SESSION})
             starting = asyncio.ensure_future(self.intake.submit(Request(prompt, author, hints=Hints(repo=repo.strip()),
-                                                                        parent_id=session_id, title=title)))
+                                                                        parent_id=session_id)))
             try:
                 result = await asyncio.shield(starting)
             except asyncio.CancelledError:  # the parent's turn was stopped meanwhile: the child must not outlive it
@@ -84,7 +84,8 @@ class SubSessions:
             raise ToolError(f"The sub-session was not started: {result.message}")
         if isinstance(result, Held):  # a named repository is never held; kept for the type's sake
             raise ToolError(f"The sub-session was not started: name one of these repositories: {', '.join(result.repos)}.")
-        child = result.session
+        child = await self.sessions.retitle(result.session.id, title) or result.session
+        self._announce(child)
         return (f"Started sub-session {child.id} on {child.repo} (\"{child.title}\"). It works on its own and does not "
                 f"report back by itself: check on it with session_status(\"{child.id}\").")
 
@@ -173,6 +174,12 @@ class SubSessions:
         info = await self.sessions.get(session_id)
         if info is not None and info.parent_id is not None:
             self._relay(info, data)
+
+    def _announce(self, info: SessionInfo) -> None:
+        """Who the child is (its title changed after it started), on its parent's line."""
+        assert info.parent_id is not None
+        self.sessions.emit(info.parent_id, ChildSession(child_id=info.id, share_token=info.share_token,
+                                                        title=info.title, repo=info.repo))
 
     def _relay(self, info: SessionInfo, data: EventData) -> None:
         assert info.parent_id is not None

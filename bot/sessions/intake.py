@@ -70,8 +70,6 @@ class Request:
     """People the text names (Slack user ids): the session's starter adds them as participants."""
     session_id: str | None = None
     """The session this prompt is for, when the surface names it directly (its web page)."""
-    title: str | None = None
-    """The new session's title (a sub-session's, from its parent); unset: the start of the text."""
 
 
 @dataclass(frozen=True)
@@ -373,7 +371,7 @@ class Intake:
 
     async def _start(self, request: Request, repo: str | None, decision: Classification | None) -> Started:
         session = await self.sessions.open(request.author.origin, request.author, repo, request.surface, request.parent_id,
-                                           title=request.title or request.text)
+                                           title=request.text)
         prompt = await self.sessions.submit(session.id, request.text, request.author, request.order_key)
         return Started(session, prompt, created=True, classification=decision)
 

@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -305,6 +305,20 @@ class SessionService:
         await opening
         self._status_written[str(fields["id"])] = WORKING
         return self._remember(SessionRow(**fields), (surface,) if surface else ())
+
+    async def retitle(self, session_id: str, title: str) -> SessionInfo | None:
+        """Give the session another title (a sub-session's, chosen by its parent's agent)."""
+        short = _title(title)
+        await self.writer.write(lambda db: db.execute(
+            update(SessionRow).where(SessionRow.id == session_id).values(title=short)))
+        info = await self.get(session_id)
+        if info is None:
+            return None
+        info = replace(info, title=short)
+        self._by_id[session_id] = info
+        for surface in info.surfaces:
+            self._by_surface[surface] = info
+        return info
 
     async def bind(self, session_id: str, surface: Surface) -> SessionInfo:
         """Bind one more place to a session (a web page, a second thread); idempotent."""

@@ -31,10 +31,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.agent.hookspecs import hookimpl
 from bot.config import Settings
-from bot.events import SLACK_ID_ORIGINS, Author, ChildSession, Event, Origin, PullRequest
+from bot.events import SLACK_ID_ORIGINS, Author, Event, Origin, PullRequest
 from bot.sessions.intake import Held, HeldRequest, Hints, Intake, Refused, Request
-from bot.sessions.service import SessionInfo, SessionService
-from bot.slack.children import ChildrenBoard
+from bot.sessions.service import SessionService
+from bot.slack.children import ChildrenBoard, nearest_thread
 from bot.slack.delivery import Content
 from bot.slack.directory import SlackDirectory
 from bot.slack.format import (
@@ -191,6 +191,7 @@ class SlackClient:
         self.renderer = SlackRenderer(self.web, sessions, settings)
         sessions.add_observer(self.renderer.on_working)
         self.children = ChildrenBoard(self.renderer.outbox, sessions, settings)
+        sessions.add_listener(self.children.changed)  # sub-sessions' lines in their parent's thread
         intake.on_expired(self._show_expired)
         sessions.add_listener(self._on_session_event)
         self.directory = SlackDirectory(self.web)
@@ -324,7 +325,7 @@ class SlackClient:
     async def _offer_github(self, session_id: str, person: Author) -> None:
         """Someone needs a PR but has no linked GitHub account: privately, once an hour, the link to
         connect (it signs them in to the web first) and the choice of opening it as the App."""
-        thread = await self._nearest_thread(await self.sessions.get(session_id))  # a sub-session's: its parent's
+        thread = await nearest_thread(self.sessions, await self.sessions.get(session_id))  # a sub-session's: its parent's
         if thread is None or person.id in self._offered or not self.settings.github_linking_enabled:
             return
         self._offered[person.id] = True
@@ -337,24 +338,12 @@ class SlackClient:
         except Exception as exc:
             log.warning("offering %s the GitHub link failed: %r", person.id, exc)
 
-    async def _nearest_thread(self, info: SessionInfo | None) -> tuple[str, str] | None:
-        """The session's Slack thread, or for a sub-session (which has none) its nearest ancestor's."""
-        seen: set[str] = set()
-        while info is not None and info.id not in seen:
-            if (thread := thread_of(info)) is not None:
-                return thread
-            seen.add(info.id)
-            info = await self.sessions.get(info.parent_id) if info.parent_id else None
-        return None
-
     def _on_session_event(self, session_id: str, event: Event) -> None:
         """What happens to a session's pull request is said in its thread, working or not."""
         if isinstance(event.data, PullRequest):
             task = asyncio.create_task(self._tell_pull_request(session_id, event.data))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        elif isinstance(event.data, ChildSession):  # the sub-sessions' lines in the parent's thread
-            self.children.changed(session_id, event)
 
     async def _tell_pull_request(self, session_id: str, pr: PullRequest) -> None:
         info = await self.sessions.get(session_id)

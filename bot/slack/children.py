@@ -44,6 +44,17 @@ class BoardSessions(Protocol):
     def set_ref(self, session_id: str, key: str, value: str) -> None: ...
 
 
+async def nearest_thread(sessions: BoardSessions, info: SessionInfo | None) -> tuple[str, str] | None:
+    """The session's Slack thread, or for a sub-session (which has none) its nearest ancestor's."""
+    seen: set[str] = set()
+    while info is not None and info.id not in seen:
+        if (thread := thread_of(info)) is not None:
+            return thread
+        seen.add(info.id)
+        info = await sessions.get(info.parent_id) if info.parent_id else None
+    return None
+
+
 class ChildrenBoard:
     """Keeps each parent's sub-sessions message current; `changed` is called from a session listener."""
 
