@@ -179,6 +179,12 @@ class Settings(BaseSettings):
     """Prompts one person may send in a minute."""
     max_sandboxes: int = Field(0, ge=0)
     """Sessions with a sandbox running at once, service-wide; 0: machine memory / SANDBOX_MEMORY."""
+    max_spawn_depth: int = Field(2, ge=0)
+    """How deep sub-sessions nest: 1, a session's children may not start their own; 0, none are started."""
+    max_children_per_session: int = Field(5, ge=0)
+    """Sub-sessions one session may start (in all, not at once)."""
+    max_sessions_per_tree: int = Field(15, ge=1)
+    """Sessions in one tree of sub-sessions, its first session included."""
 
     slack_update_interval: float = Field(1.0, ge=0.2)
     """Least seconds between two updates of one Slack message (Slack allows about one a second)."""

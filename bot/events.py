@@ -73,9 +73,10 @@ class Author(_Payload):
 
 SLACK_ORIGINS = frozenset({Origin.SLACK_THREAD, Origin.SLACK_DM, Origin.APP_HOME, Origin.SHORTCUT})
 """Origins in Slack itself."""
-SLACK_ID_ORIGINS = SLACK_ORIGINS | {Origin.WEB, Origin.GITHUB}
-"""Origins whose author ids are Slack user ids: people sign in to the web with Slack, and a GitHub
-comment speaks for the Slack account linked to its author (unlinked authors are not let in)."""
+SLACK_ID_ORIGINS = SLACK_ORIGINS | {Origin.WEB, Origin.GITHUB, Origin.PARENT_SESSION}
+"""Origins whose author ids are Slack user ids: people sign in to the web with Slack, a GitHub
+comment speaks for the Slack account linked to its author (unlinked authors are not let in), and a
+sub-session's prompts speak for the person who prompted its parent."""
 _SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 
 
@@ -248,10 +249,30 @@ class PullRequest(_Payload):
     """A comment's text, or what a push added."""
 
 
+class ChildSession(_Payload):
+    """On a parent: one of its sub-sessions was started or changed (working, idle, a turn's outcome,
+    its pull request). Who it is comes every time; a field left out (None) is unchanged."""
+
+    kind: Literal["child_session"] = "child_session"
+    child_id: str
+    share_token: str | None = None
+    title: str | None = None
+    repo: str | None = None
+    state: Literal["working", "idle"] | None = None
+    outcome: Outcome | None = None
+    """Of its latest finished turn."""
+    error: str | None = None
+    """What went wrong in its latest turn, if it failed."""
+    pr_number: int | None = None
+    pr_url: str | None = None
+    pr_state: str | None = None
+    """open, merged or closed."""
+
+
 EventData = Annotated[
     PromptQueued | TurnStarted | TextDelta | AssistantMessage | ToolCalled | ToolResult | FileChanged | Note
     | TurnEnded | QueueChanged | Status | SandboxReady | GitSynced | ErrorRaised | Egress | ParticipantsAdded | WarmUp
-    | PullRequest,
+    | PullRequest | ChildSession,
     Field(discriminator="kind"),
 ]
 _adapter: TypeAdapter[EventData] = TypeAdapter(EventData)
@@ -259,7 +280,7 @@ KINDS: frozenset[str] = frozenset(
     m.model_fields["kind"].default
     for m in (PromptQueued, TurnStarted, TextDelta, AssistantMessage, ToolCalled, ToolResult, FileChanged, Note,
               TurnEnded, QueueChanged, Status, SandboxReady, GitSynced, ErrorRaised, Egress, ParticipantsAdded,
-              WarmUp, PullRequest)
+              WarmUp, PullRequest, ChildSession)
 )
 
 

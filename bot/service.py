@@ -15,6 +15,7 @@ from bot.agent.loop import Agent
 from bot.agent.model import ModelNotConfigured, make_client
 from bot.agent.plugins import BuiltinTools, GitSyncGate, SandboxContext, plugin_manager, tool_registry
 from bot.agent.pull_request_tool import PullRequestPlugin
+from bot.agent.subsession_tools import SubSessionCalls, SubSessionPlugin
 from bot.agent.tools import ToolError
 from bot.config import ConfigError, Settings, secret_key
 from bot.events import Origin
@@ -25,6 +26,7 @@ from bot.github.git import app_credentials
 from bot.github.oauth import GitHubOAuth
 from bot.repos import RepoCatalog, load_repos
 from bot.sessions.access import Access, SignedIn
+from bot.sessions.children import SubSessions
 from bot.sessions.intake import Intake, Refused
 from bot.sessions.pull_requests import FollowUpPush, PullRequests
 from bot.sessions.service import SessionService
@@ -59,6 +61,13 @@ class Service:
         builtins: list[object] = [BuiltinTools(settings.sandbox_command_timeout), GitSyncGate(), SandboxContext(manager)]
         if self.app_tokens is not None:
             builtins.append(PullRequestPlugin(self._agent_opens_pull_request))
+        if len(self.catalog):  # sub-sessions work on repositories; `subsessions` is made below, with intake
+            builtins.append(SubSessionPlugin(SubSessionCalls(
+                spawn=lambda session, repo, prompt, title: self.subsessions.spawn(session, repo, prompt, title),
+                status=lambda session, child, wait: self.subsessions.status(session, child, wait),
+                send=lambda session, child, prompt: self.subsessions.send(session, child, prompt),
+                cancel=lambda session, child: self.subsessions.cancel(session, child),
+                context=lambda session: self.subsessions.context(session))))
         self.hooks = plugin_manager(settings.plugins, builtins=builtins)
         self._model: AsyncOpenAI | None = make_client(settings) if settings.model_configured else None
         tools = tool_registry(self.hooks)
@@ -82,6 +91,7 @@ class Service:
         self.intake = Intake(self.sessions, self.classifier, PendingRequests(self.db, settings.pending_request_ttl),
                              settings, self.access, self.pull_requests, self.warm_ups, RepoDefaults(self.db))
         self.signin_links = SignInLinks(self.db)
+        self.subsessions = SubSessions(settings, self.sessions, self.intake)
         self.scheduler = AsyncIOScheduler()
         self.slack: SlackClient | None = None
         self._web: web.AppRunner | None = None

@@ -23,7 +23,7 @@ import pytest
 from bot.events import AssistantMessage, Author, Origin, Outcome, Status, TextDelta, TurnEnded, TurnStarted
 from bot.service import Service
 from tests.conftest import make_settings, service_env
-from tests.fakes.openai import FakeOpenAI, Reply
+from tests.fakes.openai import FakeOpenAI, Reply, ToolCall
 from tests.fakes.slack import FakeSlack
 from tests.slack_threads import all_done, turns
 
@@ -57,11 +57,11 @@ def _free_port() -> int:
 
 
 @asynccontextmanager
-async def serve(data: Path, slack: FakeSlack, model: FakeOpenAI) -> AsyncIterator[Served]:
+async def serve(data: Path, slack: FakeSlack, model: FakeOpenAI, **extra: Any) -> AsyncIterator[Served]:
     """`hosted-agents serve` on its own port, its links pointing at itself."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, **service_env(data, slack, model, web_port=port, public_url=base, sandbox_backend="none")}
+    env = {**os.environ, **service_env(data, slack, model, web_port=port, public_url=base, sandbox_backend="none", **extra)}
     log = data.parent / "serve.log"
     exe = Path(sys.executable).with_name("hosted-agents")
     with log.open("wb") as out:
@@ -289,3 +289,34 @@ async def test_wrong_links_are_404_and_anonymous_viewers_cannot_prompt(served, b
     assert status == 401
     await asyncio.sleep(0.2)
     assert len(model.requests) == calls
+
+
+async def test_a_parent_page_lists_its_sub_sessions_live_and_they_link_back(tmp_path, browser, slack, model):
+    repos = Path(__file__).parent / "data" / "acme_repos.yml"
+    model.add_for("survey", Reply(tool_calls=[
+        ToolCall("spawn_session", {"repo": "acme/api", "prompt": "look at the API", "title": "API <b>look</b>"}),
+        ToolCall("spawn_session", {"repo": "acme/web", "prompt": "look at the web app", "title": "Web look"})]),
+        Reply(text="started both", ttft=0.5))
+    model.add_for("look at the", Reply(text="looked " * 20, chunk_delay=0.1, chunk_chars=7),
+                  Reply(text="looked " * 20, chunk_delay=0.1, chunk_chars=7))
+    async with serve(tmp_path / "data", slack, model, repos_config=repos) as running:
+        root = await slack.mention("U0ALICE1", "in acme/api survey both")
+        head = (await slack.wait_for(lambda: slack.bot_messages(thread_ts=root), what="the turn's message"))[0]
+        page = await browser.new_page()
+        await page.goto(head.buttons()["view_session"]["url"].replace("http://agents.test", running.base))
+        children = page.locator("#children li")
+        await expect(children).to_have_count(2)
+        await expect(children.nth(0).locator(".title")).to_have_text("API <b>look</b>")
+        await expect(children.nth(0).locator(".repo")).to_have_text("acme/api")
+        await expect(children.nth(1).locator(".status")).to_have_text("working")
+        await expect(children.nth(0).locator(".status")).to_have_text("done")
+        await expect(children.nth(1).locator(".status")).to_have_text("done")
+        await page.reload()  # rendered by the server the same way
+        await expect(children.nth(1).locator(".status")).to_have_text("done")
+        await expect(children.nth(0).locator(".title b")).to_have_count(0)
+        await children.nth(0).locator(".title").click()
+        await expect(page.locator("h1")).to_have_text("API <b>look</b>")
+        await expect(page.locator("#parent")).to_contain_text("Sub-session of in acme/api survey both")
+        await page.locator("#parent a").click()
+        await expect(page.locator("#children li")).to_have_count(2)
+        await page.close()

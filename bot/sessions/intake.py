@@ -234,7 +234,8 @@ class Intake:
             return Refused("unknown_session", "I can't find that session any more.")
         if denied := await self._may_control(info, by, "stop it"):
             return self._refuse(by, Refused.denied(denied))
-        if not self.sessions.stop(session_id, by=by.id):
+        stopped = self.sessions.stop(session_id, by=by.id)
+        if not await self.sessions.stop_descendants(session_id, by=by.id) and not stopped:  # its sub-sessions too
             return Refused("nothing_running", "Nothing is running in this session right now.")
         return None
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from bot.events import (
     AssistantMessage,
     Author,
+    ChildSession,
     Egress,
     ErrorRaised,
     Event,
@@ -106,6 +107,45 @@ class PullRequestView:
 
 
 @dataclass
+class ChildView:
+    """A sub-session as its parent shows it: one line, kept current."""
+
+    id: str
+    share_token: str | None = None
+    title: str | None = None
+    repo: str | None = None
+    state: str = "working"
+    outcome: Outcome | None = None
+    error: str | None = None
+    pr_number: int | None = None
+    pr_url: str | None = None
+    pr_state: str | None = None
+
+    @property
+    def status(self) -> str:
+        """working, done, stopped, failed or interrupted (idle before any turn ended: idle)."""
+        if self.state == "working":
+            return "working"
+        if self.outcome is None:
+            return "idle"
+        return "failed" if self.outcome is Outcome.ERROR else self.outcome.value
+
+
+def merge_child(children: dict[str, ChildView], data: ChildSession) -> ChildView:
+    """Fold a `child_session` event into the parent's children (fields it leaves out stay)."""
+    child = children.get(data.child_id)
+    if child is None:
+        child = children[data.child_id] = ChildView(data.child_id)
+    for name in ("share_token", "title", "repo", "state", "pr_number", "pr_url", "pr_state"):
+        value = getattr(data, name)
+        if value is not None:
+            setattr(child, name, value)
+    if data.outcome is not None:
+        child.outcome, child.error = data.outcome, data.error
+    return child
+
+
+@dataclass
 class Totals:
     turns: int = 0
     tool_calls: int = 0
@@ -129,6 +169,8 @@ class SessionView:
     """`host:port` → what the sandbox did there through the egress proxy."""
     warm_ups: int = 0
     pull_request: PullRequestView | None = None
+    children: dict[str, ChildView] = field(default_factory=dict)
+    """Sub-sessions this session started, by id, in the order they were started."""
     totals: Totals = field(default_factory=Totals)
     last_seq: int = 0
 
@@ -187,6 +229,9 @@ class SessionView:
                 return None
             case WarmUp():
                 self.warm_ups += 1
+                return None
+            case ChildSession():
+                merge_child(self.children, data)
                 return None
             case PullRequest():
                 pr = self.pull_request

@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -123,6 +123,8 @@ class SessionService:
         self._cold_ms: dict[str, float] = {}
         """The latest cold start (a container from the repo's image) per repo: what a warm-up saves."""
         self._status_locks = KeyedLocks()
+        self._idle_waiters: dict[str, set[asyncio.Future[None]]] = {}
+        """Who waits for a session to go idle (`wait_idle`)."""
         self.admission = Admission(settings.max_sessions_per_user, settings.sandbox_slots)
         self._background: set[asyncio.Task[Any]] = set()
         self.closing = False
@@ -145,6 +147,42 @@ class SessionService:
             row = await db.get(SessionRow, session_id)
             surfaces = await self._surfaces_of(db, session_id) if row else ()
         return self._remember(row, surfaces) if row else None
+
+    def cached(self, session_id: str) -> SessionInfo | None:
+        """The session if this process has it in memory (no database read): for code that must not wait."""
+        return self._by_id.get(session_id)
+
+    async def child_ids(self, session_id: str) -> list[str]:
+        """The sub-sessions this session started, oldest first."""
+        async with self.db.session() as db:
+            rows = await db.execute(select(SessionRow.id).where(SessionRow.parent_id == session_id)
+                                    .order_by(SessionRow.created_at, SessionRow.id))
+            return list(rows.scalars())
+
+    def waiting(self, session_id: str) -> bool:
+        """It has work queued but waits for a slot (MAX_SESSIONS_PER_USER, MAX_SANDBOXES)."""
+        runner = self._runners.get(session_id)
+        return runner is not None and not runner.admitted
+
+    def working(self, session_id: str) -> bool:
+        return session_id in self._runners
+
+    async def wait_idle(self, session_id: str, timeout: float) -> bool:
+        """Until the session's queue is done (True) or `timeout` seconds passed (False)."""
+        if session_id not in self._runners:
+            return True
+        idle = asyncio.get_running_loop().create_future()
+        waiters = self._idle_waiters.setdefault(session_id, set())
+        waiters.add(idle)
+        try:
+            await asyncio.wait_for(idle, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            waiters.discard(idle)
+            if not waiters and self._idle_waiters.get(session_id) is waiters:
+                del self._idle_waiters[session_id]
+        return True
 
     async def by_share_token(self, token: str) -> SessionInfo | None:
         async with self.db.session() as db:
@@ -273,6 +311,20 @@ class SessionService:
         self._status_written[str(fields["id"])] = WORKING
         return self._remember(SessionRow(**fields), (surface,) if surface else ())
 
+    async def retitle(self, session_id: str, title: str) -> SessionInfo | None:
+        """Give the session another title (a sub-session's, chosen by its parent's agent)."""
+        short = _title(title)
+        await self.writer.write(lambda db: db.execute(
+            update(SessionRow).where(SessionRow.id == session_id).values(title=short)))
+        info = await self.get(session_id)
+        if info is None:
+            return None
+        info = replace(info, title=short)
+        self._by_id[session_id] = info
+        for surface in info.surfaces:
+            self._by_surface[surface] = info
+        return info
+
     async def bind(self, session_id: str, surface: Surface) -> SessionInfo:
         """Bind one more place to a session (a web page, a second thread); idempotent."""
         try:
@@ -311,6 +363,21 @@ class SessionService:
         """Cancel the running turn; queued prompts stay. False when nothing was running."""
         runner = self._runners.get(session_id)
         return runner.stop_turn(by) if runner else False
+
+    def cancel(self, session_id: str, by: str) -> tuple[bool, int]:
+        """Stop the running turn and drop the queued prompts: (a turn was stopped, prompts dropped)."""
+        cleared = self.clear_queue(session_id, by)  # first: the runner then finds nothing to go on with
+        return self.stop(session_id, by), cleared
+
+    async def stop_descendants(self, session_id: str, by: str) -> int:
+        """Cancel every sub-session below this one (their running turns and queues); returns how many
+        had something to stop. Stopping a parent stops its children."""
+        stopped = 0
+        for child in await self.child_ids(session_id):
+            turn, cleared = self.cancel(child, by)
+            stopped += bool(turn or cleared)
+            stopped += await self.stop_descendants(child, by)
+        return stopped
 
     def clear_queue(self, session_id: str, by: str) -> int:
         count = self._logs.get(session_id).clear_queue()
@@ -490,6 +557,9 @@ class SessionService:
     def runner_finished(self, runner: Runner) -> None:
         if self._runners.get(runner.session_id) is runner:
             del self._runners[runner.session_id]
+            for idle in self._idle_waiters.get(runner.session_id, ()):
+                if not idle.done():
+                    idle.set_result(None)
             if not self.closing:  # at shutdown its queue may still hold prompts: it is not idle
                 self.emit(runner.session_id, Status(state="idle"))
 

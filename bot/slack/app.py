@@ -37,6 +37,7 @@ from bot.events import SLACK_ID_ORIGINS, Author, Event, Origin, PullRequest, Sta
 from bot.sessions.access import Place
 from bot.sessions.intake import Held, HeldRequest, Hints, Intake, Refused, Request, Started
 from bot.sessions.service import SessionService
+from bot.slack.children import ChildrenBoard, nearest_thread
 from bot.slack.delivery import Content
 from bot.slack.directory import SlackDirectory
 from bot.slack.format import (
@@ -205,6 +206,8 @@ class SlackClient:
             self.app = AsyncApp(client=self.web, process_before_response=False, logger=_bolt_logger())
         self.renderer = SlackRenderer(self.web, sessions, settings)
         sessions.add_observer(self.renderer.on_working)
+        self.children = ChildrenBoard(self.renderer.outbox, sessions, settings)
+        sessions.add_listener(self.children.changed)  # sub-sessions' lines in their parent's thread
         intake.on_expired(self._show_expired)
         sessions.add_listener(self._on_session_event)
         self.directory = SlackDirectory(self.web)
@@ -231,6 +234,7 @@ class SlackClient:
     async def close(self) -> None:
         if self._socket is not None:
             await self._socket.close_async()
+        await self.children.close()
         await self.renderer.close()
         await self.web.close()
 
@@ -472,8 +476,7 @@ class SlackClient:
     async def _offer_github(self, session_id: str, person: Author) -> None:
         """Someone needs a PR but has no linked GitHub account: privately, once an hour, the link to
         connect (it signs them in to the web first) and the choice of opening it as the App."""
-        info = await self.sessions.get(session_id)
-        thread = thread_of(info) if info else None
+        thread = await nearest_thread(self.sessions, await self.sessions.get(session_id))  # a sub-session's: its parent's
         if thread is None or person.id in self._offered or not self.settings.github_linking_enabled:
             return
         self._offered[person.id] = True

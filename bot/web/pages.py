@@ -27,9 +27,11 @@ def routes(ctx: WebContext) -> list[web.RouteDef]:
         info = await ctx.session_for(request)
         viewer = ctx.viewer(request)
         token = ctx.identity.request_token(viewer) if viewer else ""
+        parent = await ctx.sessions.get(info.parent_id) if info.parent_id else None
 
         def render(view: SessionView) -> str:
             return ctx.render("session.html", info=info, view=view, turns=list(view.turns.values()), viewer=viewer,
+                              parent=parent, children=list(view.children.values()),
                               request_token=token, origin_label=lambda o: ORIGIN_LABELS.get(o, str(o)),
                               pull_requests=ctx.settings.github_app_enabled,
                               next_path=request.path)

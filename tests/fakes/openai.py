@@ -1,8 +1,9 @@
 """A small OpenAI-compatible server that the real `openai` client talks to unchanged.
 
 `POST /v1/chat/completions`, streaming (server-sent events, `data: [DONE]`) or not, with text and
-tool calls. Each test scripts its replies; when the script is empty the model answers
-"Answer to: <last user text>". Knobs: time to first token, delay between chunks, HTTP errors,
+tool calls. Each test scripts its replies (`add`, or `add_for` a text the request's last user
+message contains, for sessions running side by side); when the script is empty the model
+answers "Answer to: <last user text>". Knobs: time to first token, delay between chunks, HTTP errors,
 malformed output, and a reply that never comes.
 """
 
@@ -63,6 +64,8 @@ Script = Reply | Callable[[Request], Reply]
 class FakeOpenAI:
     def __init__(self) -> None:
         self.script: deque[Script] = deque()
+        self.routes: list[tuple[str, deque[Script]]] = []
+        """`add_for`: replies by a text their request's last user message contains."""
         self.requests: list[Request] = []
         self.completed = 0
         self.disconnected = 0
@@ -73,6 +76,22 @@ class FakeOpenAI:
 
     def add(self, *replies: Script) -> None:
         self.script.extend(replies)
+
+    def add_for(self, match: str, *replies: Script) -> None:
+        """Replies for requests whose last user message contains `match`, in order, ahead of the
+        shared script: sessions running in parallel each get their own (then the shared ones)."""
+        for pattern, queue in self.routes:
+            if pattern == match:
+                queue.extend(replies)
+                return
+        self.routes.append((match, deque(replies)))
+
+    def _next(self, req: Request) -> Script:
+        text = req.last_user_text
+        for pattern, queue in self.routes:
+            if queue and pattern in text:
+                return queue.popleft()
+        return self.script.popleft() if self.script else self.default
 
     async def start(self) -> str:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -98,7 +117,7 @@ class FakeOpenAI:
         body = await request.json()
         req = Request(body, time.monotonic())
         self.requests.append(req)
-        item = self.script.popleft() if self.script else self.default
+        item = self._next(req)
         reply = item(req) if callable(item) else item
         if reply.status != 200:
             error = {"message": reply.error, "type": "server_error", "code": None}

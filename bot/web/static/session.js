@@ -132,6 +132,7 @@
       case "error": $("errors").appendChild(make("li", null, d.message)); break;
       case "egress": egress(d); break;
       case "pull_request": pullRequest(d); break;
+      case "child_session": child(d); break;
       default: break;
     }
   }
@@ -154,6 +155,42 @@
     $("pr").hidden = false;
     const button = $("create-pr");
     if (button) text(button, "Push to PR");
+  }
+
+  // A sub-session's line: fields an event leaves out keep their value (the server's ChildView).
+  function child(d) {
+    let li = document.querySelector('#children li[data-child="' + CSS.escape(d.child_id) + '"]');
+    if (!li) {
+      li = make("li");
+      li.dataset.child = d.child_id;
+      li.dataset.state = "working";
+      const link = make("a", "title");
+      li.append(link, " · ", make("span", "repo"), " · ", make("span", "status"), make("span", "pr"));
+      $("children").appendChild(li);
+    }
+    for (const key of ["share_token", "title", "repo", "state", "pr_number", "pr_url", "pr_state"]) {
+      if (d[key] != null) li.dataset[key] = String(d[key]);
+    }
+    if (d.outcome != null) { li.dataset.outcome = d.outcome; li.dataset.error = d.error || ""; }
+    const link = li.querySelector(".title");
+    if (li.dataset.share_token) link.href = "/s/" + li.dataset.share_token;
+    text(link, li.dataset.title || "Session " + d.child_id);
+    text(li.querySelector(".repo"), li.dataset.repo || "no repository");
+    let status = li.dataset.state === "working" ? "working" : ({ error: "failed" }[li.dataset.outcome] || li.dataset.outcome || "idle");
+    const state = li.querySelector(".status");
+    state.className = "status status-" + status;
+    if (status === "failed" && li.dataset.error) status += ": " + li.dataset.error;
+    text(state, status);
+    const pr = li.querySelector(".pr");
+    pr.replaceChildren();
+    if (li.dataset.pr_url) {
+      const a = make("a", null, "PR #" + li.dataset.pr_number);
+      if (/^https?:\/\//.test(li.dataset.pr_url)) a.href = li.dataset.pr_url;
+      a.rel = "noopener noreferrer"; a.target = "_blank";
+      pr.append(" · ", a);
+      if (li.dataset.pr_state && li.dataset.pr_state !== "open") pr.append(" " + li.dataset.pr_state);
+    }
+    $("children-box").hidden = false;
   }
 
   function pretty(args) {
