@@ -38,7 +38,8 @@ class PoolEntry:
 
 
 class WarmPool:
-    def __init__(self, backend: SandboxBackend, db: Database, images: ImageBuilder, catalog: RepoCatalog, ttl: float):
+    def __init__(self, backend: SandboxBackend, db: Database, images: ImageBuilder, catalog: RepoCatalog, ttl: float,
+                 warm_ttl: float | None = None):
         self.backend = backend
         self.db = db
         self.images = images
@@ -48,6 +49,11 @@ class WarmPool:
         self._claim_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._fill_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._extra: dict[str, int] = {}
+        self._extra_since: dict[str, float] = {}
+        self.warm_ttl = warm_ttl
+        """Seconds a container warmed for someone typing waits to be claimed (None: until the entry TTL)."""
+        self.unused_warm_ups = 0
+        """Warmed containers removed because nobody claimed them in time."""
         self._tasks: set[asyncio.Task[Any]] = set()
         images.on_new_image.append(self.on_new_image)
 
@@ -78,6 +84,7 @@ class WarmPool:
                     await self._discard(entry)
                     continue
                 self._extra.pop(repo, None)
+                self._extra_since.pop(repo, None)
                 self.refill_soon(repo)
                 return entry
         self.refill_soon(repo)
@@ -88,7 +95,28 @@ class WarmPool:
         if self.catalog.get(repo) is None:
             return
         self._extra[repo] = 1
+        self._extra_since[repo] = time.monotonic()
         self.refill_soon(repo)
+
+    async def expire_warm_ups(self) -> int:
+        """A container warmed for someone who then sent nothing goes after `warm_ttl`; counted."""
+        if self.warm_ttl is None:
+            return 0
+        removed = 0
+        for repo, since in list(self._extra_since.items()):
+            if time.monotonic() - since < self.warm_ttl:
+                continue
+            self._extra_since.pop(repo, None)
+            if self._extra.pop(repo, None) is None:
+                continue  # claimed in the meantime
+            async with self._claim_locks[repo]:
+                surplus = self._entries[repo][self.target(repo):]
+                self._entries[repo] = self._entries[repo][: self.target(repo)]
+            for entry in surplus:
+                await self._discard(entry)
+                removed += 1
+        self.unused_warm_ups += removed
+        return removed
 
     def refill_soon(self, repo: str) -> None:
         task = asyncio.create_task(self.fill(repo))

@@ -47,7 +47,8 @@ class SandboxStack:
         except DockerUnavailable as exc:
             raise ConfigError(f"DOCKER_HOST: {exc}; the repositories in REPOS_CONFIG need a Docker engine") from None
         self.images = ImageBuilder(self.backend, db, keep=settings.images_keep, credentials=credentials)
-        self.pool = WarmPool(self.backend, db, self.images, catalog, ttl=settings.pool_entry_ttl)
+        self.pool = WarmPool(self.backend, db, self.images, catalog, ttl=settings.pool_entry_ttl,
+                             warm_ttl=settings.warm_up_ttl)
         self.manager = SandboxManager(self.backend, db, catalog, self.images, self.pool,
                                       idle_timeout=settings.sandbox_idle_timeout,
                                       snapshot_retention=settings.snapshot_retention,
@@ -87,6 +88,7 @@ class SandboxStack:
         if every > 0:
             self._every(every, self.build_all)
         self._every(60, self.pool.expire)
+        self._every(max(1.0, min(30.0, self.settings.warm_up_ttl / 4)), self.pool.expire_warm_ups)
         self._every(max(0.5, min(30.0, self.settings.sandbox_idle_timeout / 2)), self.manager.stop_idle)
         self._every(3600, self.manager.collect_snapshots)
         self.scheduler.start()
