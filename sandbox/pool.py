@@ -112,10 +112,10 @@ class WarmPool:
             async with self._claim_locks[repo]:
                 surplus = self._entries[repo][self.target(repo):]
                 self._entries[repo] = self._entries[repo][: self.target(repo)]
+            removed += len(surplus)
+            self.unused_warm_ups += len(surplus)
             for entry in surplus:
                 await self._discard(entry)
-                removed += 1
-        self.unused_warm_ups += removed
         return removed
 
     def refill_soon(self, repo: str) -> None:

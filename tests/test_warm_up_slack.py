@@ -75,3 +75,27 @@ async def test_typing_in_the_home_tab_warms_the_container_the_session_then_uses(
         await until(warmed, timeout=30, what="a warm container when the pane opens")
     finally:
         await svc.stop()
+
+
+async def test_a_container_warmed_for_someone_who_sends_nothing_goes_and_is_counted(tmp_path, slack, model, git_remote):
+    svc = await start_service(tmp_path, slack, model, git_remote.url, warm_up_ttl=1)
+    try:
+        assert svc.sandbox is not None
+        pool = svc.sandbox.pool
+        await slack.open_home("U0ALICE1")
+        await slack.wait_for(lambda: slack.home_views.get("U0ALICE1"), what="the Home tab")
+        await slack.type_home("U0ALICE1", "the add fun")
+
+        async def warm(count: int) -> bool:
+            return pool.warm_count("acme/api") == count
+
+        await until(lambda: warm(1), timeout=30, what="the warm container")
+        await until(lambda: warm(0), timeout=30, what="the unclaimed container removed after WARM_UP_TTL")
+        assert pool.unused_warm_ups == 1
+
+        async def unused() -> bool:
+            return (await svc.warm_ups.counts()).get("unused") == 1
+
+        await until(unused, timeout=10, what="the warm-up counted as unused")
+    finally:
+        await svc.stop()
