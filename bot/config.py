@@ -11,9 +11,11 @@ import logging
 import os
 import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -84,6 +86,11 @@ class Settings(BaseSettings):
     classifier_min_confidence: float = Field(0.6, ge=0, le=1)
     pending_request_ttl: float = Field(3600.0, gt=0)
     """Seconds a request waits for someone to pick its repository."""
+    model_prices: str = ""
+    """USD per million tokens by model, as YAML/JSON (or a file of it):
+    `{"gpt-5": {"input": 1.25, "cached_input": 0.125, "output": 10}}`; a model without one gets tokens only."""
+    usage_footer: bool = True
+    """End each turn's Slack message with its duration, tokens and cost."""
     max_tool_steps: int = Field(40, ge=1, le=500)
     """Model calls one turn may make before it is ended, so a looping model cannot run forever."""
     max_prompt_chars: int = Field(20_000, ge=100)
@@ -216,6 +223,12 @@ class Settings(BaseSettings):
         if v is not None and len(v.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters "
                              "(e.g. from `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+        return v
+
+    @field_validator("model_prices")
+    @classmethod
+    def _prices(cls, v: str) -> str:
+        parse_prices(v)
         return v
 
     @field_validator("github_app_id")
@@ -400,6 +413,46 @@ def egress_patterns(text: str) -> list[str]:
             egress_pattern(item)
             patterns.append(item.strip().lower())
     return patterns
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+    def cost(self, prompt: int, cached: int, completion: int) -> float:
+        cached_rate = self.cached_input if self.cached_input is not None else self.input
+        return ((prompt - cached) * self.input + cached * cached_rate + completion * self.output) / 1_000_000
+
+
+def parse_prices(text: str) -> dict[str, Price]:
+    """MODEL_PRICES: YAML or JSON text, or the path of a file holding it."""
+    text = text.strip()
+    if not text:
+        return {}
+    if not text.startswith(("{", "-")) and "\n" not in text and Path(text).expanduser().is_file():
+        text = Path(text).expanduser().read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"is not YAML or JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ValueError('must map model names to prices, e.g. {"gpt-5": {"input": 1.25, "output": 10}}')
+    prices = {}
+    for model, price in raw.items():
+        if not isinstance(price, dict) or not {"input", "output"} <= set(price) <= {"input", "output", "cached_input"}:
+            raise ValueError(f"{model}: give input, output and optionally cached_input (USD per million tokens)")
+        try:
+            values = {k: float(v) for k, v in price.items()}
+        except (TypeError, ValueError):
+            raise ValueError(f"{model}: prices must be numbers") from None
+        if any(v < 0 for v in values.values()):
+            raise ValueError(f"{model}: prices cannot be negative")
+        prices[str(model)] = Price(**values)
+    return prices
 
 
 def secret_key(settings: Settings) -> bytes:

@@ -232,6 +232,21 @@ class ParticipantsAdded(_Payload):
     by: str
 
 
+class ModelCall(_Payload):
+    """One model request of a turn: its tokens (as the server reported them, or estimated), cost, time."""
+
+    kind: Literal["model_call"] = "model_call"
+    model: str
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+    """The server sent no usage: the counts are estimated from the text (about 4 characters a token)."""
+    cost_usd: float | None = None
+    """From MODEL_PRICES; None for a model without a price."""
+    duration_ms: float = 0.0
+
+
 class PullRequest(_Payload):
     """The session's pull request moved: opened, pushed to, reviewed, commented on, merged, closed."""
 
@@ -272,7 +287,7 @@ class ChildSession(_Payload):
 EventData = Annotated[
     PromptQueued | TurnStarted | TextDelta | AssistantMessage | ToolCalled | ToolResult | FileChanged | Note
     | TurnEnded | QueueChanged | Status | SandboxReady | GitSynced | ErrorRaised | Egress | ParticipantsAdded | WarmUp
-    | PullRequest | ChildSession,
+    | PullRequest | ModelCall | ChildSession,
     Field(discriminator="kind"),
 ]
 _adapter: TypeAdapter[EventData] = TypeAdapter(EventData)
@@ -280,7 +295,7 @@ KINDS: frozenset[str] = frozenset(
     m.model_fields["kind"].default
     for m in (PromptQueued, TurnStarted, TextDelta, AssistantMessage, ToolCalled, ToolResult, FileChanged, Note,
               TurnEnded, QueueChanged, Status, SandboxReady, GitSynced, ErrorRaised, Egress, ParticipantsAdded,
-              WarmUp, PullRequest, ChildSession)
+              WarmUp, PullRequest, ModelCall, ChildSession)
 )
 
 

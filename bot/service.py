@@ -17,7 +17,7 @@ from bot.agent.plugins import BuiltinTools, GitSyncGate, SandboxContext, plugin_
 from bot.agent.pull_request_tool import PullRequestPlugin
 from bot.agent.subsession_tools import SubSessionCalls, SubSessionPlugin
 from bot.agent.tools import ToolError
-from bot.config import ConfigError, Settings, secret_key
+from bot.config import ConfigError, Settings, parse_prices, secret_key
 from bot.events import Origin
 from bot.github.accounts import GitHubAccounts
 from bot.github.app import AppTokens
@@ -71,7 +71,8 @@ class Service:
         self.hooks = plugin_manager(settings.plugins, builtins=builtins)
         self._model: AsyncOpenAI | None = make_client(settings) if settings.model_configured else None
         tools = tool_registry(self.hooks)
-        self.agent = Agent(self._model_client, settings.agent_model, tools, settings.max_tool_steps)
+        self.agent = Agent(self._model_client, settings.agent_model, tools, settings.max_tool_steps,
+                           parse_prices(settings.model_prices))
         self.writer = BatchWriter(self.db)
         self.sessions = SessionService(settings, self.db, self.agent, self.catalog, manager, self.hooks, self.writer)
         self.processed = ProcessedEvents(self.db, self.writer)

@@ -7,6 +7,7 @@ does is emitted as an event; it keeps no state of its own between turns.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -19,7 +20,8 @@ from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolPara
 from bot.agent import stream
 from bot.agent.model import BadModelOutput, StepLimitReached
 from bot.agent.tools import ToolContext, ToolRegistry
-from bot.events import AssistantMessage, TextDelta, ToolCalled, ToolCallSpec, ToolResult
+from bot.config import Price
+from bot.events import AssistantMessage, ModelCall, TextDelta, ToolCalled, ToolCallSpec, ToolResult
 
 
 @dataclass
@@ -33,11 +35,13 @@ class TurnStats:
 
 
 class Agent:
-    def __init__(self, client: Callable[[], AsyncOpenAI], model: str, tools: ToolRegistry, max_steps: int):
+    def __init__(self, client: Callable[[], AsyncOpenAI], model: str, tools: ToolRegistry, max_steps: int,
+                 prices: dict[str, Price] | None = None):
         self._client = client
         self.model = model
         self.tools = tools
         self.max_steps = max_steps
+        self.prices = prices or {}
 
     async def run_turn(self, messages: list[dict[str, Any]], ctx: ToolContext, stats: TurnStats) -> None:
         for _ in range(self.max_steps):
@@ -66,6 +70,8 @@ class Agent:
         calls: dict[int, dict[str, str]] = {}
         finished = False
         deltas = _Deltas(ctx)
+        usage: dict[str, Any] | None = None
+        began = time.monotonic()
         try:
             specs = self.tools.specs(workspace=ctx.workspace is not None)
             # The conversation is plain dicts rebuilt from the log; the API checks their shape.
@@ -74,9 +80,12 @@ class Agent:
                 messages=cast(list[ChatCompletionMessageParam], messages),
                 tools=cast(list[ChatCompletionToolParam], specs) if specs else omit,
                 stream=True,
+                stream_options={"include_usage": True},
             )
             async with request as response:
                 async for delta in stream.deltas(response):
+                    if delta.usage is not None:
+                        usage = delta.usage
                     if delta.content:
                         stats.token()
                         text.append(delta.content)
@@ -99,9 +108,36 @@ class Agent:
                 asked = [ToolCallSpec(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in tool_calls]
                 asked = asked if finished else []
                 ctx.emit(AssistantMessage(content="".join(text), tool_calls=asked, complete=finished))
+            ctx.emit(self._usage(messages, "".join(text), tool_calls, usage, time.monotonic() - began))
         if not text and not tool_calls:
             raise BadModelOutput("The model ended its answer without any text or tool call.")
         return "".join(text), tool_calls
+
+    def _usage(self, messages: list[dict[str, Any]], text: str, calls: list[dict[str, str]],
+               usage: dict[str, Any] | None, seconds: float) -> ModelCall:
+        """The request's tokens as the server reported them; without a report, an estimate (marked)."""
+        if usage is not None:
+            details = usage.get("prompt_tokens_details") or {}
+            prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+            cached = _count(details.get("cached_tokens") if isinstance(details, dict) else 0)
+            estimated = False
+        else:
+            prompt = len(json.dumps(messages, ensure_ascii=False)) // CHARS_PER_TOKEN
+            completion = (len(text) + sum(len(c["name"]) + len(c["arguments"]) for c in calls)) // CHARS_PER_TOKEN
+            cached, estimated = 0, True
+        price = self.prices.get(self.model)
+        return ModelCall(model=self.model, prompt_tokens=prompt, cached_tokens=min(cached, prompt),
+                         completion_tokens=completion, estimated=estimated,
+                         cost_usd=price.cost(prompt, min(cached, prompt), completion) if price else None,
+                         duration_ms=seconds * 1000)
+
+
+CHARS_PER_TOKEN = 4
+"""For estimates when the server sends no usage (English text and code average about four)."""
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 class _Deltas:

@@ -34,6 +34,8 @@ class ToolCallDelta:
 class Delta:
     content: str | None
     tool_calls: tuple[ToolCallDelta, ...]
+    usage: dict[str, Any] | None = None
+    """The request's token counts, in the chunk servers send last when asked (`include_usage`)."""
 
 
 async def deltas(response: AsyncAPIResponse[Any]) -> AsyncIterator[Delta]:
@@ -68,6 +70,8 @@ async def _deltas(response: AsyncAPIResponse[Any]) -> AsyncIterator[Delta]:
         for choice in _list(chunk.get("choices")):
             delta = _dict(_dict(choice).get("delta"))
             yield Delta(_text(delta.get("content")), tuple(_tool_call(tc) for tc in _list(delta.get("tool_calls"))))
+        if isinstance(chunk.get("usage"), dict):
+            yield Delta(None, (), chunk["usage"])
 
 
 def _tool_call(raw: Any) -> ToolCallDelta:

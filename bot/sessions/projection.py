@@ -19,6 +19,7 @@ from bot.events import (
     Event,
     FileChanged,
     GitSynced,
+    ModelCall,
     Note,
     Outcome,
     ParticipantsAdded,
@@ -47,6 +48,38 @@ class ToolCallView:
 
 
 @dataclass
+class Usage:
+    """Model usage summed over calls: tokens, cost (of the calls with a price), time."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    priced: bool = True
+    """Every call had a price (else `cost_usd` covers only those that did)."""
+    estimated: bool = False
+    """Some counts were estimated (the server sent no usage)."""
+    model_ms: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add(self, call: ModelCall) -> None:
+        self.calls += 1
+        self.prompt_tokens += call.prompt_tokens
+        self.cached_tokens += call.cached_tokens
+        self.completion_tokens += call.completion_tokens
+        self.model_ms += call.duration_ms
+        self.estimated = self.estimated or call.estimated
+        if call.cost_usd is None:
+            self.priced = False
+        else:
+            self.cost_usd += call.cost_usd
+
+
+@dataclass
 class TurnView:
     """One prompt and what the agent did with it."""
 
@@ -68,6 +101,7 @@ class TurnView:
     stopped_by: str | None = None
     first_token_ms: float | None = None
     duration_ms: float | None = None
+    usage: Usage = field(default_factory=Usage)
 
     @property
     def running(self) -> bool:
@@ -151,6 +185,7 @@ class Totals:
     tool_calls: int = 0
     files_changed: int = 0
     errors: int = 0
+    usage: Usage = field(default_factory=Usage)
 
 
 @dataclass
@@ -274,6 +309,9 @@ class SessionView:
                         call.ok, call.output = False, "(not finished: the turn ended)"
                 if data.outcome is Outcome.ERROR:
                     self.totals.errors += 1
+            case ModelCall():
+                turn.usage.add(data)
+                self.totals.usage.add(data)
             case AssistantMessage():
                 turn.settled = len(turn.text)  # the deltas carried its text; this step is finished
         return turn

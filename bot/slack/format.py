@@ -230,6 +230,8 @@ class Head:
     duration_ms: float | None = None
     via: str | None = None
     """Where the prompt was sent from when not Slack (`the web`)."""
+    footer: str | None = None
+    """The finished turn's usage (tokens, cost), after its status."""
     can_open_pr: bool = False
     """The session has a repository and pull requests are set up: offer *Create PR* once the turn is done."""
 
@@ -241,6 +243,8 @@ class Head:
 def status_line(head: Head) -> str:
     """The status, as mrkdwn (escaped)."""
     queued = f" · {head.queued} more queued" if head.queued else ""
+    if head.outcome is not None and head.footer:
+        queued = f" · {escape(head.footer)}{queued}"
     if head.outcome is None:
         return f":hourglass_flowing_sand: {escape(head.activity or 'Working…')}{queued}"
     took = f" in {head.duration_ms / 1000:.1f} s" if head.duration_ms is not None else ""
@@ -322,6 +326,12 @@ def pull_request_text(pr: PullRequest) -> str:
         case "reopened":
             return f"{ref} was reopened."
     return f"{ref}: {pr.action}."
+
+
+def usage_text(tokens: int, estimated: bool, cost_usd: float | None) -> str:
+    """`1,234 tokens · $0.0123` (`~` when the server sent no counts; no cost without a price)."""
+    text = f"{'~' if estimated else ''}{tokens:,} tokens"
+    return text + (f" · ${cost_usd:.4f}" if cost_usd is not None else "")
 
 
 def markdown_block(text: str) -> Block:

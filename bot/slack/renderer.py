@@ -55,6 +55,7 @@ from bot.slack.format import (
     reopen_fence,
     sanitize_markdown,
     split_markdown,
+    usage_text,
 )
 from bot.slack.messages import thread_of
 
@@ -432,6 +433,8 @@ class _TurnRender:
             author=turn.author.id, prompt=turn.prompt, session_id=self.t.info.id, session_url=self.t.session_url,
             via="the web" if turn.author.origin is Origin.WEB else None,
             can_open_pr=self.t.r.pull_requests and self.t.info.repo is not None,
+            footer=(usage_text(turn.usage.tokens, turn.usage.estimated, turn.usage.cost_usd if turn.usage.priced else None)
+                    if self.t.r.settings.usage_footer and turn.usage.calls else None),
             allowed=self.t.allowed(), answer=answer, answer_preview=turn.text if answer else "",
             activity=turn.activity, queued=len(view.queue) if turn.running else 0,
             outcome=turn.outcome.value if turn.outcome is not None else None,

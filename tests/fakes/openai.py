@@ -43,6 +43,9 @@ class Reply:
     """a chunk that is not JSON"""
     hang: bool = False
     """send headers, then nothing, until the client gives up"""
+    usage: dict[str, Any] | None = None
+    """token counts to report (`prompt_tokens`, `completion_tokens`, `prompt_tokens_details.cached_tokens`)
+    in a last chunk with no choices, when the request asks with `stream_options.include_usage`"""
 
 
 @dataclass
@@ -67,6 +70,8 @@ class FakeOpenAI:
         self.routes: list[tuple[str, deque[Script]]] = []
         """`add_for`: replies by a text their request's last user message contains."""
         self.requests: list[Request] = []
+        self.reported_usage: list[dict[str, Any]] = []
+        """the usage chunks sent, in order"""
         self.completed = 0
         self.disconnected = 0
         """streams the client closed before the end (Stop, timeouts)"""
@@ -137,6 +142,13 @@ class FakeOpenAI:
                 if i and reply.chunk_delay:
                     await asyncio.sleep(reply.chunk_delay)
                 await resp.write(b"data: " + chunk.encode() + b"\n\n")
+            if reply.usage is not None and (body.get("stream_options") or {}).get("include_usage"):
+                usage = {**reply.usage, "total_tokens": reply.usage.get("prompt_tokens", 0)
+                         + reply.usage.get("completion_tokens", 0)}
+                self.reported_usage.append(usage)
+                last = {"id": "chatcmpl-usage", "object": "chat.completion.chunk", "created": int(time.time()),
+                        "model": body.get("model"), "choices": [], "usage": usage}
+                await resp.write(b"data: " + json.dumps(last).encode() + b"\n\n")
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             self.completed += 1

@@ -36,12 +36,25 @@
     return el;
   }
 
+  const usage = new Map();  // turn → summed model usage, from model_call events
+
+  function addUsage(turn, d) {
+    const u = usage.get(turn) || { tokens: 0, cost: 0, priced: true, estimated: false };
+    u.tokens += (d.prompt_tokens || 0) + (d.completion_tokens || 0);
+    if (d.cost_usd == null) u.priced = false; else u.cost += d.cost_usd;
+    u.estimated = u.estimated || !!d.estimated;
+    usage.set(turn, u);
+  }
+
   function setOutcome(el, d) {
     const out = el.querySelector(".outcome");
     let label;
     if (d.outcome === "done") label = "Done" + (d.duration_ms != null ? " in " + (d.duration_ms / 1000).toFixed(1) + " s" : "");
     else if (d.outcome === "stopped") label = "Stopped" + (d.by ? " by " + d.by : "");
     else label = d.error || "This turn failed.";
+    const u = usage.get(Number(el.dataset.turn));
+    if (u) label += " · " + (u.estimated ? "~" : "") + u.tokens.toLocaleString("en-US") + " tokens"
+      + (u.priced ? " · $" + u.cost.toFixed(4) : "");
     out.className = "outcome outcome-" + d.outcome;
     text(out, label);
     el.classList.remove("running");
@@ -120,6 +133,7 @@
         }
         break;
       case "note": if (el) el.querySelector(".notes").appendChild(make("li", null, d.text)); break;
+      case "model_call": addUsage(item.turn, d); break;
       case "turn_ended": if (el) setOutcome(el, d); break;
       case "queue_changed": if (d.cleared) clearQueue(); break;
       case "status":
