@@ -107,6 +107,32 @@ def _pool_status(_: argparse.Namespace) -> int:
     return asyncio.run(_with_sandboxes(show))
 
 
+def _stats(_: argparse.Namespace) -> int:
+    """The headline figures for the last 7 and 30 days."""
+    from bot.sessions.stats import compute
+    from bot.store.db import Database
+
+    settings = load_settings()
+    _logging("WARNING")
+
+    async def show() -> int:
+        db = Database(settings.database_url)
+        try:
+            await db.upgrade()
+            for days in (7, 30):
+                s = await compute(db, days)
+                first = f"{s.first_token_ms_p50:.0f} ms" if s.first_token_ms_p50 is not None else "none"
+                print(f"last {days} days: {s.sessions} sessions, {s.pr_share:.0%} with a PR, {s.merged_share:.0%} merged "
+                      f"({s.merged} PRs merged); first token p50 {first}; PR approval {s.approval_rate:.0%}; "
+                      f"cost ${s.cost_usd:.2f} (${s.cost_per_merged_pr:.2f} per merged PR); "
+                      f"warm-up hit rate {s.warm_up_hit_rate:.0%}; humans prompting now {s.humans_prompting}")
+        finally:
+            await db.close()
+        return 0
+
+    return asyncio.run(show())
+
+
 def _classify(args: argparse.Namespace) -> int:
     """For operators tuning the catalog: the decision alone on the first line, then why."""
     from bot.agent.model import ModelNotConfigured, make_client
@@ -163,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     classify.add_argument("--topic", help="channel topic")
     classify.add_argument("--thread", action="append", help="an earlier message of the thread (repeatable)")
     classify.set_defaults(run=_classify)
+    commands.add_parser("stats", help="headline figures for the last 7 and 30 days").set_defaults(run=_stats)
     pool = commands.add_parser("pool", help="warm pool").add_subparsers(dest="pool_command", required=True)
     pool.add_parser("status", help="warm containers per repo").set_defaults(run=_pool_status)
     args = parser.parse_args(argv)

@@ -28,10 +28,23 @@ from bot.events import AssistantMessage, ModelCall, TextDelta, ToolCalled, ToolC
 class TurnStats:
     started: float = field(default_factory=time.monotonic)
     first_token_ms: float | None = None
+    request_ms: float | None = None
+    """Until the first model request went out: the infrastructure's part of the first token."""
+    tokens: int = 0
+    cost_usd: float | None = None
 
     def token(self) -> None:
         if self.first_token_ms is None:
             self.first_token_ms = (time.monotonic() - self.started) * 1000
+
+    def request(self) -> None:
+        if self.request_ms is None:
+            self.request_ms = (time.monotonic() - self.started) * 1000
+
+    def add(self, call: ModelCall) -> None:
+        self.tokens += call.prompt_tokens + call.completion_tokens
+        if call.cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + call.cost_usd
 
 
 class Agent:
@@ -82,6 +95,7 @@ class Agent:
                 stream=True,
                 stream_options={"include_usage": True},
             )
+            stats.request()
             async with request as response:
                 async for delta in stream.deltas(response):
                     if delta.usage is not None:
@@ -108,7 +122,9 @@ class Agent:
                 asked = [ToolCallSpec(id=c["id"], name=c["name"], arguments=c["arguments"]) for c in tool_calls]
                 asked = asked if finished else []
                 ctx.emit(AssistantMessage(content="".join(text), tool_calls=asked, complete=finished))
-            ctx.emit(self._usage(messages, "".join(text), tool_calls, usage, time.monotonic() - began))
+            call = self._usage(messages, "".join(text), tool_calls, usage, time.monotonic() - began)
+            stats.add(call)
+            ctx.emit(call)
         if not text and not tool_calls:
             raise BadModelOutput("The model ended its answer without any text or tool call.")
         return "".join(text), tool_calls

@@ -53,7 +53,7 @@ from bot.sessions.projection import SessionView, project
 from bot.sessions.runner import Runner
 from bot.store.batch import BatchWriter
 from bot.store.db import Database
-from bot.store.tables import ParticipantRow, SessionRow, SurfaceRow, TurnRow
+from bot.store.tables import ParticipantRow, PromptRow, SessionRow, SurfaceRow, TurnRow
 from bot.store.warm_ups import WarmUps
 from bot.util.keyed_locks import KeyedLocks
 from sandbox.egress import EgressRecord
@@ -355,6 +355,9 @@ class SessionService:
                 raise
         prompt, event = self._logs.get(session_id).enqueue(text, author, order_key or time.time())
         self.bus.publish(session_id, event)
+        logged = insert_into(PromptRow).values(session_id=session_id, author=author.id, origin=author.origin.value,
+                                               at=time.time())
+        self.background(self.writer.write(lambda db: db.execute(logged)))
         if started:
             runner.start()
         return prompt
@@ -582,7 +585,8 @@ class SessionService:
 
         statement = insert_into(TurnRow).values(
             session_id=session_id, prompt_id=prompt.id, author=prompt.author.id, started_at=started, ended_at=ended_at,
-            first_token_ms=stats.first_token_ms, outcome=ended.outcome.value, error=ended.error)
+            first_token_ms=stats.first_token_ms, request_ms=stats.request_ms, outcome=ended.outcome.value,
+            error=ended.error, tokens=stats.tokens, cost_usd=stats.cost_usd)
         self.background(self.writer.write(lambda db: db.execute(statement)))
 
     # -- helpers --------------------------------------------------------------------------

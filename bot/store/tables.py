@@ -98,8 +98,13 @@ class TurnRow(Base):
     started_at: Mapped[float] = mapped_column(Float)
     ended_at: Mapped[float | None] = mapped_column(Float)
     first_token_ms: Mapped[float | None] = mapped_column(Float)
+    request_ms: Mapped[float | None] = mapped_column(Float)
+    """From the turn's start to its first model request: the infrastructure's part of the first token."""
     outcome: Mapped[str | None] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
+    tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    """Of the calls with a price (MODEL_PRICES); None when none had one."""
 
 
 class ImageRow(Base):
@@ -274,3 +279,16 @@ class WarmUpRow(Base):
     used: Mapped[bool | None] = mapped_column(Boolean)
     """None until a session followed (or the warm container expired: False)."""
     saved_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class PromptRow(Base):
+    """When each person sent a prompt (for "humans prompting" and per-person figures)."""
+
+    __tablename__ = "prompt_log"
+    __table_args__ = (Index("ix_prompt_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(32))
+    author: Mapped[str] = mapped_column(String(128))
+    origin: Mapped[str] = mapped_column(String(16))
+    at: Mapped[float] = mapped_column(Float)

@@ -13,7 +13,7 @@ from bot.github.accounts import GitHubAccounts
 from bot.sessions.intake import Intake
 from bot.sessions.service import SessionService
 from bot.store.signin_links import SignInLinks
-from bot.web import actions, auth, github, pages
+from bot.web import actions, auth, github, pages, stats
 from bot.web.context import WebContext
 from bot.web.identity import Identity
 from bot.web.security import security_headers
@@ -38,6 +38,7 @@ def build_app(settings: Settings, sessions: SessionService, intake: Intake, link
     app.add_routes(actions.routes(ctx))
     app.add_routes(auth.routes(ctx))
     app.add_routes(github.routes(ctx, accounts))
+    app.add_routes(stats.routes(ctx))
     app.router.add_static("/static/", STATIC, follow_symlinks=False, append_version=False)
 
     async def close_sockets(_: web.Application) -> None:
