@@ -320,3 +320,19 @@ async def test_a_parent_page_lists_its_sub_sessions_live_and_they_link_back(tmp_
         await page.locator("#parent a").click()
         await expect(page.locator("#children li")).to_have_count(2)
         await page.close()
+
+
+async def test_the_stats_page_plots_and_counts_humans_prompting_live(served, browser, slack, model):
+    ctx, page = await signed_in_page(browser, slack, "U0ALICE1")
+    await page.goto(f"{served.base}/stats")
+    await expect(page.locator("svg.chart")).to_be_visible()
+    await expect(page.locator("#humans")).to_have_text("0")
+    model.add(Reply(text="one"), Reply(text="two"))
+    await slack.mention("U0ALICE1", "first")
+    await slack.mention("U0BOB001", "second")
+    await expect(page.locator("#humans")).to_have_text("2")  # no reload: the page polls
+    await page.reload()  # the plot is drawn by the server: today's bar now has the two sessions
+    await expect(page.locator("svg.chart rect.bar-sessions").last).to_have_attribute("height", re.compile(r"^[1-9]"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "stats-desktop.png"), full_page=True)
+    await ctx.close()
