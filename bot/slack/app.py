@@ -77,6 +77,7 @@ from bot.slack.unfurl import session_token, unfurl
 from bot.store.processed_events import ProcessedEvents
 from bot.store.signin_links import SignInLinks
 from bot.util.keyed_locks import KeyedLocks
+from bot.util.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ def _single_workspace() -> Iterator[None]:
 
 class SlackClient:
     def __init__(self, settings: Settings, sessions: SessionService, intake: Intake, processed: ProcessedEvents,
-                 links: SignInLinks):
+                 links: SignInLinks, metrics: Metrics | None = None):
         self.settings = settings
         self.sessions = sessions
         self.intake = intake
@@ -205,6 +206,7 @@ class SlackClient:
         with _single_workspace():
             self.app = AsyncApp(client=self.web, process_before_response=False, logger=_bolt_logger())
         self.renderer = SlackRenderer(self.web, sessions, settings)
+        self.renderer.outbox.metrics = metrics
         sessions.add_observer(self.renderer.on_working)
         self.children = ChildrenBoard(self.renderer.outbox, sessions, settings)
         sessions.add_listener(self.children.changed)  # sub-sessions' lines in their parent's thread
@@ -230,6 +232,10 @@ class SlackClient:
         assert self.settings.slack_app_token is not None
         self._socket = AsyncSocketModeHandler(self.app, self.settings.slack_app_token.get_secret_value(), web_client=self.web)
         await self._socket.connect_async()
+
+    async def connected(self) -> bool:
+        """Whether the Socket Mode connection is up (readiness): not before `start()`, nor while reconnecting."""
+        return self._socket is not None and await self._socket.client.is_connected()
 
     async def close(self) -> None:
         if self._socket is not None:
