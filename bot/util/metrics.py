@@ -50,7 +50,7 @@ class Metrics:
                                       ["source"], registry=r)
         self.loop_lag = Gauge("hosted_agents_event_loop_lag_seconds", "Latest event-loop lag (sleep overshoot)",
                               registry=r)
-        self.loop_lag_seconds = Histogram("hosted_agents_event_loop_lag", "Event-loop lag (sleep overshoot), seconds",
+        self.loop_lag_seconds = Histogram("hosted_agents_event_loop_lag_distribution_seconds", "Event-loop lag (sleep overshoot)",
                                           buckets=LAG_BUCKETS, registry=r)
         self.web_viewers = Gauge("hosted_agents_websocket_viewers", "Open WebSocket connections of session pages",
                                  registry=r)
