@@ -50,6 +50,7 @@ async def test_metrics_parse_and_move_when_a_session_runs(service: Service, slac
     assert ("hosted_agents_event_loop_lag_seconds", ()) in before
 
     model.add(Reply(text="All good.", chunk_delay=0.05))
+    slack.rate_limit["chat.postMessage"] = 1  # the first post gets a 429: the outbox pauses and sends it again
     ts = await slack.mention("U0ALICE1", "is the build green?")
     await slack.wait_for(lambda: all_done(slack, ts, 1), what="the turn to finish")
 
@@ -64,6 +65,12 @@ async def test_metrics_parse_and_move_when_a_session_runs(service: Service, slac
     after = await turn_counted()
     assert total(after, "hosted_agents_turn_duration_seconds_count", outcome="done") == 1
     assert total(before, "hosted_agents_slack_api_calls_total") == 0
+    assert total(after, "hosted_agents_slack_api_rate_limited_total", method="chat.postMessage") == 1
+    assert total(after, "hosted_agents_slack_api_calls_total", method="chat.postMessage", outcome="rate_limited") == 1
+    # every request on the shared HTTP session, by method family: the 429 and the ones that went through
+    assert total(after, "hosted_agents_slack_http_requests_total", family="chat", result="429") == 1
+    assert total(after, "hosted_agents_slack_http_requests_total", family="chat", result="2xx") >= 1
+    assert total(after, "hosted_agents_slack_http_requests_total", family="auth", result="2xx") >= 1
     assert total(after, "hosted_agents_slack_api_calls_total", method="chat.postMessage") >= 1
     assert total(after, "hosted_agents_sessions", status="idle") + total(after, "hosted_agents_sessions",
                                                                           status="working") == 1

@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -30,6 +31,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+from yarl import URL
 
 from bot.agent.hookspecs import hookimpl
 from bot.config import Settings
@@ -123,6 +125,8 @@ class SlackWebClient(AsyncWebClient):
 
     _shared: aiohttp.ClientSession | None = None
     _closed = False
+    metrics: Metrics | None = None
+    """Where every HTTP request to Slack on the shared session is counted (set before the first call)."""
 
     @property  # the base class sets it in __init__; this makes reading it open the shared session
     def session(self) -> aiohttp.ClientSession | None:
@@ -131,8 +135,9 @@ class SlackWebClient(AsyncWebClient):
                 asyncio.get_running_loop()
             except RuntimeError:
                 return None  # outside a loop: nothing to bind a session to yet
+            traces = [_counting(self.metrics)] if self.metrics is not None else []
             self._shared = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout),
-                                                 trust_env=self.trust_env_in_session)
+                                                 trust_env=self.trust_env_in_session, trace_configs=traces)
         return self._shared
 
     @session.setter
@@ -145,6 +150,30 @@ class SlackWebClient(AsyncWebClient):
         shared, self._shared = self._shared, None
         if shared is not None:
             await shared.close()
+
+
+def _counting(metrics: Metrics) -> aiohttp.TraceConfig:
+    """Counts Slack HTTP requests by method family (`chat`, `reactions`, ...) and result (`2xx`,
+    `429`, `4xx`, `5xx`, `error`): every client on the shared session, slack-sdk's retries included."""
+
+    def family(url: URL) -> str:
+        name = url.path.rstrip("/").rsplit("/", 1)[-1]
+        head = name.split(".", 1)[0]
+        return head if head.isalpha() and len(head) <= 32 else "other"
+
+    async def ended(_: aiohttp.ClientSession, __: SimpleNamespace, params: aiohttp.TraceRequestEndParams) -> None:
+        status = params.response.status
+        result = "429" if status == 429 else f"{status // 100}xx"
+        metrics.slack_requests.labels(family(params.url), result).inc()
+
+    async def failed(_: aiohttp.ClientSession, __: SimpleNamespace,
+                     params: aiohttp.TraceRequestExceptionParams) -> None:
+        metrics.slack_requests.labels(family(params.url), "error").inc()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(ended)
+    trace.on_request_exception.append(failed)
+    return trace
 
 
 def _bolt_logger() -> logging.Logger:
@@ -203,6 +232,7 @@ class SlackClient:
         self.links = links
         self._channel_info: TTLCache[str, tuple[str | None, str | None]] = TTLCache(maxsize=2048, ttl=3600)
         self.web = web_client(settings)
+        self.web.metrics = metrics
         with _single_workspace():
             self.app = AsyncApp(client=self.web, process_before_response=False, logger=_bolt_logger())
         self.renderer = SlackRenderer(self.web, sessions, settings)

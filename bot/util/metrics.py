@@ -38,6 +38,9 @@ class Metrics:
                                       ["outcome"], buckets=TURN_BUCKETS, registry=r)
         self.slack_calls = Counter("hosted_agents_slack_api_calls", "Slack Web API writes sent by the outbox",
                                    ["method", "outcome"], registry=r)
+        self.slack_requests = Counter("hosted_agents_slack_http_requests",
+                                      "HTTP requests to the Slack Web API (all clients, retries included)",
+                                      ["family", "result"], registry=r)
         self.slack_retries = Counter("hosted_agents_slack_api_retries", "Slack writes retried (network, 5xx)",
                                      ["method"], registry=r)
         self.slack_rate_limited = Counter("hosted_agents_slack_api_rate_limited",
