@@ -10,6 +10,7 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from openai import AsyncOpenAI
 from slack_sdk.errors import SlackApiError
+from sqlalchemy import text
 
 from bot.agent.loop import Agent
 from bot.agent.model import ModelNotConfigured, make_client
@@ -18,7 +19,7 @@ from bot.agent.pull_request_tool import PullRequestPlugin
 from bot.agent.subsession_tools import SubSessionCalls, SubSessionPlugin
 from bot.agent.tools import ToolError
 from bot.config import ConfigError, Settings, parse_prices, secret_key
-from bot.events import Origin
+from bot.events import Event, Origin, SandboxReady, TurnEnded
 from bot.github.accounts import GitHubAccounts
 from bot.github.app import AppTokens
 from bot.github.crypto import TokenCipher
@@ -38,7 +39,8 @@ from bot.store.processed_events import ProcessedEvents
 from bot.store.pull_requests import PullRequestRecords
 from bot.store.signin_links import SignInLinks
 from bot.store.warm_ups import RepoDefaults, WarmUps
-from bot.web.server import build_app
+from bot.util.metrics import Metrics
+from bot.web.server import Check, build_app
 from classifier.classify import Classifier
 from classifier.model import ModelClassifier
 from sandbox.gitauth import no_credentials
@@ -75,6 +77,11 @@ class Service:
                            parse_prices(settings.model_prices))
         self.writer = BatchWriter(self.db)
         self.sessions = SessionService(settings, self.db, self.agent, self.catalog, manager, self.hooks, self.writer)
+        self.metrics = Metrics()
+        self.sessions.add_listener(self._count_event)
+        self.metrics.refreshers.append(self._read_gauges)
+        if self.sandbox is not None:
+            self.sandbox.pool.metrics = self.metrics
         self.processed = ProcessedEvents(self.db, self.writer)
         if self.sandbox is not None and self.sandbox.egress is not None:
             self.sandbox.egress.observe(self.sessions.egress)
@@ -97,6 +104,51 @@ class Service:
         self.slack: SlackClient | None = None
         self._web: web.AppRunner | None = None
         self.web_port: int | None = None
+        self._lag: asyncio.Task[None] | None = None
+
+    # -- metrics and readiness ------------------------------------------------------------
+
+    def _count_event(self, _session_id: str, event: Event) -> None:
+        data = event.data
+        if isinstance(data, TurnEnded):
+            self.metrics.turns.labels(data.outcome.value).inc()
+            if data.duration_ms is not None:
+                self.metrics.turn_seconds.labels(data.outcome.value).observe(data.duration_ms / 1000)
+        elif isinstance(data, SandboxReady):
+            self.metrics.sandbox_starts.labels(data.source).inc()
+
+    async def _read_gauges(self) -> None:
+        self.metrics.queue_depth.set(self.sessions.queue_depth())
+        if self.sandbox is not None:
+            self.metrics.pool_size.set(self.sandbox.pool.total_warm())
+        counts = await asyncio.wait_for(self.sessions.count_by_status(), 5)
+        self.metrics.sessions.clear()  # a status no session has any more is not reported at its old count
+        for status, count in counts.items():
+            self.metrics.sessions.labels(status).set(count)
+
+    def readiness_checks(self) -> dict[str, Check]:
+        """What `/readyz` checks: the database; Slack's Socket Mode when Slack is on; Docker when sandboxes are."""
+        checks: dict[str, Check] = {"database": self._check_database}
+        if self.settings.slack_enabled:
+            checks["slack"] = self._check_slack
+        if self.sandbox is not None:
+            checks["docker"] = self._check_docker
+        return checks
+
+    async def _check_database(self) -> str | None:
+        async with self.db.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return None
+
+    async def _check_slack(self) -> str | None:
+        if self.slack is None:
+            return "not started"
+        return None if await self.slack.connected() else "Socket Mode is not connected"
+
+    async def _check_docker(self) -> str | None:
+        assert self.sandbox is not None
+        await asyncio.to_thread(self.sandbox.backend.ping)
+        return None
 
     async def _agent_opens_pull_request(self, session_id: str, title: str, body: str) -> str:
         """The agent's `open_pull_request`: in the name of the person whose prompt is running."""
@@ -130,12 +182,14 @@ class Service:
         except Exception as exc:  # unreachable server, bad credentials, unwritable file
             raise ConfigError(f"DATABASE_URL: cannot open the database ({_first_line(exc)})") from None
         await self.processed.prune()
+        self._lag = asyncio.create_task(self.metrics.watch_loop_lag(), name="event-loop lag")
         if self.sandbox is not None:
             await self.sandbox.start()
         await self._start_web()
         if self.settings.slack_enabled:
             self.hooks.register(SlackContext())
-            self.slack = SlackClient(self.settings, self.sessions, self.intake, self.processed, self.signin_links)
+            self.slack = SlackClient(self.settings, self.sessions, self.intake, self.processed, self.signin_links,
+                                     metrics=self.metrics)
         self._schedule()
         await self.sessions.recover()  # after the Slack renderer observes, so it reports interruptions
         if self.slack is not None:
@@ -156,7 +210,7 @@ class Service:
 
     async def _start_web(self) -> None:
         app = build_app(self.settings, self.sessions, self.intake, self.signin_links, self.settings.slack_enabled,
-                        self.github_accounts)
+                        self.github_accounts, metrics=self.metrics, checks=self.readiness_checks())
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.web_host, self.settings.web_port)
@@ -185,6 +239,8 @@ class Service:
             raise ConfigError(f"SLACK_APP_TOKEN: Slack refused it ({exc.response.get('error')})") from None
 
     async def stop(self) -> None:
+        if self._lag is not None:
+            self._lag.cancel()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         if self.slack is not None:

@@ -99,6 +99,13 @@ class ExecStream:
         self._writer.close()
 
 
+def ping_engine(host: str, timeout: float = 5.0, version: str = "auto") -> None:
+    """Raise unless the Docker engine at `host` answers `/_ping` within `timeout` seconds (blocking)."""
+    with docker.APIClient(base_url=host, version=version, timeout=max(1, round(timeout))) as api:
+        if not api.ping():
+            raise DockerUnavailable(f"the Docker engine at {host} did not answer its ping")
+
+
 class DockerBackend:
     def __init__(self, limits: SandboxLimits, host: str | None = None, egress: EgressProxy | None = None,
                  disks: DiskStore | None = None):
@@ -120,6 +127,10 @@ class DockerBackend:
         except Exception as exc:
             raise DockerUnavailable(f"no Docker engine at {self.host} ({type(exc).__name__})") from None
         self._check_runtime()
+
+    def ping(self, timeout: float = 5.0) -> None:
+        """Raise unless the engine answers (readiness; blocking: call it off the event loop)."""
+        ping_engine(self.host, timeout, version=self.api.api_version)
 
     def _check_runtime(self) -> None:
         """At start, not at the first session: a runtime the engine lacks fails every create."""

@@ -20,6 +20,7 @@ from sqlalchemy.engine import CursorResult
 from bot.repos import RepoCatalog
 from bot.store.db import Database
 from bot.store.tables import PoolEntryRow
+from bot.util.metrics import Metrics
 from sandbox.backend import LABEL, ContainerRef, SandboxBackend
 from sandbox.disk import new_disk_name
 from sandbox.executor import Executor
@@ -54,6 +55,8 @@ class WarmPool:
         """Seconds a container warmed for someone typing waits to be claimed (None: until the entry TTL)."""
         self.unused_warm_ups = 0
         """Warmed containers removed because nobody claimed them in time."""
+        self.metrics: Metrics | None = None
+        """Where claims are counted (set by the wiring)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         images.on_new_image.append(self.on_new_image)
 
@@ -63,6 +66,10 @@ class WarmPool:
 
     def warm_count(self, repo: str) -> int:
         return len(self._entries[repo])
+
+    def total_warm(self) -> int:
+        """Warm containers ready to be claimed, all repositories."""
+        return sum(len(entries) for entries in self._entries.values())
 
     async def claim(self, repo: str, session_id: str) -> PoolEntry | None:
         """Take a warm container for a session, or None if there is none ready."""
@@ -86,8 +93,12 @@ class WarmPool:
                 self._extra.pop(repo, None)
                 self._extra_since.pop(repo, None)
                 self.refill_soon(repo)
+                if self.metrics is not None:
+                    self.metrics.pool_claims.labels("hit").inc()
                 return entry
         self.refill_soon(repo)
+        if self.metrics is not None:
+            self.metrics.pool_claims.labels("miss").inc()
         return None
 
     def warm(self, repo: str) -> None:

@@ -19,8 +19,8 @@ from typing import Any
 
 import pluggy
 from cachetools import LRUCache
+from sqlalchemy import func, select, update
 from sqlalchemy import insert as insert_into
-from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -166,6 +166,16 @@ class SessionService:
 
     def working(self, session_id: str) -> bool:
         return session_id in self._runners
+
+    def queue_depth(self) -> int:
+        """Prompts waiting to run, across sessions (a session with queued prompts has a runner)."""
+        return sum(self._logs.get(session_id).queued_count() for session_id in list(self._runners))
+
+    async def count_by_status(self) -> dict[str, int]:
+        """Sessions in the central database by status."""
+        async with self.db.session() as db:
+            rows = await db.execute(select(SessionRow.status, func.count()).group_by(SessionRow.status))
+            return {str(status): int(count) for status, count in rows.all()}
 
     async def wait_idle(self, session_id: str, timeout: float) -> bool:
         """Until the session's queue is done (True) or `timeout` seconds passed (False)."""

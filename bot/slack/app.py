@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -30,6 +31,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+from yarl import URL
 
 from bot.agent.hookspecs import hookimpl
 from bot.config import Settings
@@ -77,6 +79,7 @@ from bot.slack.unfurl import session_token, unfurl
 from bot.store.processed_events import ProcessedEvents
 from bot.store.signin_links import SignInLinks
 from bot.util.keyed_locks import KeyedLocks
+from bot.util.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,8 @@ class SlackWebClient(AsyncWebClient):
 
     _shared: aiohttp.ClientSession | None = None
     _closed = False
+    metrics: Metrics | None = None
+    """Where every HTTP request to Slack on the shared session is counted (set before the first call)."""
 
     @property  # the base class sets it in __init__; this makes reading it open the shared session
     def session(self) -> aiohttp.ClientSession | None:
@@ -130,8 +135,9 @@ class SlackWebClient(AsyncWebClient):
                 asyncio.get_running_loop()
             except RuntimeError:
                 return None  # outside a loop: nothing to bind a session to yet
+            traces = [_counting(self.metrics)] if self.metrics is not None else []
             self._shared = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout),
-                                                 trust_env=self.trust_env_in_session)
+                                                 trust_env=self.trust_env_in_session, trace_configs=traces)
         return self._shared
 
     @session.setter
@@ -144,6 +150,30 @@ class SlackWebClient(AsyncWebClient):
         shared, self._shared = self._shared, None
         if shared is not None:
             await shared.close()
+
+
+def _counting(metrics: Metrics) -> aiohttp.TraceConfig:
+    """Counts Slack HTTP requests by method family (`chat`, `reactions`, ...) and result (`2xx`,
+    `429`, `4xx`, `5xx`, `error`): every client on the shared session, slack-sdk's retries included."""
+
+    def family(url: URL) -> str:
+        name = url.path.rstrip("/").rsplit("/", 1)[-1]
+        head = name.split(".", 1)[0]
+        return head if head.isalpha() and len(head) <= 32 else "other"
+
+    async def ended(_: aiohttp.ClientSession, __: SimpleNamespace, params: aiohttp.TraceRequestEndParams) -> None:
+        status = params.response.status
+        result = "429" if status == 429 else f"{status // 100}xx"
+        metrics.slack_requests.labels(family(params.url), result).inc()
+
+    async def failed(_: aiohttp.ClientSession, __: SimpleNamespace,
+                     params: aiohttp.TraceRequestExceptionParams) -> None:
+        metrics.slack_requests.labels(family(params.url), "error").inc()
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(ended)
+    trace.on_request_exception.append(failed)
+    return trace
 
 
 def _bolt_logger() -> logging.Logger:
@@ -194,7 +224,7 @@ def _single_workspace() -> Iterator[None]:
 
 class SlackClient:
     def __init__(self, settings: Settings, sessions: SessionService, intake: Intake, processed: ProcessedEvents,
-                 links: SignInLinks):
+                 links: SignInLinks, metrics: Metrics | None = None):
         self.settings = settings
         self.sessions = sessions
         self.intake = intake
@@ -202,9 +232,11 @@ class SlackClient:
         self.links = links
         self._channel_info: TTLCache[str, tuple[str | None, str | None]] = TTLCache(maxsize=2048, ttl=3600)
         self.web = web_client(settings)
+        self.web.metrics = metrics
         with _single_workspace():
             self.app = AsyncApp(client=self.web, process_before_response=False, logger=_bolt_logger())
         self.renderer = SlackRenderer(self.web, sessions, settings)
+        self.renderer.outbox.metrics = metrics
         sessions.add_observer(self.renderer.on_working)
         self.children = ChildrenBoard(self.renderer.outbox, sessions, settings)
         sessions.add_listener(self.children.changed)  # sub-sessions' lines in their parent's thread
@@ -230,6 +262,10 @@ class SlackClient:
         assert self.settings.slack_app_token is not None
         self._socket = AsyncSocketModeHandler(self.app, self.settings.slack_app_token.get_secret_value(), web_client=self.web)
         await self._socket.connect_async()
+
+    async def connected(self) -> bool:
+        """Whether the Socket Mode connection is up (readiness): not before `start()`, nor while reconnecting."""
+        return self._socket is not None and await self._socket.client.is_connected()
 
     async def close(self) -> None:
         if self._socket is not None:

@@ -52,6 +52,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.slack.format import Block
+from bot.util.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,8 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
         self.stats: dict[str, int] = {"sent": 0, "rate_limited": 0, "retried": 0, "given_up": 0}
+        self.metrics: Metrics | None = None
+        """Where Slack calls, retries and 429s are counted (set by the Slack client's wiring)."""
 
     # -- API --------------------------------------------------------------------------------
 
@@ -391,6 +394,7 @@ class Outbox:
             self._in_flight -= 1
             self._method_in_flight[method] -= 1
             self._wake.set()
+        self._count(method, outcome)
         if outcome == "ok":
             slot.failures = 0
             self._window[method] = min(self.max_in_flight, self._window.get(method, self.max_in_flight) + 1)
@@ -415,6 +419,15 @@ class Outbox:
             self.stats["given_up"] += 1
             slot.dead = True
             slot._settle()
+
+    def _count(self, method: str, outcome: str) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.slack_calls.labels(method, outcome).inc()
+        if outcome == "retry":
+            self.metrics.slack_retries.labels(method).inc()
+        elif outcome == "rate_limited":
+            self.metrics.slack_rate_limited.labels(method).inc()
 
     def _requeue(self, slot: Slot, priority: Priority, since: float, final: bool) -> None:
         """Put back a state that did not land; a newer one, if any, keeps its place."""
