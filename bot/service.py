@@ -19,7 +19,7 @@ from bot.agent.pull_request_tool import PullRequestPlugin
 from bot.agent.subsession_tools import SubSessionCalls, SubSessionPlugin
 from bot.agent.tools import ToolError
 from bot.config import ConfigError, Settings, parse_prices, secret_key
-from bot.events import Event, Origin, SandboxReady, TurnEnded
+from bot.events import Event, ModelCall, Origin, Outcome, SandboxReady, TurnEnded
 from bot.github.accounts import GitHubAccounts
 from bot.github.app import AppTokens
 from bot.github.crypto import TokenCipher
@@ -114,8 +114,17 @@ class Service:
             self.metrics.turns.labels(data.outcome.value).inc()
             if data.duration_ms is not None:
                 self.metrics.turn_seconds.labels(data.outcome.value).observe(data.duration_ms / 1000)
+            if data.outcome is Outcome.ERROR:
+                self.metrics.model_errors.labels(_error_kind(data.error or "")).inc()
         elif isinstance(data, SandboxReady):
             self.metrics.sandbox_starts.labels(data.source).inc()
+        elif isinstance(data, ModelCall):
+            self.metrics.model_calls.labels("estimated" if data.estimated else "reported").inc()
+            self.metrics.model_tokens.labels("prompt").inc(data.prompt_tokens - data.cached_tokens)
+            self.metrics.model_tokens.labels("cached").inc(data.cached_tokens)
+            self.metrics.model_tokens.labels("completion").inc(data.completion_tokens)
+            if data.cost_usd:
+                self.metrics.model_cost.inc(data.cost_usd)
 
     async def _read_gauges(self) -> None:
         self.metrics.queue_depth.set(self.sessions.queue_depth())
@@ -274,6 +283,16 @@ async def serve(settings: Settings) -> None:
         log.info("shutting down")
     finally:
         await service.stop()
+
+
+_ERROR_KINDS = (("timed out", "timeout"), ("rate", "rate_limited"), ("malformed", "malformed"),
+                ("not configured", "not_configured"), ("step", "step_limit"), ("sandbox", "sandbox"))
+
+
+def _error_kind(message: str) -> str:
+    """A bounded label for a failed turn's one-line reason."""
+    lowered = message.lower()
+    return next((kind for word, kind in _ERROR_KINDS if word in lowered), "other")
 
 
 def _first_line(exc: BaseException) -> str:

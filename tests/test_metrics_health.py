@@ -75,6 +75,8 @@ async def test_metrics_parse_and_move_when_a_session_runs(service: Service, slac
     assert total(after, "hosted_agents_sessions", status="idle") + total(after, "hosted_agents_sessions",
                                                                           status="working") == 1
     assert not any("session" in k for _, ls in after for k, _v in ls if k != "status"), "no session ids as labels"
+    assert total(after, "hosted_agents_model_calls_total", usage="estimated") == 1  # the fake sent no usage here
+    assert total(after, "hosted_agents_model_tokens_total", kind="completion") == len("All good.") // 4
 
 
 async def test_metrics_registries_are_per_service(tmp_path, slack: FakeSlack, model: FakeOpenAI):

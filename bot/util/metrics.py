@@ -55,6 +55,13 @@ class Metrics:
                               registry=r)
         self.loop_lag_seconds = Histogram("hosted_agents_event_loop_lag_distribution_seconds", "Event-loop lag (sleep overshoot)",
                                           buckets=LAG_BUCKETS, registry=r)
+        self.model_tokens = Counter("hosted_agents_model_tokens", "Model tokens by kind (prompt, cached, completion)",
+                                    ["kind"], registry=r)
+        self.model_cost = Counter("hosted_agents_model_cost_usd", "Model cost in USD (models with a price)", registry=r)
+        self.model_calls = Counter("hosted_agents_model_calls", "Model requests, by whether the server reported usage",
+                                   ["usage"], registry=r)
+        self.model_errors = Counter("hosted_agents_model_errors", "Turns the model ended with an error, by kind",
+                                    ["kind"], registry=r)
         self.web_viewers = Gauge("hosted_agents_websocket_viewers", "Open WebSocket connections of session pages",
                                  registry=r)
         self.refreshers: list[Callable[[], Awaitable[None]]] = []
