@@ -136,3 +136,28 @@ async def test_humans_prompting_goes_from_0_to_2_when_two_people_prompt(svc, sla
         assert turns.first_token_ms_p50 is not None and turns.infra_ms_p50 is not None
     finally:
         await alice.close()
+
+
+async def test_a_pr_merged_through_a_signed_webhook_counts_as_a_merged_session(tmp_path, slack, model):
+    from tests.fakes.openai import Reply
+    from tests.slack_threads import all_done
+    from tests.test_github_webhooks import SECRET, deliver, pr_payload
+
+    service = Service(make_settings(service_env(tmp_path / "data", slack, model, github_webhook_secret=SECRET)))
+    await service.start()
+    try:
+        await asyncio.wait_for(slack.connected.wait(), 10)
+        model.add(Reply(text="Fixed."))
+        root = await slack.mention("U0ALICE1", "fix it")
+        await slack.wait_for(lambda: all_done(slack, root, 1))
+        (row,) = await service.sessions.list_sessions()
+        await service.pull_requests.records.add(session_id=row.id, repo="acme/api", number=7, url="u", branch="b",
+                                                author="U0ALICE1", opened_as="user")
+        assert (await compute(service.db, 1)).merged == 0
+        merged = pr_payload("closed", 7, "2026-12-04T10:00:05Z", merged=True, state="closed")
+        assert await deliver(service, "pull_request", merged) == 200
+        stats = await compute(service.db, 1)
+        assert (stats.sessions, stats.with_pr, stats.merged, stats.merged_share) == (1, 1, 1, 1.0)
+        assert stats.to_merge_s_p50 is not None and stats.to_merge_s_p50 >= 0
+    finally:
+        await service.stop()
