@@ -282,3 +282,22 @@ async def test_typing_on_the_session_page_warms_its_sandbox_and_the_next_turn_us
         assert ready[-1].wait_ms == 0 and (ready[-1].saved_ms or 0) > 0, ready[-1]
     finally:
         await alice.close()
+
+
+async def test_several_reads_in_one_step_run_at_once_and_answer_in_order(tmp_path, slack, model, git_remote):
+    from tests.plugins import Stopwatch
+
+    Stopwatch.spans.clear()
+    svc = await start_service(tmp_path, slack, model, git_remote.url, plugins="tests.plugins:Stopwatch")
+    try:
+        reads = [ToolCall("read_file", {"path": p}) for p in ("app.py", "test_app.py", "README.md")]
+        model.add(Reply(tool_calls=[ToolCall("list_directory", {})]), Reply(tool_calls=reads), Reply(text="Read."))
+        root = await slack.mention("U0ALICE1", "read the three files")
+        await slack.wait_for(lambda: finished(slack, root), timeout=60)
+        spans = [s for s in Stopwatch.spans if s[0] == "read_file"]
+        assert len(spans) == 3
+        assert max(start for _, start, _ in spans) < min(end for _, _, end in spans), f"the reads overlap: {spans}"
+        results = tool_results(model, 2)[-3:]
+        assert "return a - b" in results[0] and "assertEqual" in results[1], "results in the model's order"
+    finally:
+        await svc.stop()

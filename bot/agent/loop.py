@@ -68,7 +68,16 @@ class Agent:
             messages.append(assistant)
             if not calls:
                 return
-            for call in calls:
+            if len(calls) > 1 and all(self.tools.read_only(c["name"]) for c in calls):
+                # Reads change nothing: run them at once, answer in the model's order.
+                for call in calls:
+                    ctx.emit(ToolCalled(id=call["id"], name=call["name"], arguments=call["arguments"]))
+                outcomes = await asyncio.gather(*(self.tools.call(c["name"], c["arguments"], ctx) for c in calls))
+                for call, outcome in zip(calls, outcomes, strict=True):
+                    ctx.emit(ToolResult(id=call["id"], name=call["name"], ok=outcome.ok, output=outcome.output))
+                    messages.append({"role": "tool", "tool_call_id": call["id"], "content": outcome.output})
+                continue
+            for call in calls:  # writes and commands (and a lone read): one after another
                 ctx.emit(ToolCalled(id=call["id"], name=call["name"], arguments=call["arguments"]))
                 outcome = await self.tools.call(call["name"], call["arguments"], ctx)
                 ctx.emit(ToolResult(id=call["id"], name=call["name"], ok=outcome.ok, output=outcome.output))

@@ -72,6 +72,8 @@ class ReadFile:
     name: ClassVar[str] = "read_file"
     description: ClassVar[str] = "Read a text file of the repository, whole or a range of lines (1-based, inclusive)."
     writes: ClassVar[bool] = False
+    read_only: ClassVar[bool] = True
+    """Changes nothing: several in one step run at once."""
     needs_workspace: ClassVar[bool] = True
 
     class Args(BaseModel):
@@ -96,6 +98,8 @@ class ListDirectory:
     name: ClassVar[str] = "list_directory"
     description: ClassVar[str] = "List a directory of the repository (names, kinds and sizes)."
     writes: ClassVar[bool] = False
+    read_only: ClassVar[bool] = True
+    """Changes nothing: several in one step run at once."""
     needs_workspace: ClassVar[bool] = True
 
     class Args(BaseModel):
@@ -112,6 +116,8 @@ class Search:
     name: ClassVar[str] = "search"
     description: ClassVar[str] = "Search file contents with a regular expression (ripgrep or grep -E); prints path:line:text."
     writes: ClassVar[bool] = False
+    read_only: ClassVar[bool] = True
+    """Changes nothing: several in one step run at once."""
     needs_workspace: ClassVar[bool] = True
 
     class Args(BaseModel):
@@ -198,6 +204,8 @@ class GitStatus:
     name: ClassVar[str] = "git_status"
     description: ClassVar[str] = "Show the branch and the changed, added and untracked files."
     writes: ClassVar[bool] = False
+    read_only: ClassVar[bool] = True
+    """Changes nothing: several in one step run at once."""
     needs_workspace: ClassVar[bool] = True
 
     class Args(BaseModel):
@@ -213,6 +221,8 @@ class GitDiff:
     name: ClassVar[str] = "git_diff"
     description: ClassVar[str] = "Show the diff of the working tree (or of one path) against the last commit."
     writes: ClassVar[bool] = False
+    read_only: ClassVar[bool] = True
+    """Changes nothing: several in one step run at once."""
     needs_workspace: ClassVar[bool] = True
 
     class Args(BaseModel):

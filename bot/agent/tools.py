@@ -106,6 +106,10 @@ class ToolRegistry:
     def names(self) -> list[str]:
         return list(self._tools)
 
+    def read_only(self, name: str) -> bool:
+        """Whether the tool only reads (`read_only = True`): such calls of one step may run at once."""
+        return bool(getattr(self._tools.get(name), "read_only", False))
+
     def specs(self, workspace: bool = True) -> list[dict[str, Any]]:
         """The tools the model is offered; without a workspace, none of those that need one
         (the model cannot use them, and every request would carry their schemas)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import ClassVar
 
 from pydantic import BaseModel
 
 from bot.agent.hookspecs import Block, Tool, ToolCall, ToolContext, hookimpl
+from bot.agent.tools import ToolOutcome
 from bot.events import Note
 
 
@@ -49,3 +51,19 @@ class Megaphone:
     @hookimpl
     def register_tools(self) -> list[Tool]:
         return [Shout()]
+
+
+class Stopwatch:
+    """Records when each tool call started and ended (tests of parallel reads)."""
+
+    spans: ClassVar[list[tuple[str, float, float]]] = []
+    _open: ClassVar[dict[str, float]] = {}
+
+    @hookimpl
+    def tool_execute_before(self, call: ToolCall, ctx: ToolContext) -> None:
+        Stopwatch._open[call.name + repr(sorted(call.arguments.items()))] = time.monotonic()
+
+    @hookimpl
+    def tool_execute_after(self, call: ToolCall, ctx: ToolContext, outcome: ToolOutcome) -> None:
+        started = Stopwatch._open.pop(call.name + repr(sorted(call.arguments.items())), time.monotonic())
+        Stopwatch.spans.append((call.name, started, time.monotonic()))
