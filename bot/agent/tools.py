@@ -79,6 +79,20 @@ class ToolError(Exception):
 MAX_OUTPUT_CHARS = 30_000
 
 
+def cap_output(text: str, limit: int = MAX_OUTPUT_CHARS) -> str:
+    """What the model is shown of a tool's output: binary output is described, not shown; a long one
+    keeps its head and tail (where errors and summaries are) with a marker saying what was left out."""
+    sample = text[:8192]
+    if "\x00" in sample or (sample and sum(not (c.isprintable() or c in "\n\r\t") for c in sample) > len(sample) * 0.3):
+        return f"[binary output of {len(text):,} characters, not shown]"
+    if len(text) <= limit:
+        return text
+    head, tail = text[: limit * 2 // 3], text[-(limit // 3):]
+    omitted = len(text) - len(head) - len(tail)
+    return (f"{head}\n[… {omitted:,} characters left out here; read a file by lines with read_file's start_line and "
+            f"end_line, or narrow a command's output (grep, head, tail) …]\n{tail}")
+
+
 class ToolRegistry:
     def __init__(self, tools: Sequence[Tool] = (), hooks: pluggy.PluginManager | None = None):
         self._tools: dict[str, Tool] = {}
@@ -130,9 +144,9 @@ class ToolRegistry:
             return ToolOutcome(False, _invalid(name, exc))
         call = ToolCall(name, args.model_dump(), getattr(tool, "writes", False))
         call, outcome = await self._run(tool, call, args, ctx)
-        if len(outcome.output) > MAX_OUTPUT_CHARS:
-            cut = outcome.output[:MAX_OUTPUT_CHARS] + f"\n[output cut at {MAX_OUTPUT_CHARS} characters]"
-            outcome = ToolOutcome(outcome.ok, cut)
+        capped = cap_output(outcome.output)
+        if capped is not outcome.output:
+            outcome = ToolOutcome(outcome.ok, capped)
         if self.hooks is not None:
             await _settle(self.hooks.hook.tool_execute_after(call=call, ctx=ctx, outcome=outcome))
         return outcome

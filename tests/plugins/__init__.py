@@ -67,3 +67,24 @@ class Stopwatch:
     def tool_execute_after(self, call: ToolCall, ctx: ToolContext, outcome: ToolOutcome) -> None:
         started = Stopwatch._open.pop(call.name + repr(sorted(call.arguments.items())), time.monotonic())
         Stopwatch.spans.append((call.name, started, time.monotonic()))
+
+
+class LongOutput:
+    """A tool whose output is longer than the model is shown (tests of the cap), or binary."""
+
+    class Dump:
+        name: ClassVar[str] = "dump"
+        description: ClassVar[str] = "Dump a long or binary output."
+        writes: ClassVar[bool] = False
+
+        class Args(BaseModel):
+            binary: bool = False
+
+        async def run(self, args: Args, ctx: ToolContext) -> str:
+            if args.binary:
+                return "\x00\x01\x02" * 1000
+            return "HEAD" + "a" * 60_000 + "MIDDLE" + "b" * 60_000 + "TAIL"
+
+    @hookimpl
+    def register_tools(self) -> list[Tool]:
+        return [LongOutput.Dump()]
