@@ -232,6 +232,15 @@ class ParticipantsAdded(_Payload):
     by: str
 
 
+class Overheard(_Payload):
+    """A reply in the session's thread between people (it names someone else, not the bot): context for
+    the agent's next turn, never a prompt and never instructions."""
+
+    kind: Literal["overheard"] = "overheard"
+    author: Author
+    text: str
+
+
 class ModelCall(_Payload):
     """One model request of a turn: its tokens (as the server reported them, or estimated), cost, time."""
 
@@ -287,7 +296,7 @@ class ChildSession(_Payload):
 EventData = Annotated[
     PromptQueued | TurnStarted | TextDelta | AssistantMessage | ToolCalled | ToolResult | FileChanged | Note
     | TurnEnded | QueueChanged | Status | SandboxReady | GitSynced | ErrorRaised | Egress | ParticipantsAdded | WarmUp
-    | PullRequest | ModelCall | ChildSession,
+    | PullRequest | ModelCall | ChildSession | Overheard,
     Field(discriminator="kind"),
 ]
 _adapter: TypeAdapter[EventData] = TypeAdapter(EventData)
@@ -295,7 +304,7 @@ KINDS: frozenset[str] = frozenset(
     m.model_fields["kind"].default
     for m in (PromptQueued, TurnStarted, TextDelta, AssistantMessage, ToolCalled, ToolResult, FileChanged, Note,
               TurnEnded, QueueChanged, Status, SandboxReady, GitSynced, ErrorRaised, Egress, ParticipantsAdded,
-              WarmUp, PullRequest, ModelCall, ChildSession)
+              WarmUp, PullRequest, ModelCall, ChildSession, Overheard)
 )
 
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 from bot.config import Settings
-from bot.events import Author, Origin, ParticipantsAdded
+from bot.events import Author, Origin, Overheard, ParticipantsAdded
 from bot.github.webhooks import CommentAdded, WebhookEvent
 from bot.repos import Repo
 from bot.sessions.access import Access, Denied, Place
@@ -248,6 +248,19 @@ class Intake:
             return self._refuse(by, Refused.denied(denied))
         count = self.sessions.clear_queue(session_id, by=by.id)
         return count if count else Refused("queue_empty", "The queue is already empty.")
+
+    async def overhear(self, surface: Surface, author: Author, text: str, mentions: tuple[str, ...] = ()) -> bool:
+        """People talking to each other in a session's thread: kept as context for the agent's next
+        turn (not queued, not answered). Only from people who may use the bot. The starter naming
+        someone there still adds them (SESSION_PROMPTERS=participants)."""
+        info = await self.find(surface)
+        if info is None or not text.strip() or len(text) > self.max_prompt_chars:
+            return False
+        if await self.access.check_person(author):
+            return False
+        self.sessions.emit(info.id, Overheard(author=author, text=text.strip()))
+        await self._add_participants(info, Request(text, author, surface, mentions=mentions))
+        return True
 
     async def warm(self, session_id: str, by: Author, trigger: str) -> str | None:
         """Someone is typing a prompt for this session: prepare its sandbox now, if they may prompt it.

@@ -351,6 +351,10 @@ class SlackClient:
             hints=Hints(channel_id=None if msg.direct else msg.channel), more_hints=lambda: self._hints(msg),
             order_key=float(msg.ts), new_surface=msg.thread_ts is None, mentions=mentioned_people(msg, bot),
         )
+        if msg.thread_ts and not (msg.mentioned or msg.direct) and request.mentions and request.surface is not None:
+            # Teammates talking to each other in the thread: context for the agent, not a prompt.
+            await self.intake.overhear(request.surface, request.author, request.text, request.mentions)
+            return
         if (msg.mentioned or msg.direct) and (setting := SET_REPO.match(request.text.strip())):
             await self._set_repo(msg, setting.group(1))
             return
