@@ -64,3 +64,21 @@ async def test_a_mention_that_fails_to_be_handled_is_answered_and_its_redelivery
                              what="the retried mention to be answered")
     finally:
         await svc.stop()
+
+
+async def test_a_stream_that_stalls_before_answering_is_asked_once_more(tmp_path, slack, model):
+    from bot.service import Service
+    from tests.conftest import make_settings, service_env
+    from tests.fakes.openai import Reply
+    from tests.slack_threads import all_done, turns
+
+    svc = Service(make_settings(service_env(tmp_path / "data", slack, model, model_timeout="0.5")))
+    await svc.start()
+    try:
+        await asyncio.wait_for(slack.connected.wait(), 10)
+        model.add(Reply(hang=True), Reply(text="Here I am."))
+        root = await slack.mention("U0ALICE1", "are you there?")
+        await slack.wait_for(lambda: all_done(slack, root, 1), timeout=10)
+        assert "Here I am." in turns(slack, root)[0].rendered() and len(model.requests) == 2
+    finally:
+        await svc.stop()

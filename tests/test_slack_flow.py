@@ -201,7 +201,7 @@ async def test_a_silent_model_times_out_with_a_clear_message(tmp_path, slack, mo
     svc = Service(make_settings(service_env(tmp_path, slack, model, model_timeout=0.5)))
     await svc.start()
     try:
-        model.add(Reply(hang=True))
+        model.add(Reply(hang=True), Reply(hang=True))  # a stalled stream is asked once more, then the turn ends
         root = await slack.mention("U0ALICE1", "are you there?")
         reply = (await slack.wait_for(lambda: slack.bot_messages(thread_ts=root)))[0]
         await slack.wait_for(lambda: done(reply), timeout=10)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from openai import AsyncOpenAI, omit
+from openai import APITimeoutError, AsyncOpenAI, omit
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from bot.agent import stream
@@ -32,8 +32,11 @@ class TurnStats:
     """Until the first model request went out: the infrastructure's part of the first token."""
     tokens: int = 0
     cost_usd: float | None = None
+    deltas: int = 0
+    """Pieces of answer received so far (a step that stalled before any may be asked again)."""
 
     def token(self) -> None:
+        self.deltas += 1
         if self.first_token_ms is None:
             self.first_token_ms = (time.monotonic() - self.started) * 1000
 
@@ -57,8 +60,16 @@ class Agent:
         self.prices = prices or {}
 
     async def run_turn(self, messages: list[dict[str, Any]], ctx: ToolContext, stats: TurnStats) -> None:
+        retried = False
         for _ in range(self.max_steps):
-            content, calls = await self._step(messages, ctx, stats)
+            received = stats.deltas
+            try:
+                content, calls = await self._step(messages, ctx, stats)
+            except APITimeoutError:
+                if retried or stats.deltas != received:
+                    raise  # stalled again, or mid-answer (what arrived is already in the log): the turn ends
+                retried = True  # a stream that stalled before its first piece is asked once more
+                content, calls = await self._step(messages, ctx, stats)
             assistant: dict[str, Any] = {"role": "assistant", "content": content}
             if calls:
                 assistant["tool_calls"] = [
