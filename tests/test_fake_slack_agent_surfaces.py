@@ -7,16 +7,13 @@ No app is connected: a plain websocket client opens Socket Mode the way an app w
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import pytest
-from slack_sdk.errors import SlackApiError
-from slack_sdk.web.async_client import AsyncWebClient
 
 from tests.fakes.slack import FakeSlack
+from tests.test_fake_slack_web_features import app_socket, bot, envelope, slack_error  # the same client side
 
 ALICE, BOB = "U0ALICE1", "U0BOB001"
 COMPOSER = {"type": "input", "block_id": "composer", "dispatch_action": True,
@@ -26,32 +23,6 @@ COMPOSER = {"type": "input", "block_id": "composer", "dispatch_action": True,
 START = {"type": "actions", "block_id": "controls", "elements": [
     {"type": "button", "action_id": "start", "text": {"type": "plain_text", "text": "Start"}, "value": "go"}]}
 HOME = {"type": "home", "blocks": [COMPOSER, START]}
-
-
-def bot(slack: FakeSlack) -> AsyncWebClient:
-    return AsyncWebClient(token=slack.bot_token, base_url=slack.api_url)
-
-
-async def slack_error(call: Any) -> str:
-    with pytest.raises(SlackApiError) as raised:
-        await call
-    return str(raised.value.response["error"])
-
-
-@asynccontextmanager
-async def app_socket(slack: FakeSlack) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
-    """Socket Mode as an app opens it: apps.connections.open, then the URL it answers, then `hello`."""
-    url = (await AsyncWebClient(base_url=slack.api_url).apps_connections_open(app_token=slack.app_token))["url"]
-    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
-        assert (await ws.receive_json(timeout=5))["type"] == "hello"
-        yield ws
-
-
-async def envelope(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
-    """The next envelope, acknowledged as an app would."""
-    env = await ws.receive_json(timeout=5)
-    await ws.send_json({"envelope_id": env["envelope_id"]})
-    return env
 
 
 async def event_of(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from bot.github.crypto import TokenCipher, TokenUnreadable
 from bot.github.oauth import GitHubOAuth, GitHubUser, OAuthError, UserTokens
@@ -63,10 +63,6 @@ class GitHubAccounts:
         async with self.db.session() as s:
             return (await s.execute(select(GitHubAccountRow.user_id).where(GitHubAccountRow.github_id == github_id)
                                     .limit(1))).scalar_one_or_none()
-
-    async def unlink(self, user_id: str) -> None:
-        async with self.db.session() as s, s.begin():
-            await s.execute(delete(GitHubAccountRow).where(GitHubAccountRow.user_id == user_id))
 
     async def token(self, user_id: str) -> str:
         """A user token good for a few minutes at least; raises NotLinked."""

@@ -34,6 +34,7 @@ from bot.repos import Repo
 from bot.sessions.service import SessionService
 from bot.store.pull_requests import PullRequestRecords
 from bot.store.tables import PullRequestRow
+from bot.util.keyed_locks import KeyedLocks
 from sandbox.gitrefs import check_branch
 from sandbox.sessions import SessionSandbox
 
@@ -69,7 +70,7 @@ class PullRequests:
         self.records = records
         self.app = app
         self.accounts = accounts
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self.not_linked_observers: list[Callable[[str, Author], Coroutine[Any, Any, None]]] = []
         """Told (session id, person) when a PR waits for the person to link GitHub: a surface
         offers them, privately, the link and opening it as the App instead."""
@@ -81,8 +82,7 @@ class PullRequests:
                    as_app: bool = False, only_changes: bool = False) -> Opened:
         """Commit, push and open (or update) the session's PR; raises PullRequestRefused.
         `only_changes`: push to an existing PR only when there was something to commit."""
-        lock = self._locks.setdefault(session_id, asyncio.Lock())
-        async with lock:  # a button and the agent at once: one PR
+        async with self._locks.hold(session_id):  # a button and the agent at once: one PR
             return await self._open(session_id, by, title, body, as_app, only_changes)
 
     async def after_turn(self, session_id: str, prompt_id: int) -> None:

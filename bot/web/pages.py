@@ -3,8 +3,6 @@ sessions list, the new-session form, and sign-in."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from bot.events import Origin
@@ -45,7 +43,7 @@ def routes(ctx: WebContext) -> list[web.RouteDef]:
             raise web.HTTPForbidden(text="Cross-site WebSockets are not accepted.")
         viewer = ctx.viewer(request)
 
-        async def warm(who: Any) -> None:
+        async def warm(who: Viewer) -> None:
             await ctx.intake.warm(info.id, who.author, "web")
 
         return await serve_socket(request, ctx.sessions, info.id, viewer, ctx.presence, ctx.encoder, warm)
