@@ -112,10 +112,13 @@ async def compute(db: Database, days: int = 30, now: float | None = None) -> Sta
         sessions = (await s.execute(select(SessionRow.id, SessionRow.repo, SessionRow.creator, SessionRow.created_at,
                                            SessionRow.origin).where(SessionRow.created_at >= start))).all()
         ids = {row.id for row in sessions}
-        prs = [p for p in (await s.execute(select(PullRequestRow))).scalars().all() if p.session_id in ids]
+        # A PR and a turn come after their session started: the window bounds what is read.
+        prs = [p for p in (await s.execute(select(PullRequestRow).where(PullRequestRow.created_at >= since)))
+               .scalars().all() if p.session_id in ids]
         turns = (await s.execute(select(TurnRow).where(TurnRow.started_at >= since, TurnRow.started_at <= now)))\
             .scalars().all()
-        session_cost = (await s.execute(select(TurnRow.session_id, TurnRow.cost_usd))).all()
+        session_cost = (await s.execute(select(TurnRow.session_id, TurnRow.cost_usd)
+                                        .where(TurnRow.started_at >= since, TurnRow.cost_usd.is_not(None)))).all()
         warm = (await s.execute(select(WarmUpRow).where(WarmUpRow.created_at >= since))).scalars().all()
         prompters = (await s.execute(select(PromptRow.author).where(
             PromptRow.at > now - HUMANS_WINDOW, PromptRow.at <= now,
