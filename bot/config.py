@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     `{"gpt-5": {"input": 1.25, "cached_input": 0.125, "output": 10}}`; a model without one gets tokens only."""
     usage_footer: bool = True
     """End each turn's Slack message with its duration, tokens and cost."""
+    model_context_windows: str = ""
+    """Input tokens a request may hold, by model, as YAML/JSON (or a file of it), e.g. `{"my-model": 32000}`;
+    merged over the built-in table of known models (unknown ones: 128,000)."""
+    context_budget: float = Field(0.8, ge=0.1, le=0.95)
+    """Share of the agent model's context window a request may use; past it, older tool results become
+    stubs, then older turns are summarised by CLASSIFIER_MODEL (the fast model)."""
     max_tool_steps: int = Field(40, ge=1, le=500)
     """Model calls one turn may make before it is ended, so a looping model cannot run forever."""
     max_prompt_chars: int = Field(20_000, ge=100)
@@ -231,6 +237,12 @@ class Settings(BaseSettings):
         parse_prices(v)
         return v
 
+    @field_validator("model_context_windows")
+    @classmethod
+    def _windows(cls, v: str) -> str:
+        parse_context_windows(v)
+        return v
+
     @field_validator("github_app_id")
     @classmethod
     def _app_id(cls, v: str) -> str:
@@ -348,6 +360,14 @@ class Settings(BaseSettings):
     def model_configured(self) -> bool:
         return self.openai_api_key is not None or self.openai_base_url is not None
 
+    def context_window(self, model: str) -> int:
+        """The model's context window in tokens: MODEL_CONTEXT_WINDOWS, the built-in table, or 128,000."""
+        windows = {**CONTEXT_WINDOWS, **parse_context_windows(self.model_context_windows)}
+        if model in windows:
+            return windows[model]
+        prefixes = [name for name in windows if model.startswith(name)]  # dated or point releases: gpt-5-2025-08-07
+        return windows[max(prefixes, key=len)] if prefixes else DEFAULT_CONTEXT_WINDOW
+
     def session_url(self, share_token: str) -> str:
         """The link format of a session's page; the web view serves it."""
         return f"{self.public_url}/s/{share_token}"
@@ -428,8 +448,8 @@ class Price:
         return ((prompt - cached) * self.input + cached * cached_rate + completion * self.output) / 1_000_000
 
 
-def parse_prices(text: str) -> dict[str, Price]:
-    """MODEL_PRICES: YAML or JSON text, or the path of a file holding it."""
+def _model_map(text: str, example: str) -> dict[Any, Any]:
+    """A setting that maps model names to values: YAML or JSON text, or the path of a file holding it."""
     text = text.strip()
     if not text:
         return {}
@@ -440,7 +460,32 @@ def parse_prices(text: str) -> dict[str, Price]:
     except yaml.YAMLError as exc:
         raise ValueError(f"is not YAML or JSON ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
-        raise ValueError('must map model names to prices, e.g. {"gpt-5": {"input": 1.25, "output": 10}}')
+        raise ValueError(f"must map model names to {example}")
+    return raw
+
+
+CONTEXT_WINDOWS = {
+    "gpt-5": 272_000, "gpt-5-mini": 272_000, "gpt-5-nano": 272_000,
+    "gpt-4.1": 1_047_576, "gpt-4.1-mini": 1_047_576, "gpt-4.1-nano": 1_047_576,
+    "gpt-4o": 128_000, "gpt-4o-mini": 128_000, "o3": 200_000, "o4-mini": 200_000,
+}
+"""Input tokens per request of known models (OpenAI's model pages; gpt-5's 400k includes 128k of output)."""
+DEFAULT_CONTEXT_WINDOW = 128_000
+
+
+def parse_context_windows(text: str) -> dict[str, int]:
+    """MODEL_CONTEXT_WINDOWS: model name to input tokens."""
+    windows = {}
+    for model, tokens in _model_map(text, 'token counts, e.g. {"my-model": 32000}').items():
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 1000:
+            raise ValueError(f"{model}: give the context window in tokens, a whole number of at least 1000")
+        windows[str(model)] = tokens
+    return windows
+
+
+def parse_prices(text: str) -> dict[str, Price]:
+    """MODEL_PRICES: YAML or JSON text, or the path of a file holding it."""
+    raw = _model_map(text, 'prices, e.g. {"gpt-5": {"input": 1.25, "output": 10}}')
     prices = {}
     for model, price in raw.items():
         if not isinstance(price, dict) or not {"input", "output"} <= set(price) <= {"input", "output", "cached_input"}:

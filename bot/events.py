@@ -241,6 +241,22 @@ class Overheard(_Payload):
     text: str
 
 
+class ContextCompacted(_Payload):
+    """The model's view of the session was shrunk to fit its context window (the log keeps everything):
+    these tool results are shown as stubs from now on, and the first `turns` turns as one summary."""
+
+    kind: Literal["context_compacted"] = "context_compacted"
+    stubbed: list[str] = []
+    """Tool call ids whose results the model now sees as a stub."""
+    turns: int = 0
+    """How many turns, from the first, the summary replaces (0: no summary)."""
+    summary: str = ""
+    """What the fast model wrote of those turns (the prompts themselves are kept verbatim)."""
+    tokens_before: int = 0
+    tokens_after: int = 0
+    window: int = 0
+
+
 class ModelCall(_Payload):
     """One model request of a turn: its tokens (as the server reported them, or estimated), cost, time."""
 
@@ -296,7 +312,7 @@ class ChildSession(_Payload):
 EventData = Annotated[
     PromptQueued | TurnStarted | TextDelta | AssistantMessage | ToolCalled | ToolResult | FileChanged | Note
     | TurnEnded | QueueChanged | Status | SandboxReady | GitSynced | ErrorRaised | Egress | ParticipantsAdded | WarmUp
-    | PullRequest | ModelCall | ChildSession | Overheard,
+    | PullRequest | ModelCall | ChildSession | Overheard | ContextCompacted,
     Field(discriminator="kind"),
 ]
 _adapter: TypeAdapter[EventData] = TypeAdapter(EventData)
@@ -304,7 +320,7 @@ KINDS: frozenset[str] = frozenset(
     m.model_fields["kind"].default
     for m in (PromptQueued, TurnStarted, TextDelta, AssistantMessage, ToolCalled, ToolResult, FileChanged, Note,
               TurnEnded, QueueChanged, Status, SandboxReady, GitSynced, ErrorRaised, Egress, ParticipantsAdded,
-              WarmUp, PullRequest, ModelCall, ChildSession, Overheard)
+              WarmUp, PullRequest, ModelCall, ChildSession, Overheard, ContextCompacted)
 )
 
 

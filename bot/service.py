@@ -12,6 +12,7 @@ from openai import AsyncOpenAI
 from slack_sdk.errors import SlackApiError
 from sqlalchemy import text
 
+from bot.agent.context import Budget
 from bot.agent.loop import Agent
 from bot.agent.model import ModelNotConfigured, make_client
 from bot.agent.plugins import BuiltinTools, GitSyncGate, SandboxContext, plugin_manager, tool_registry
@@ -74,7 +75,9 @@ class Service:
         self._model: AsyncOpenAI | None = make_client(settings) if settings.model_configured else None
         tools = tool_registry(self.hooks)
         self.agent = Agent(self._model_client, settings.agent_model, tools, settings.max_tool_steps,
-                           parse_prices(settings.model_prices))
+                           parse_prices(settings.model_prices),
+                           Budget(settings.context_window(settings.agent_model), settings.context_budget),
+                           settings.classifier_model, settings.context_window(settings.classifier_model))
         self.writer = BatchWriter(self.db)
         self.sessions = SessionService(settings, self.db, self.agent, self.catalog, manager, self.hooks, self.writer)
         self.metrics = Metrics()
@@ -104,6 +107,7 @@ class Service:
         self.slack: SlackClient | None = None
         self._web: web.AppRunner | None = None
         self.web_port: int | None = None
+        self._tokenizer: asyncio.Task[None] | None = None
         self._lag: asyncio.Task[None] | None = None
 
     # -- metrics and readiness ------------------------------------------------------------
@@ -192,6 +196,7 @@ class Service:
             raise ConfigError(f"DATABASE_URL: cannot open the database ({_first_line(exc)})") from None
         await self.processed.prune()
         self._lag = asyncio.create_task(self.metrics.watch_loop_lag(), name="event-loop lag")
+        self._tokenizer = asyncio.create_task(asyncio.to_thread(self.agent.load_tokenizer), name="load tiktoken")
         if self.sandbox is not None:
             await self.sandbox.start()
         await self._start_web()

@@ -88,3 +88,17 @@ def test_access_lists_are_slack_ids(tmp_path):
     with pytest.raises(ConfigError, match="SESSION_PROMPTERS"):
         load_settings(_env_file=None, session_prompters="everyone")
     assert load_settings(_env_file=None, sandbox_memory="2g", max_sandboxes=0).sandbox_slots >= 1
+
+
+def test_context_windows_come_from_the_table_the_setting_and_a_default(tmp_path):
+    s = load_settings(_env_file=None, data_dir=tmp_path, model_context_windows='{"my-model": 32000, "gpt-5": 100000}')
+    assert s.context_window("my-model") == 32000 and s.context_window("gpt-5") == 100000
+    assert s.context_window("gpt-5-mini") == 272_000, "the longest known prefix, not gpt-5's override"
+    assert s.context_window("gpt-4o-2024-08-06") == 128_000 and s.context_window("llama-3") == 128_000
+    file = tmp_path / "windows.yml"
+    file.write_text("my-model: 8000\n")
+    assert load_settings(_env_file=None, data_dir=tmp_path, model_context_windows=str(file)).context_window("my-model") == 8000
+    with pytest.raises(ConfigError, match="MODEL_CONTEXT_WINDOWS: .*my-model: give the context window in tokens"):
+        load_settings(_env_file=None, data_dir=tmp_path, model_context_windows='{"my-model": "big"}')
+    with pytest.raises(ConfigError, match="CONTEXT_BUDGET"):
+        load_settings(_env_file=None, data_dir=tmp_path, context_budget=1.5)

@@ -18,8 +18,9 @@ from openai import APITimeoutError, AsyncOpenAI, omit
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from bot.agent import stream
+from bot.agent.context import SUMMARY_INSTRUCTIONS, Budget, ContextBudget, History, TokenCounter
 from bot.agent.model import BadModelOutput, StepLimitReached
-from bot.agent.tools import ToolContext, ToolRegistry
+from bot.agent.tools import Emit, ToolContext, ToolRegistry
 from bot.config import Price
 from bot.events import AssistantMessage, ModelCall, TextDelta, ToolCalled, ToolCallSpec, ToolResult
 
@@ -52,16 +53,31 @@ class TurnStats:
 
 class Agent:
     def __init__(self, client: Callable[[], AsyncOpenAI], model: str, tools: ToolRegistry, max_steps: int,
-                 prices: dict[str, Price] | None = None):
+                 prices: dict[str, Price] | None = None, budget: Budget | None = None,
+                 fast_model: str | None = None, fast_window: int = 128_000):
         self._client = client
         self.model = model
         self.tools = tools
         self.max_steps = max_steps
         self.prices = prices or {}
+        self.fast_model = fast_model or model
+        self.context = (ContextBudget(budget, TokenCounter(model), self._summarise, fast_window)
+                        if budget is not None else None)
+        """Keeps each request under the model's context window; None: requests grow with the session."""
 
-    async def run_turn(self, messages: list[dict[str, Any]], ctx: ToolContext, stats: TurnStats) -> None:
+    def load_tokenizer(self) -> None:
+        """Blocking (reads or downloads tiktoken's encoding): run it in a thread at start-up."""
+        if self.context is not None:
+            self.context.counter.load()
+
+    async def run_turn(self, messages: list[dict[str, Any]], ctx: ToolContext, stats: TurnStats,
+                       history: History | None = None) -> None:
+        """`history` reads the session's history events from its log, for compacting the context."""
         retried = False
         for _ in range(self.max_steps):
+            if self.context is not None and history is not None:
+                specs = self.tools.specs(workspace=ctx.workspace is not None)
+                messages = await self.context.fit(ctx.session_id, messages, specs, history, ctx.emit)
             received = stats.deltas
             try:
                 content, calls = await self._step(messages, ctx, stats)
@@ -105,8 +121,8 @@ class Agent:
         deltas = _Deltas(ctx)
         usage: dict[str, Any] | None = None
         began = time.monotonic()
+        specs = self.tools.specs(workspace=ctx.workspace is not None)
         try:
-            specs = self.tools.specs(workspace=ctx.workspace is not None)
             # The conversation is plain dicts rebuilt from the log; the API checks their shape.
             request = self._client().chat.completions.with_streaming_response.create(
                 model=self.model,
@@ -145,12 +161,29 @@ class Agent:
             call = self._usage(messages, "".join(text), tool_calls, usage, time.monotonic() - began)
             stats.add(call)
             ctx.emit(call)
+            if self.context is not None and not call.estimated:
+                self.context.calibrate(ctx.session_id, messages, specs, call.prompt_tokens)
         if not text and not tool_calls:
             raise BadModelOutput("The model ended its answer without any text or tool call.")
         return "".join(text), tool_calls
 
+    async def _summarise(self, transcript: str, emit: Emit) -> str:
+        """The fast model's summary of the oldest turns (for the context budget); its cost is recorded."""
+        began = time.monotonic()
+        response = await self._client().chat.completions.create(
+            model=self.fast_model,
+            messages=[{"role": "system", "content": SUMMARY_INSTRUCTIONS}, {"role": "user", "content": transcript}],
+        )
+        text = (response.choices[0].message.content or "") if response.choices else ""
+        usage = response.usage.model_dump() if response.usage is not None else None
+        emit(self._usage([{"role": "user", "content": transcript}], text, [], usage, time.monotonic() - began,
+                         self.fast_model))
+        if not text.strip():
+            raise BadModelOutput("the summary was empty")
+        return text
+
     def _usage(self, messages: list[dict[str, Any]], text: str, calls: list[dict[str, str]],
-               usage: dict[str, Any] | None, seconds: float) -> ModelCall:
+               usage: dict[str, Any] | None, seconds: float, model: str | None = None) -> ModelCall:
         """The request's tokens as the server reported them; without a report, an estimate (marked)."""
         if usage is not None:
             details = usage.get("prompt_tokens_details") or {}
@@ -161,8 +194,9 @@ class Agent:
             prompt = len(json.dumps(messages, ensure_ascii=False)) // CHARS_PER_TOKEN
             completion = (len(text) + sum(len(c["name"]) + len(c["arguments"]) for c in calls)) // CHARS_PER_TOKEN
             cached, estimated = 0, True
-        price = self.prices.get(self.model)
-        return ModelCall(model=self.model, prompt_tokens=prompt, cached_tokens=min(cached, prompt),
+        model = model or self.model
+        price = self.prices.get(model)
+        return ModelCall(model=model, prompt_tokens=prompt, cached_tokens=min(cached, prompt),
                          completion_tokens=completion, estimated=estimated,
                          cost_usd=price.cost(prompt, min(cached, prompt), completion) if price else None,
                          duration_ms=seconds * 1000)

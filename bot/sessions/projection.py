@@ -14,6 +14,7 @@ from bot.events import (
     AssistantMessage,
     Author,
     ChildSession,
+    ContextCompacted,
     Egress,
     ErrorRaised,
     Event,
@@ -300,6 +301,8 @@ class SessionView:
                     turn.diffs[data.path] = data.diff
             case Note():
                 turn.notes.append(data.text)
+            case ContextCompacted():
+                turn.notes.append(compaction_note(data))
             case TurnEnded():
                 turn.outcome, turn.error, turn.stopped_by = data.outcome, data.error, data.by
                 turn.first_token_ms, turn.duration_ms = data.first_token_ms, data.duration_ms
@@ -315,6 +318,13 @@ class SessionView:
             case AssistantMessage():
                 turn.settled = len(turn.text)  # the deltas carried its text; this step is finished
         return turn
+
+
+def compaction_note(data: ContextCompacted) -> str:
+    done = [f"{len(data.stubbed)} old tool result(s) shown as stubs"] if data.stubbed else []
+    done += [f"turns 1-{data.turns} summarised"] if data.turns else []
+    return (f"Context compacted to fit the model's window ({', '.join(done) or 'trimmed'}): about "
+            f"{data.tokens_before:,} tokens of {data.window:,} before. The log keeps everything.")
 
 
 def project(events: Iterable[Event], view: SessionView | None = None) -> SessionView:

@@ -103,7 +103,11 @@ class Runner:
             def emit(data: EventData) -> Event:
                 return host.emit(self.session_id, data, turn=prompt.id)
 
-            self._turn = asyncio.create_task(host.agent.run_turn(messages, ToolContext(self.session_id, emit, workspace), stats))
+            def history() -> list[Event]:
+                return slog.read_kinds(HISTORY_KINDS)
+
+            self._turn = asyncio.create_task(
+                host.agent.run_turn(messages, ToolContext(self.session_id, emit, workspace), stats, history))
             await self._turn
         except asyncio.CancelledError:
             current = asyncio.current_task()
