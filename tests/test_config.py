@@ -98,7 +98,7 @@ def test_context_windows_come_from_the_table_the_setting_and_a_default(tmp_path)
     file = tmp_path / "windows.yml"
     file.write_text("my-model: 8000\n")
     assert load_settings(_env_file=None, data_dir=tmp_path, model_context_windows=str(file)).context_window("my-model") == 8000
-    with pytest.raises(ConfigError, match="MODEL_CONTEXT_WINDOWS: .*my-model: give the context window in tokens"):
+    with pytest.raises(ConfigError, match=r"MODEL_CONTEXT_WINDOWS: .*my-model: give the context window in tokens"):
         load_settings(_env_file=None, data_dir=tmp_path, model_context_windows='{"my-model": "big"}')
     with pytest.raises(ConfigError, match="CONTEXT_BUDGET"):
         load_settings(_env_file=None, data_dir=tmp_path, context_budget=1.5)
