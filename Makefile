@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.egress_proxy
 	$(BIN)/python -m bench.web_fanout
 	$(BIN)/python -m bench.warm_up_latency
+	$(BIN)/python -m bench.long_session
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

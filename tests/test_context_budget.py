@@ -6,9 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 
-from bot.agent.context import TokenCounter
+from bot.agent.context import Budget, ContextBudget, TokenCounter
 from bot.agent.conversation import HISTORY_KINDS, build
-from bot.events import ContextCompacted, ToolResult
+from bot.events import (
+    AssistantMessage,
+    Author,
+    ContextCompacted,
+    Event,
+    EventData,
+    Overheard,
+    ToolCallSpec,
+    ToolResult,
+    TurnStarted,
+)
 from bot.service import Service
 from tests.conftest import make_settings, service_env
 from tests.fakes.openai import Reply, Request, ToolCall
@@ -74,3 +84,36 @@ async def test_sixty_turns_with_ten_windows_of_output_stay_under_the_budget(tmp_
         assert rebuilt[: len(last)] == last
     finally:
         await svc.stop()
+
+
+class _Log:
+    """A session's history as the runner hands it to the agent: appended events, read back."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, data: EventData) -> Event:
+        event = Event(len(self.events) + 1, 0.0, 1, data)
+        self.events.append(event)
+        return event
+
+
+async def test_one_step_over_the_budget_is_cut_for_that_request_only_and_overheard_text_is_kept():
+    log = _Log()
+    alice = Author(id="U0ALICE1")
+    log.emit(Overheard(author=Author(id="U0BOB001"), text="<@U0ALICE1> it is the login test"))
+    log.emit(TurnStarted(prompt_id=1, text="look at the log", author=alice))
+    log.emit(AssistantMessage(content="", tool_calls=[ToolCallSpec(id="c1", name="dump", arguments="{}")]))
+    log.emit(ToolResult(id="c1", name="dump", ok=True, output="HEAD" + "x" * 90_000 + "TAIL"))
+
+    async def never(transcript: str, emit: object) -> str:
+        raise AssertionError("one turn is never summarised")
+
+    budget = ContextBudget(Budget(20_000, 0.8), TokenCounter("not-a-known-model"), never, 20_000)
+    messages = build(log.events).messages
+    fitted = await budget.fit("s", messages, [], lambda: log.events, log.emit)
+    assert budget.measure("s", fitted, []) <= 16_000 < budget.measure("s", messages, [])
+    assert fitted[-1]["content"].startswith("HEAD") and fitted[-1]["content"].endswith("TAIL")
+    assert "characters left out to fit the context window" in fitted[-1]["content"]
+    assert "it is the login test" in fitted[1]["content"], "what was overheard is not cut"
+    assert len(log.events) == 4 and build(log.events).messages == messages, "nothing recorded: the log is whole"

@@ -19,7 +19,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from bot.agent.conversation import Conversation, build, stub
+from bot.agent.conversation import OVERHEARD, Conversation, build, stub
 from bot.events import ContextCompacted, Event, EventData
 
 log = logging.getLogger(__name__)
@@ -158,15 +158,18 @@ class ContextBudget:
         if total > target and len(conv.turns) > 1:  # aim lower: a summary is a model call and a new prefix
             turns, cut = self._turns_to_summarise(conv, sizes, total, int(target * SUMMARY_AIM))
             summary = await self._summary(conv.messages[1:cut], emit)
-        event = emit(ContextCompacted(stubbed=stubbed, turns=turns, summary=summary, tokens_before=before,
-                                      window=self.budget.window))
-        compacted = build(history(), system).messages
+        if stubbed or turns:
+            emit(ContextCompacted(stubbed=stubbed, turns=turns, summary=summary, tokens_before=before,
+                                  window=self.budget.window))
+            compacted = build(history(), system).messages
+        else:
+            compacted = messages
         after = self.measure(session_id, compacted, tools)
         if after > self.budget.limit:  # one turn alone is over the budget: cut it, in this request only
             compacted = _trimmed(compacted, lambda m: self.measure(session_id, m, tools), self.budget.limit)
             after = self.measure(session_id, compacted, tools)
-        log.info("session %s: context compacted (%d results stubbed, %d turns summarised) from %d to %d tokens "
-                 "(event %d)", session_id, len(stubbed), turns, before, after, event.seq)
+        log.info("session %s: context compacted (%d results stubbed, %d turns summarised) from %d to %d tokens",
+                 session_id, len(stubbed), turns, before, after)
         return compacted
 
     def _turns_to_summarise(self, conv: Conversation, sizes: list[int], total: int, target: int) -> tuple[int, int]:
@@ -175,7 +178,8 @@ class ContextBudget:
         start = 1  # after the system prompt; a previous summary is summarised again with them
         chosen = conv.turns[0][0] - 1, start
         for (_, _), (next_turn, next_index) in zip(conv.turns, conv.turns[1:], strict=False):
-            cut = next_index - 1 if conv.messages[next_index - 1]["content"].startswith("[Overheard") else next_index
+            overheard = (conv.messages[next_index - 1].get("content") or "").startswith(OVERHEARD)
+            cut = next_index - 1 if overheard else next_index
             chosen = next_turn - 1, cut
             if total - sum(sizes[start:cut]) + SUMMARY_ALLOWANCE + _prompts_size(conv, sizes, cut) <= target:
                 break
