@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import tempfile
@@ -95,7 +96,7 @@ async def tokens_per_turn(turns: int, window: int, counter: TokenCounter) -> tup
                         root = await slack.mention("U0ALICE1", "task 1")
                     else:
                         await slack.user_message("U0ALICE1", f"task {i}", thread_ts=root)
-                    await slack.wait_for(lambda i=i: all_done(slack, root, i), timeout=60)
+                    await slack.wait_for(functools.partial(all_done, slack, root, i), timeout=60)
                     sent = [_tokens(counter, r.body) for r in model.requests[seen:] if r.body["model"] == "gpt-5"]
                     per_turn.append(sum(sent))
                     largest.append(max(sent))
@@ -163,7 +164,7 @@ async def main(turns: int, rounds: int) -> None:
     with_budget, largest_with, fast, compactions = await tokens_per_turn(turns, WINDOW, counter)
     without, largest, _, _ = await tokens_per_turn(turns, 10_000_000, counter)
     for label, figures in (("with the budget", with_budget), ("without", without)):
-        print(f"   {label:16} per turn: mean {statistics.mean(figures):9,.0f}  p50 {pct(figures, 50):9,.0f}  "
+        print(f"   {label:16} per turn: mean {statistics.mean(figures):9,.0f}  p50 {pct([float(f) for f in figures], 50):9,.0f}  "
               f"max {max(figures):9,.0f}  total {sum(figures):11,}")
     print(f"   fast model (summaries): {fast:,} tokens; compactions: {compactions}; window {WINDOW:,}, "
           f"gpt-5's real one {CONTEXT_WINDOWS['gpt-5']:,}")

@@ -129,3 +129,15 @@ async def test_sessions_move_to_surfaces_without_loss_on_sqlite(tmp_path):
 
 async def test_sessions_move_to_surfaces_without_loss_on_postgresql(pg_url):
     await check_sessions_move_to_surfaces_without_loss(pg_url.replace("postgresql://", "postgresql+asyncpg://"))
+
+
+async def test_instances_starting_together_on_an_empty_postgresql_all_migrate(pg_url):
+    url = pg_url.replace("postgresql://", "postgresql+asyncpg://")
+    databases = [Database(url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(db.upgrade() for db in databases))  # before: unique-constraint errors
+        async with databases[0].engine.connect() as conn:
+            versions = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).all()
+        assert len(versions) == 1
+    finally:
+        await asyncio.gather(*(db.close() for db in databases))

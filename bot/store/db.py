@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import ConnectionPoolEntry
 
 ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
+MIGRATION_LOCK = 0x6861_6D69  # "hami": the PostgreSQL advisory lock key migrations are run under
 
 
 def alembic_config() -> Config:
@@ -68,6 +69,10 @@ class Database:
 
         sqlite = self.engine.dialect.name == "sqlite"
         async with self.engine.connect() as conn:
+            if self.engine.dialect.name == "postgresql":
+                # Instances started together on an empty database: one migrates, the others wait here
+                # and then find nothing to do (the lock ends with the migration's transaction).
+                await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             if sqlite:
                 # SQLite rebuilds a table to alter it (batch mode); with foreign keys on, dropping the old
                 # table would cascade to every row that refers to it. Off outside a transaction, checked after.
