@@ -19,7 +19,7 @@ from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolPara
 
 from bot.agent import stream
 from bot.agent.context import SUMMARY_INSTRUCTIONS, Budget, ContextBudget, History, TokenCounter
-from bot.agent.model import BadModelOutput, StepLimitReached
+from bot.agent.model import BadModelOutput, ModelStalled, StepLimitReached
 from bot.agent.tools import Emit, ToolContext, ToolRegistry
 from bot.config import Price
 from bot.events import AssistantMessage, ModelCall, TextDelta, ToolCalled, ToolCallSpec, ToolResult
@@ -81,11 +81,16 @@ class Agent:
             received = stats.deltas
             try:
                 content, calls = await self._step(messages, ctx, stats)
-            except APITimeoutError:
+            except APITimeoutError as exc:
                 if retried or stats.deltas != received:
-                    raise  # stalled again, or mid-answer (what arrived is already in the log): the turn ends
+                    # stalled again, or mid-answer (what arrived is already in the log): the turn ends
+                    raise ModelStalled(1, partial=stats.deltas != received) from exc
                 retried = True  # a stream that stalled before its first piece is asked once more
-                content, calls = await self._step(messages, ctx, stats)
+                received = stats.deltas
+                try:
+                    content, calls = await self._step(messages, ctx, stats)
+                except APITimeoutError as again:
+                    raise ModelStalled(2, partial=stats.deltas != received) from again
             assistant: dict[str, Any] = {"role": "assistant", "content": content}
             if calls:
                 assistant["tool_calls"] = [

@@ -46,6 +46,10 @@ class ToolCallView:
     ok: bool | None = None
     """None while it runs."""
     output: str | None = None
+    seq: int = 0
+    """The seq of its `tool_call` event: its anchor (`#e<seq>`) in the session page's trace."""
+    cut: bool = False
+    """It was still running when its turn ended."""
 
 
 @dataclass
@@ -103,10 +107,25 @@ class TurnView:
     first_token_ms: float | None = None
     duration_ms: float | None = None
     usage: Usage = field(default_factory=Usage)
+    seq: int = 0
+    """The seq of its `turn_started` event (the prompt's anchor in the trace)."""
+    note_seqs: list[int] = field(default_factory=list)
+    """The seq of each note, alongside `notes`."""
+    end_seq: int | None = None
+    """The seq of its `turn_ended` event (the outcome's anchor in the trace)."""
 
     @property
     def running(self) -> bool:
         return self.outcome is None
+
+    @property
+    def trace_seq(self) -> int | None:
+        """Where a failed (or interrupted) turn failed, as an anchor in the session page's trace: the
+        first tool that was still running when it ended, else its outcome line; None otherwise."""
+        if self.outcome not in (Outcome.ERROR, Outcome.INTERRUPTED) or self.end_seq is None:
+            return None
+        unfinished = [t.seq for t in self.tools if t.cut and t.seq]
+        return unfinished[0] if unfinished else self.end_seq
 
     @property
     def activity(self) -> str | None:
@@ -231,7 +250,7 @@ class SessionView:
                 return None
             case TurnStarted():
                 self.queue = [q for q in self.queue if q.prompt_id != data.prompt_id]
-                turn = self.turns[data.prompt_id] = TurnView(data.prompt_id, data.author, data.text)
+                turn = self.turns[data.prompt_id] = TurnView(data.prompt_id, data.author, data.text, seq=event.seq)
                 self.totals.turns += 1
                 self.state = "working"
                 return turn
@@ -286,7 +305,7 @@ class SessionView:
             case TextDelta():
                 turn.text += data.text
             case ToolCalled():
-                turn.tools.append(ToolCallView(data.id, data.name, data.arguments))
+                turn.tools.append(ToolCallView(data.id, data.name, data.arguments, seq=event.seq))
                 self.totals.tool_calls += 1
             case ToolResult():
                 for call in reversed(turn.tools):
@@ -301,15 +320,18 @@ class SessionView:
                     turn.diffs[data.path] = data.diff
             case Note():
                 turn.notes.append(data.text)
+                turn.note_seqs.append(event.seq)
             case ContextCompacted():
                 turn.notes.append(compaction_note(data))
+                turn.note_seqs.append(event.seq)
             case TurnEnded():
                 turn.outcome, turn.error, turn.stopped_by = data.outcome, data.error, data.by
                 turn.first_token_ms, turn.duration_ms = data.first_token_ms, data.duration_ms
+                turn.end_seq = event.seq
                 turn.settled = len(turn.text)
                 for call in turn.tools:
                     if call.ok is None:
-                        call.ok, call.output = False, "(not finished: the turn ended)"
+                        call.ok, call.output, call.cut = False, UNFINISHED, True
                 if data.outcome is Outcome.ERROR:
                     self.totals.errors += 1
             case ModelCall():
@@ -318,6 +340,10 @@ class SessionView:
             case AssistantMessage():
                 turn.settled = len(turn.text)  # the deltas carried its text; this step is finished
         return turn
+
+
+UNFINISHED = "(not finished: the turn ended)"
+"""The output of a tool that was still running when its turn ended."""
 
 
 def compaction_note(data: ContextCompacted) -> str:

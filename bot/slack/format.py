@@ -234,6 +234,8 @@ class Head:
     """The finished turn's usage (tokens, cost), after its status."""
     can_open_pr: bool = False
     """The session has a repository and pull requests are set up: offer *Create PR* once the turn is done."""
+    trace_url: str | None = None
+    """Where a failed turn failed in the session page's trace (`…/s/<token>#e<seq>`)."""
 
     @property
     def running(self) -> bool:
@@ -253,9 +255,19 @@ def status_line(head: Head) -> str:
     if head.outcome == "stopped":
         who = f" by {mention(head.detail)}" if head.detail else ""
         return f":black_square_for_stop: Stopped{who}{took}{queued}"
+    trace = f" {link(head.trace_url, 'See where in the trace')}" if head.trace_url else ""
     if head.outcome == "interrupted":
-        return f":warning: {escape(head.detail or 'Interrupted.')}{queued}"
-    return f":warning: {escape(head.detail or 'This turn failed.')}{queued}"
+        return f":warning: {escape(_one_line(head.detail or 'Interrupted.'))}{trace}{queued}"
+    return f":warning: {escape(_one_line(head.detail or 'This turn failed.'))}{trace}{queued}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def link(url: str, label: str) -> str:
+    """A mrkdwn link to one of our own pages (`url` is ours, never a user's or the model's)."""
+    return f"<{escape(url).replace('|', '%7C')}|{escape(label)}>"
 
 
 def render_head(head: Head) -> tuple[str, list[Block]]:

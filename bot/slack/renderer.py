@@ -439,6 +439,7 @@ class _TurnRender:
             activity=turn.activity, queued=len(view.queue) if turn.running else 0,
             outcome=turn.outcome.value if turn.outcome is not None else None,
             detail=turn.stopped_by if stopped else turn.error, duration_ms=turn.duration_ms,
+            trace_url=f"{self.t.session_url}#e{turn.trace_seq}" if turn.trace_seq is not None else None,
         )
         text, blocks = render_head(head)
         return Content(text, blocks)

@@ -4,7 +4,8 @@
 tool calls. Each test scripts its replies (`add`, or `add_for` a text the request's last user
 message contains, for sessions running side by side); when the script is empty the model
 answers "Answer to: <last user text>". Knobs: time to first token, delay between chunks, HTTP errors,
-malformed output, and a reply that never comes.
+malformed output, a reply that never comes, and
+response headers (`Retry-After`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class Reply:
     """about one token per chunk"""
     status: int = 200
     error: str = "The server had an error while processing your request."
+    code: str | None = None
+    """the error body's `code` (e.g. `rate_limit_exceeded`, `insufficient_quota`)"""
+    headers: dict[str, str] = field(default_factory=dict)
+    """response headers to send with this reply (`Retry-After`, `retry-after-ms`, `x-should-retry`)"""
     garbage: bool = False
     """a chunk that is not JSON"""
     hang: bool = False
@@ -125,14 +130,15 @@ class FakeOpenAI:
         item = self._next(req)
         reply = item(req) if callable(item) else item
         if reply.status != 200:
-            error = {"message": reply.error, "type": "server_error", "code": None}
-            return web.json_response({"error": error}, status=reply.status)
+            kind = "requests" if reply.status == 429 else "server_error"
+            error = {"message": reply.error, "type": kind, "code": reply.code}
+            return web.json_response({"error": error}, status=reply.status, headers=reply.headers)
         if not body.get("stream"):
             if reply.hang:
                 await asyncio.sleep(3600)
             await asyncio.sleep(reply.ttft)
-            return web.json_response(self._whole(body, reply))
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            return web.json_response(self._whole(body, reply), headers=reply.headers)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **reply.headers})
         await resp.prepare(request)
         try:
             if reply.hang:

@@ -22,7 +22,11 @@
 
   function turnEl(id) { return document.querySelector('#turns .turn[data-turn="' + id + '"]'); }
 
-  function newTurn(d) {
+  // Each entry of the trace has the anchor `e<seq>` of the event that made it (as the server renders
+  // it), so a link to `#e<seq>` from Slack lands on it, highlighted by :target.
+  function anchor(el, seq) { if (seq != null) el.id = "e" + seq; return el; }
+
+  function newTurn(d, seq) {
     const existing = turnEl(d.prompt_id);
     if (existing) return existing;
     const el = $("turn-template").content.firstElementChild.cloneNode(true);
@@ -30,7 +34,7 @@
     el.dataset.turn = d.prompt_id;
     text(el.querySelector(".author"), d.author.name || d.author.id);
     text(el.querySelector(".via"), "from " + (ORIGINS[d.author.origin] || d.author.origin || "Slack"));
-    text(el.querySelector(".prompt"), d.text);
+    anchor(text(el.querySelector(".prompt"), d.text), seq);
     const none = $("no-turns"); if (none) none.remove();
     $("turns").appendChild(el);
     return el;
@@ -46,8 +50,9 @@
     usage.set(turn, u);
   }
 
-  function setOutcome(el, d) {
-    const out = el.querySelector(".outcome");
+  function setOutcome(el, d, seq) {
+    const out = anchor(el.querySelector(".outcome"), seq);
+    const cut = Array.from(el.querySelectorAll(".tool")).find((t) => text_of(t.querySelector(".state")) === "running…");
     let label;
     if (d.outcome === "done") label = "Done" + (d.duration_ms != null ? " in " + (d.duration_ms / 1000).toFixed(1) + " s" : "");
     else if (d.outcome === "stopped") label = "Stopped" + (d.by ? " by " + d.by : "");
@@ -57,6 +62,11 @@
       + (u.priced ? " · $" + u.cost.toFixed(4) : "");
     out.className = "outcome outcome-" + d.outcome;
     text(out, label);
+    if (cut && cut.id && (d.outcome === "error" || d.outcome === "interrupted")) {
+      const where = make("a", "where", "where it failed");
+      where.href = "#" + cut.id;
+      out.append(" ", where);
+    }
     el.classList.remove("running");
     el.querySelectorAll(".tool .state").forEach((s) => { if (s.textContent === "running…") text(s, "not finished"); });
   }
@@ -87,7 +97,7 @@
     const el = item.turn != null ? turnEl(item.turn) : null;
     switch (item.kind) {
       case "prompt_queued": queueItem(d); break;
-      case "turn_started": dropQueued(d.prompt_id); newTurn(d); break;
+      case "turn_started": dropQueued(d.prompt_id); newTurn(d, item.seq); break;
       case "text_delta": if (el) el.querySelector(".live").append(d.text); break;
       case "assistant_message":
         if (el) {
@@ -97,7 +107,7 @@
         break;
       case "tool_call":
         if (el) {
-          const t = make("details", "tool");
+          const t = anchor(make("details", "tool"), item.seq);
           t.dataset.id = d.id;
           const summary = make("summary");
           summary.append(make("code", "name", d.name), " ", make("span", "state", "running…"));
@@ -132,9 +142,9 @@
           if (d.diff != null) text(f.querySelector(".diff"), d.diff);
         }
         break;
-      case "note": if (el) el.querySelector(".notes").appendChild(make("li", null, d.text)); break;
+      case "note": if (el) el.querySelector(".notes").appendChild(anchor(make("li", null, d.text), item.seq)); break;
       case "model_call": addUsage(item.turn, d); break;
-      case "turn_ended": if (el) setOutcome(el, d); break;
+      case "turn_ended": if (el) setOutcome(el, d, item.seq); break;
       case "queue_changed": if (d.cleared) clearQueue(); break;
       case "status":
         text($("state"), d.state);
@@ -206,6 +216,17 @@
     }
     $("children-box").hidden = false;
   }
+
+  function text_of(el) { return el ? el.textContent : ""; }
+
+  // A link to a tool's entry opens it.
+  function openTarget() {
+    const m = /^#(e\d+)$/.exec(location.hash);
+    const target = m ? document.getElementById(m[1]) : null;
+    if (target && target.tagName === "DETAILS") target.open = true;
+  }
+  window.addEventListener("hashchange", openTarget);
+  openTarget();
 
   function pretty(args) {
     try { return JSON.stringify(JSON.parse(args), null, 2); } catch (e) { return args || ""; }
