@@ -48,6 +48,8 @@ class Reply:
     """a chunk that is not JSON"""
     hang: bool = False
     """send headers, then nothing, until the client gives up"""
+    stall_after: int | None = None
+    """send this many chunks (the first is the role's), then nothing, until the client gives up"""
     usage: dict[str, Any] | None = None
     """token counts to report (`prompt_tokens`, `completion_tokens`, `prompt_tokens_details.cached_tokens`)
     in a last chunk with no choices, when the request asks with `stream_options.include_usage`"""
@@ -145,6 +147,8 @@ class FakeOpenAI:
                 await asyncio.sleep(3600)
             await asyncio.sleep(reply.ttft)
             for i, chunk in enumerate(self._chunks(body, reply)):
+                if i == reply.stall_after:
+                    await asyncio.sleep(3600)
                 if i and reply.chunk_delay:
                     await asyncio.sleep(reply.chunk_delay)
                 await resp.write(b"data: " + chunk.encode() + b"\n\n")
