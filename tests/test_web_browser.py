@@ -180,6 +180,35 @@ async def test_stop_a_running_turn_from_the_page(served, browser, slack, model):
     await ctx.close()
 
 
+async def test_a_failed_turn_link_from_slack_lands_on_its_entry_live_and_after_a_reload(served, browser, slack, model):
+    model.add(Reply(text="fine so far"), Reply(tool_calls=[ToolCall("post_note", {"text": "Plan: fail."})]),
+              Reply(status=500, error="upstream exploded"))
+    root, link = await mention_and_link(slack, "start")
+    await slack.wait_for(lambda: all_done(slack, root, 1))
+    page = await browser.new_page()
+    await page.goto(link)
+    await expect(page.locator("#conn")).to_have_text("live")
+    await slack.user_message("U0ALICE1", "now fail", thread_ts=root)
+    await slack.wait_for(lambda: all_done(slack, root, 2), what="the failed turn")
+    found = re.search(r"<(http[^|>]+#(e\d+))\|See where in the trace>", str(turns(slack, root)[1].head.blocks))
+    assert found is not None
+    trace_link, anchor = found.group(1), found.group(2)
+    failed = page.locator("#turns .turn").nth(1)
+    await expect(failed.locator(f"#{anchor}")).to_contain_text("HTTP 500")  # the entry added live has the anchor
+    await expect(failed.locator(".prompt")).to_have_attribute("id", re.compile(r"^e\d+$"))
+    await expect(failed.locator(".tool")).to_have_attribute("id", re.compile(r"^e\d+$"))
+    await expect(failed.locator(".notes li")).to_have_attribute("id", re.compile(r"^e\d+$"))
+    live_ids = await page.eval_on_selector_all("#turns [id^=e]", "els => els.map(e => e.id)")
+    await page.goto(trace_link)
+    target = page.locator(":target")
+    await expect(target).to_have_attribute("id", anchor)
+    await expect(target).to_contain_text("The model service answered with an error (HTTP 500)")
+    assert await target.evaluate("el => getComputedStyle(el).outlineStyle") == "solid", "highlighted"
+    assert await page.eval_on_selector_all("#turns [id^=e]", "els => els.map(e => e.id)") == live_ids, \
+        "the server renders the same anchors as the live page"
+    await page.close()
+
+
 async def seed_session(data: Path, slack: FakeSlack, model: FakeOpenAI, words: list[str]) -> str:
     """A session whose log already holds a turn of 5,000 events (written through the sessions layer
     before the service starts); returns its share token."""
