@@ -103,8 +103,14 @@ class Settings(BaseSettings):
     """Longer prompts get a clear reply instead of a session."""
 
     database_url: str = ""
-    """SQLAlchemy URL; unset: a SQLite file under DATA_DIR. `postgresql://` is accepted."""
+    """SQLAlchemy URL; unset: a SQLite file under DATA_DIR. `postgresql://` is accepted, and makes this
+    process one of N equal instances sharing that database."""
     data_dir: Path = Path("./data")
+    instance_id: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9._-]*$")
+    """This instance's name among several (PostgreSQL); unset: the host name and a random suffix, new
+    at every start. Its containers carry it as a label."""
+    session_lease_ttl: float = Field(10.0, ge=1.0, le=300.0)
+    """Seconds a session's owner may go without a heartbeat before another instance takes it over."""
 
     web_host: str = "127.0.0.1"
     web_port: int = Field(8000, ge=0, le=65535)

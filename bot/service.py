@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
+import socket
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -29,6 +31,7 @@ from bot.github.oauth import GitHubOAuth
 from bot.repos import RepoCatalog, load_repos
 from bot.sessions.access import Access, SignedIn
 from bot.sessions.children import SubSessions
+from bot.sessions.cluster import Cluster
 from bot.sessions.intake import Intake, Refused
 from bot.sessions.pull_requests import FollowUpPush, PullRequests
 from bot.sessions.service import SessionService
@@ -55,6 +58,9 @@ class Service:
         self.settings = settings
         self.catalog: RepoCatalog = load_repos(settings.repos_config, settings.git_clone_url)
         self.db = Database(settings.database_url)
+        self.instance_id = settings.instance_id or f"{socket.gethostname()[:40]}-{secrets.token_hex(3)}"
+        self.cluster = (Cluster(self.db, self.instance_id, settings.session_lease_ttl)
+                        if self.db.engine.dialect.name == "postgresql" else None)
         with_sandboxes = len(self.catalog) > 0 and settings.sandbox_backend == "docker"
         self.app_tokens = AppTokens(settings) if settings.github_app_enabled else None
         credentials = app_credentials(self.app_tokens, settings.github_web_url) if self.app_tokens else no_credentials
@@ -79,7 +85,8 @@ class Service:
                            Budget(settings.context_window(settings.agent_model), settings.context_budget),
                            settings.classifier_model, settings.context_window(settings.classifier_model))
         self.writer = BatchWriter(self.db)
-        self.sessions = SessionService(settings, self.db, self.agent, self.catalog, manager, self.hooks, self.writer)
+        self.sessions = SessionService(settings, self.db, self.agent, self.catalog, manager, self.hooks, self.writer,
+                                       self.cluster)
         self.metrics = Metrics()
         self.sessions.add_listener(self._count_event)
         self.metrics.refreshers.append(self._read_gauges)
@@ -195,6 +202,8 @@ class Service:
         except Exception as exc:  # unreachable server, bad credentials, unwritable file
             raise ConfigError(f"DATABASE_URL: cannot open the database ({_first_line(exc)})") from None
         await self.processed.prune()
+        if self.cluster is not None:
+            await self.sessions.start_cluster()
         self._lag = asyncio.create_task(self.metrics.watch_loop_lag(), name="event-loop lag")
         self._tokenizer = asyncio.create_task(asyncio.to_thread(self.agent.load_tokenizer), name="load tiktoken")
         if self.sandbox is not None:

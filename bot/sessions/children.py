@@ -112,7 +112,7 @@ class SubSessions:
     async def cancel(self, session_id: str, child_id: str) -> str:
         child = await self._own_child(session_id, child_id)
         by = self.sessions.running_author(session_id) or child.creator or "agent"
-        turn, cleared = self.sessions.cancel(child.id, by)
+        turn, cleared = await self.sessions.cancel(child.id, by)
         below = await self.sessions.stop_descendants(child.id, by)
         if turn:
             await self.sessions.wait_idle(child.id, 10)  # its turn has ended when the model reads on
@@ -152,7 +152,7 @@ class SubSessions:
         if not isinstance(result, Started):
             return
         for _ in range(100):  # its runner may be between taking the prompt and starting the turn: retry a moment
-            turn, cleared = self.sessions.cancel(result.session.id, by)
+            turn, cleared = await self.sessions.cancel(result.session.id, by)
             if turn or cleared or not self.sessions.working(result.session.id):
                 return
             await asyncio.sleep(0.05)

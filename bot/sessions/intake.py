@@ -234,7 +234,7 @@ class Intake:
             return Refused("unknown_session", "I can't find that session any more.")
         if denied := await self._may_control(info, by, "stop it"):
             return self._refuse(by, Refused.denied(denied))
-        stopped = self.sessions.stop(session_id, by=by.id)
+        stopped = await self.sessions.stop(session_id, by=by.id)
         if not await self.sessions.stop_descendants(session_id, by=by.id) and not stopped:  # its sub-sessions too
             return Refused("nothing_running", "Nothing is running in this session right now.")
         return None
@@ -246,7 +246,7 @@ class Intake:
             return Refused("unknown_session", "I can't find that session any more.")
         if denied := await self._may_control(info, by, "clear its queue"):
             return self._refuse(by, Refused.denied(denied))
-        count = self.sessions.clear_queue(session_id, by=by.id)
+        count = await self.sessions.clear_queue(session_id, by=by.id)
         return count if count else Refused("queue_empty", "The queue is already empty.")
 
     async def overhear(self, surface: Surface, author: Author, text: str, mentions: tuple[str, ...] = ()) -> bool:

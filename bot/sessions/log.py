@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from bot.events import Author, Event, EventData, Origin, PromptQueued, dump, load
 
@@ -69,11 +70,32 @@ class Page:
     """True when the page was full, so more may follow."""
 
 
+class Mirror(Protocol):
+    """Told every change of a log as it is made, in order (with PostgreSQL: copied to the shared log)."""
+
+    def event(self, session_id: str, seq: int, ts: float, kind: str, turn: int | None, data: str) -> None: ...
+    def prompt_status(self, session_id: str, prompt_id: int, status: str) -> None: ...
+    def cleared(self, session_id: str) -> None: ...
+    def ref(self, session_id: str, key: str, value: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A whole log, as a new owner rebuilds it: event rows, prompt rows and refs."""
+
+    events: list[tuple[int, float, str, int | None, str]]
+    prompts: list[tuple[int, float, str, str, str | None, str, str, float]]
+    """(id, order_key, text, author_id, author_name, source, status, created_at)"""
+    refs: list[tuple[str, str]]
+
+
 class SessionLog:
     """Event log and prompt queue of one session. Reopens itself if its connection was closed."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, mirror: Mirror | None = None, session_id: str | None = None):
         self.path = path
+        self.mirror = mirror
+        self.session_id = session_id or path.stem
         self._conn: sqlite3.Connection | None = None
 
     @property
@@ -100,11 +122,11 @@ class SessionLog:
 
     def append(self, data: EventData, turn: int | None = None) -> Event:
         ts = time.time()
-        cur = self.conn.execute(
-            "INSERT INTO events (ts, kind, turn, data) VALUES (?, ?, ?, ?)",
-            (ts, data.kind, turn, json.dumps(dump(data), ensure_ascii=False)),
-        )
+        text = json.dumps(dump(data), ensure_ascii=False)
+        cur = self.conn.execute("INSERT INTO events (ts, kind, turn, data) VALUES (?, ?, ?, ?)", (ts, data.kind, turn, text))
         assert cur.lastrowid is not None
+        if self.mirror is not None:
+            self.mirror.event(self.session_id, cur.lastrowid, ts, data.kind, turn, text)
         return Event(cur.lastrowid, ts, turn, data)
 
     def page(self, after_seq: int = 0, limit: int = PAGE, upto_seq: int | None = None) -> Page:
@@ -113,7 +135,7 @@ class SessionLog:
             "SELECT seq, ts, kind, turn, data FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
             (after_seq, upto_seq if upto_seq is not None else 2**62, limit),
         ).fetchall()
-        return Page(_events(rows), rows[-1][0] if rows else after_seq, len(rows) == limit)
+        return Page(events_of(rows), rows[-1][0] if rows else after_seq, len(rows) == limit)
 
     def read(self, after_seq: int = 0, upto_seq: int | None = None) -> Iterator[Event]:
         """Every event after a seq, page by page."""
@@ -130,7 +152,7 @@ class SessionLog:
         rows = self.conn.execute(
             f"SELECT seq, ts, kind, turn, data FROM events WHERE kind IN ({marks}) ORDER BY seq", kinds
         ).fetchall()
-        return _events(rows)
+        return events_of(rows)
 
     def unfinished_step_text(self, turn: int) -> str:
         """Text streamed in a turn's last model step that never got its assistant_message."""
@@ -148,13 +170,15 @@ class SessionLog:
 
     # -- prompt queue ---------------------------------------------------------------------
 
-    def enqueue(self, text: str, author: Author, order_key: float) -> tuple[Prompt, Event]:
-        """Queue a prompt and log it in one transaction, so neither exists without the other."""
+    def enqueue(self, text: str, author: Author, order_key: float, prompt_id: int | None = None) -> tuple[Prompt, Event]:
+        """Queue a prompt and log it in one transaction, so neither exists without the other.
+
+        `prompt_id` is the id the shared queue gave it (PostgreSQL); else the log numbers it."""
         with self._transaction():
             cur = self.conn.execute(
-                "INSERT INTO prompts (order_key, text, author_id, author_name, source, status, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (order_key, text, author.id, author.name, author.origin.value, QUEUED, time.time()),
+                "INSERT INTO prompts (id, order_key, text, author_id, author_name, source, status, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (prompt_id, order_key, text, author.id, author.name, author.origin.value, QUEUED, time.time()),
             )
             assert cur.lastrowid is not None
             prompt = Prompt(cur.lastrowid, text, author, QUEUED, order_key)
@@ -178,6 +202,8 @@ class SessionLog:
 
     def set_prompt_status(self, prompt_id: int, status: str) -> None:
         self.conn.execute("UPDATE prompts SET status = ? WHERE id = ?", (status, prompt_id))
+        if self.mirror is not None:
+            self.mirror.prompt_status(self.session_id, prompt_id, status)
 
     def prompts_with_status(self, status: str) -> list[int]:
         rows = self.conn.execute("SELECT id FROM prompts WHERE status = ? ORDER BY id", (status,)).fetchall()
@@ -188,16 +214,36 @@ class SessionLog:
 
     def clear_queue(self) -> int:
         cur = self.conn.execute("UPDATE prompts SET status = 'cleared' WHERE status = ?", (QUEUED,))
+        if cur.rowcount and self.mirror is not None:
+            self.mirror.cleared(self.session_id)
         return cur.rowcount
 
     # -- refs: small values surfaces keep with the session (e.g. a Slack message ts) ------
 
     def set_ref(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO refs (key, value) VALUES (?, ?)", (key, value))
+        if self.mirror is not None:
+            self.mirror.ref(self.session_id, key, value)
 
     def get_ref(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM refs WHERE key = ?", (key,)).fetchone()
         return str(row[0]) if row else None
+
+    # -- a new owner's copy --------------------------------------------------------------
+
+    def replace_with(self, snapshot: Snapshot) -> None:
+        """Make this file a copy of the shared log (a session taken over from another instance).
+
+        Not mirrored: it is what the shared log already holds."""
+        with self._transaction():
+            for table in ("events", "prompts", "refs"):
+                self.conn.execute(f"DELETE FROM {table}")
+            self.conn.execute("DELETE FROM sqlite_sequence")
+            self.conn.executemany("INSERT INTO events (seq, ts, kind, turn, data) VALUES (?, ?, ?, ?, ?)", snapshot.events)
+            self.conn.executemany(
+                "INSERT INTO prompts (id, order_key, text, author_id, author_name, source, status, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", snapshot.prompts)
+            self.conn.executemany("INSERT INTO refs (key, value) VALUES (?, ?)", snapshot.refs)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -210,7 +256,7 @@ class SessionLog:
         self.conn.execute("COMMIT")
 
 
-def _events(rows: list[tuple[int, float, str, int | None, str]]) -> list[Event]:
+def events_of(rows: list[tuple[int, float, str, int | None, str]]) -> list[Event]:
     events = []
     for seq, ts, kind, turn, text in rows:
         try:
@@ -229,15 +275,16 @@ def _events(rows: list[tuple[int, float, str, int | None, str]]) -> list[Event]:
 class SessionLogs:
     """Opens session logs on demand and keeps the most recently used ones open."""
 
-    def __init__(self, directory: Path, keep_open: int = 256):
+    def __init__(self, directory: Path, keep_open: int = 256, mirror: Mirror | None = None):
         self.directory = directory
         self.keep_open = keep_open
+        self.mirror = mirror
         self._open: OrderedDict[str, SessionLog] = OrderedDict()
 
     def get(self, session_id: str) -> SessionLog:
         slog = self._open.get(session_id)
         if slog is None:
-            slog = SessionLog(self.directory / f"{session_id}.sqlite3")
+            slog = SessionLog(self.directory / f"{session_id}.sqlite3", self.mirror, session_id)
             self._open[session_id] = slog
             while len(self._open) > self.keep_open:
                 _, evicted = self._open.popitem(last=False)

@@ -44,16 +44,20 @@ from bot.events import (
     Status,
     TurnEnded,
     WarmUp,
+    dump,
+    load,
 )
 from bot.repos import RepoCatalog
 from bot.sessions.admission import Admission, Waiting
 from bot.sessions.bus import EventBus
-from bot.sessions.log import RUNNING, Prompt, SessionLog, SessionLogs
+from bot.sessions.cluster import Cluster, Command
+from bot.sessions.log import QUEUED, RUNNING, Prompt, SessionLog, SessionLogs
 from bot.sessions.projection import SessionView, project
 from bot.sessions.runner import Runner
+from bot.sessions.shared_log import SharedLog
 from bot.store.batch import BatchWriter
 from bot.store.db import Database
-from bot.store.tables import ParticipantRow, PromptRow, SessionRow, SurfaceRow, TurnRow
+from bot.store.tables import ParticipantRow, PromptRow, SessionLeaseRow, SessionRow, SurfaceRow, TurnRow
 from bot.store.warm_ups import WarmUps
 from bot.util.keyed_locks import KeyedLocks
 from sandbox.egress import EgressRecord
@@ -97,7 +101,7 @@ Observer = Callable[[SessionInfo, int], None]
 class SessionService:
     def __init__(self, settings: Settings, db: Database, agent: Agent, catalog: RepoCatalog | None = None,
                  sandboxes: SandboxManager | None = None, hooks: pluggy.PluginManager | None = None,
-                 writer: BatchWriter | None = None):
+                 writer: BatchWriter | None = None, cluster: Cluster | None = None):
         self.settings = settings
         self.db = db
         self.writer = writer or BatchWriter(db)
@@ -106,7 +110,15 @@ class SessionService:
         self.catalog = catalog or RepoCatalog([])
         self.sandboxes = sandboxes
         self.hooks = hooks
-        self._logs = SessionLogs(settings.data_dir / "sessions")
+        self.cluster = cluster
+        """With PostgreSQL: this instance's membership; sessions it does not own are driven elsewhere."""
+        self.shared = SharedLog(db) if cluster is not None else None
+        """With PostgreSQL: every session's log, shared; the logs this instance writes are copied there."""
+        self._owned: set[str] = set()
+        """Sessions this instance drives (their lease is ours and their local log a full copy)."""
+        self._adopting = KeyedLocks()
+        self._cluster_tasks: list[asyncio.Task[None]] = []
+        self._logs = SessionLogs(settings.data_dir / "sessions", mirror=self.shared)
         self.bus = EventBus(lambda sid, after: self._logs.get(sid).page(after))
         self._runners: dict[str, Runner] = {}
         self._observers: list[Observer] = []
@@ -217,13 +229,20 @@ class SessionService:
         return await self.get(session_id) if session_id else None
 
     def follow(self, session_id: str, after_seq: int = 0) -> AsyncIterator[Event]:
-        """Every event after `after_seq`, replayed in pages, then live: no gap, no duplicate."""
+        """Every event after `after_seq`, replayed in pages, then live: no gap, no duplicate.
+
+        With PostgreSQL, a session driven by another instance is followed through the shared log."""
+        if self.shared is not None and not self.owns(session_id):
+            return self.shared.follow(session_id, after_seq)
         return self.bus.follow(session_id, after_seq)
 
     async def view(self, session_id: str, upto_seq: int | None = None) -> SessionView:
         """The projection of the session's log (up to a seq), built off the event loop."""
         if upto_seq == 0:
             return SessionView()  # a new session's first working period: nothing to read
+        if self.shared is not None and not self.owns(session_id):
+            events = [e async for e in self.shared.read(session_id, 0, upto_seq)]
+            return await asyncio.to_thread(project, events)
         path = self._logs.get(session_id).path
 
         def build() -> SessionView:
@@ -238,6 +257,10 @@ class SessionService:
     async def refresh(self, session_id: str, view: SessionView) -> SessionView:
         """Fold the events after `view.last_seq` into `view`, off the event loop: a view a client
         keeps (the web page's) is brought up to date by reading only what is new."""
+        if self.shared is not None and not self.owns(session_id):
+            events = [e async for e in self.shared.read(session_id, view.last_seq)]
+            await asyncio.to_thread(project, events, view)
+            return view
         path = self._logs.get(session_id).path
 
         def fold() -> None:
@@ -254,11 +277,16 @@ class SessionService:
         """A small value a surface keeps with the session (e.g. the Slack message of a turn).
 
         Surfaces ask often (every render); this process writes them, so memory answers."""
+        if not self.owns(session_id):
+            return None  # surfaces render a session on its owner only
         if (session_id, key) not in self._refs:
             self._refs[(session_id, key)] = self._logs.get(session_id).get_ref(key)
         return self._refs[(session_id, key)]
 
     def set_ref(self, session_id: str, key: str, value: str) -> None:
+        if not self.owns(session_id):
+            log.warning("ref %s of session %s not kept: another instance drives it", key, session_id)
+            return
         self._logs.get(session_id).set_ref(key, value)
         self._refs[(session_id, key)] = value
 
@@ -306,6 +334,9 @@ class SessionService:
             await db.execute(insert_into(SessionRow).values(**fields))
             if surface is not None:
                 await db.execute(insert_into(SurfaceRow).values(session_id=fields["id"], kind=surface.kind, key=surface.key))
+            if self.cluster is not None:  # ours from the start: no other instance adopts it before its prompt
+                await db.execute(insert_into(SessionLeaseRow).values(**self.cluster.lease_row(str(fields["id"])),
+                                                                     acquired_at=_now()))
 
         # The session's own log file is created off the event loop meanwhile.
         opening = asyncio.create_task(asyncio.to_thread(self._logs.get(str(fields["id"])).open))
@@ -318,6 +349,7 @@ class SessionService:
                 raise
             return existing
         await opening
+        self._owned.add(str(fields["id"]))
         self._status_written[str(fields["id"])] = WORKING
         return self._remember(SessionRow(**fields), (surface,) if surface else ())
 
@@ -353,6 +385,25 @@ class SessionService:
         info = await self.get(session_id)
         if info is None:
             raise KeyError(session_id)
+        order_key = order_key or time.time()
+        logged = insert_into(PromptRow).values(session_id=session_id, author=author.id, origin=author.origin.value,
+                                               at=time.time())
+        self.background(self.writer.write(lambda db: db.execute(logged)))
+        if self.cluster is None:
+            return await self._enqueue(info, text, author, order_key)
+        # Any instance takes a prompt: into the shared inbox, claimed by the session's owner (us, if nobody else is).
+        prompt_id = await self.cluster.add_prompt(session_id, text, author, order_key)
+        owner = await self._ensure_owner(session_id)
+        if owner is None:
+            await self._claim(session_id)
+        else:
+            await self.cluster.wake(owner, session_id)
+        return Prompt(prompt_id, text, author, QUEUED, order_key)
+
+    async def _enqueue(self, info: SessionInfo, text: str, author: Author, order_key: float,
+                       prompt_id: int | None = None) -> Prompt:
+        """Into this instance's queue of the session; a working period starts if it was idle."""
+        session_id = info.id
         runner = self._runners.get(session_id)
         started = runner is None
         if runner is None:
@@ -363,36 +414,48 @@ class SessionService:
                 # Nothing was queued: the session is idle again, so its followers stop and the next prompt starts anew.
                 self.runner_finished(runner)
                 raise
-        prompt, event = self._logs.get(session_id).enqueue(text, author, order_key or time.time())
+        prompt, event = self._logs.get(session_id).enqueue(text, author, order_key, prompt_id)
         self.bus.publish(session_id, event)
-        logged = insert_into(PromptRow).values(session_id=session_id, author=author.id, origin=author.origin.value,
-                                               at=time.time())
-        self.background(self.writer.write(lambda db: db.execute(logged)))
         if started:
             runner.start()
         return prompt
 
-    def stop(self, session_id: str, by: str) -> bool:
+    async def stop(self, session_id: str, by: str) -> bool:
         """Cancel the running turn; queued prompts stay. False when nothing was running."""
+        if (owner := await self._ensure_owner(session_id)) is not None:
+            assert self.cluster is not None
+            working = (summary := await self.summary(session_id)) is not None and summary.status == WORKING
+            await self.cluster.send(owner, Command(session_id, "stop", {"by": by}))
+            return working
         runner = self._runners.get(session_id)
         return runner.stop_turn(by) if runner else False
 
-    def cancel(self, session_id: str, by: str) -> tuple[bool, int]:
+    async def cancel(self, session_id: str, by: str) -> tuple[bool, int]:
         """Stop the running turn and drop the queued prompts: (a turn was stopped, prompts dropped)."""
-        cleared = self.clear_queue(session_id, by)  # first: the runner then finds nothing to go on with
-        return self.stop(session_id, by), cleared
+        cleared = await self.clear_queue(session_id, by)  # first: the runner then finds nothing to go on with
+        return await self.stop(session_id, by), cleared
 
     async def stop_descendants(self, session_id: str, by: str) -> int:
         """Cancel every sub-session below this one (their running turns and queues); returns how many
         had something to stop. Stopping a parent stops its children."""
         stopped = 0
         for child in await self.child_ids(session_id):
-            turn, cleared = self.cancel(child, by)
+            turn, cleared = await self.cancel(child, by)
             stopped += bool(turn or cleared)
             stopped += await self.stop_descendants(child, by)
         return stopped
 
-    def clear_queue(self, session_id: str, by: str) -> int:
+    async def clear_queue(self, session_id: str, by: str) -> int:
+        if (owner := await self._ensure_owner(session_id)) is not None:
+            assert self.cluster is not None
+            count = await self.cluster.pending_count(session_id)
+            await self.cluster.send(owner, Command(session_id, "clear", {"by": by}))
+            return count
+        if self.cluster is not None:
+            await self._claim(session_id, run=False)  # what is waiting in the inbox is queued too
+        return self._clear_here(session_id, by)
+
+    def _clear_here(self, session_id: str, by: str) -> int:
         count = self._logs.get(session_id).clear_queue()
         if count:
             self.emit(session_id, QueueChanged(queued=0, cleared=count, by=by))
@@ -443,6 +506,11 @@ class SessionService:
                                 duration_ms=record.duration_s * 1000))
 
     def emit(self, session_id: str, data: EventData, turn: int | None = None) -> Event:
+        """Append to the session's log. With PostgreSQL, for a session another instance drives, the
+        event is handed to its owner (the returned event has no seq yet: seq 0)."""
+        if not self.owns(session_id):
+            self.background(self._emit_elsewhere(session_id, data, turn))
+            return Event(0, time.time(), turn, data)
         event = self._logs.get(session_id).append(data, turn)
         self.bus.publish(session_id, event)
         for listener in self._listeners:
@@ -455,33 +523,183 @@ class SessionService:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def recover(self) -> int:
-        """After a restart: report interrupted turns and run what was queued. Returns sessions resumed."""
+        """After a restart: report interrupted turns and run what was queued. Returns sessions resumed.
+
+        With PostgreSQL: the sessions nobody alive owns are taken over (the sweep every instance runs)."""
+        if self.cluster is not None:
+            return await self.sweep()
         async with self.db.session() as db:
             ids = (await db.execute(select(SessionRow.id).where(SessionRow.status == WORKING))).scalars().all()
         for session_id in ids:
             info = await self.get(session_id)
-            if info is None:
-                continue
-            self._status_written[info.id] = WORKING
-            slog = self._logs.get(info.id)
-            runner = self._begin_working(info)
-            for prompt_id in slog.prompts_with_status(RUNNING):
-                slog.set_prompt_status(prompt_id, Outcome.INTERRUPTED.value)
-                partial = slog.unfinished_step_text(prompt_id)
-                if partial:  # the model's words so far stay part of the conversation
-                    self.emit(info.id, AssistantMessage(content=partial, complete=False), turn=prompt_id)
-                self.emit(info.id, TurnEnded(prompt_id=prompt_id, outcome=Outcome.INTERRUPTED,
-                                             error="The service restarted while this was running, so it was interrupted."),
-                          turn=prompt_id)
-            runner.start()
+            if info is not None:
+                self._resume(info, "The service restarted while this was running, so it was interrupted.")
         if ids:
             log.info("recovered %d session(s) that were working when the service stopped", len(ids))
         return len(ids)
+
+    def _resume(self, info: SessionInfo, reason: str, claimed: Collection[Prompt] = ()) -> None:
+        """A working period for a session whose last one was cut off: the turn that was running ends
+        as interrupted, then the queue (with `claimed` prompts added) runs."""
+        self._status_written[info.id] = WORKING
+        slog = self._logs.get(info.id)
+        runner = self._begin_working(info)
+        for prompt in claimed:
+            _, event = slog.enqueue(prompt.text, prompt.author, prompt.order_key, prompt.id)
+            self.bus.publish(info.id, event)
+        for prompt_id in slog.prompts_with_status(RUNNING):
+            slog.set_prompt_status(prompt_id, Outcome.INTERRUPTED.value)
+            partial = slog.unfinished_step_text(prompt_id)
+            if partial:  # the model's words so far stay part of the conversation
+                self.emit(info.id, AssistantMessage(content=partial, complete=False), turn=prompt_id)
+            self.emit(info.id, TurnEnded(prompt_id=prompt_id, outcome=Outcome.INTERRUPTED, error=reason), turn=prompt_id)
+        runner.start()
+
+    # -- several instances (PostgreSQL) -----------------------------------------------------
+
+    def owns(self, session_id: str) -> bool:
+        """This instance drives the session (always, with one instance)."""
+        return self.cluster is None or session_id in self._owned
+
+    async def start_cluster(self) -> None:
+        """Join the instances on PostgreSQL: heartbeat, notifications, the shared log's writer."""
+        assert self.cluster is not None and self.shared is not None
+        self.shared.on_lost = self._lost
+        await self.cluster.start(self._woken, self.shared.notified)
+        self.shared.start()
+        self._cluster_tasks.append(asyncio.create_task(self._heartbeats(), name="cluster heartbeat"))
+
+    async def _heartbeats(self) -> None:
+        assert self.cluster is not None
+        sweeping: asyncio.Task[int] | None = None
+        while True:
+            await asyncio.sleep(self.cluster.lease_ttl / 3)
+            try:
+                if not await self.cluster.heartbeat():
+                    log.error("this instance's lease lapsed (was it paused?); its %d session(s) are given up",
+                              len(self._owned))
+                    for session_id in list(self._owned):
+                        self._lost(session_id)
+            except Exception as exc:
+                log.warning("heartbeat to PostgreSQL failed: %s", exc)
+                continue
+            if sweeping is None or sweeping.done():
+                sweeping = asyncio.create_task(self.sweep(), name="cluster sweep")
+                sweeping.add_done_callback(_log_failure("cluster sweep"))
+
+    async def sweep(self) -> int:
+        """Take over sessions with work whose owner is gone; claim prompts and commands a notification
+        did not bring. Returns how many sessions were taken over."""
+        assert self.cluster is not None
+        taken = 0
+        for session_id in await self.cluster.orphans():
+            if session_id not in self._owned and not self.closing and await self._ensure_owner(session_id) is None:
+                taken += 1
+        for session_id in await self.cluster.owned_with_inbox():
+            if await self._ensure_owner(session_id) is None:
+                await self._claim(session_id)
+        await self._run_commands()
+        return taken
+
+    async def _ensure_owner(self, session_id: str) -> str | None:
+        """None when this instance drives the session, taking it over if nobody alive does; else the owner."""
+        if self.owns(session_id):
+            return None
+        assert self.cluster is not None
+        async with self._adopting.hold(session_id):
+            if session_id in self._owned:
+                return None
+            owner = await self.cluster.acquire(session_id)
+            if owner is not None:
+                return owner
+            await self._adopt(session_id)
+        return None
+
+    async def _adopt(self, session_id: str) -> None:
+        """A session just taken: its log copied from the shared one; if it had work, the turn that was
+        running is reported interrupted and the queue runs here."""
+        assert self.cluster is not None and self.shared is not None
+        slog = self._logs.get(session_id)
+        slog.replace_with(await self.shared.snapshot(session_id))
+        for key in [k for k in self._refs if k[0] == session_id]:
+            self._refs.pop(key, None)
+        self._status_written.pop(session_id, None)
+        self._owned.add(session_id)
+        info = await self.get(session_id)
+        if info is None:
+            return
+        claimed = await self.cluster.claim_prompts(session_id)
+        if claimed or slog.prompts_with_status(RUNNING) or slog.queued_count():
+            log.info("took over session %s", session_id)
+            self._resume(info, "The instance running this session stopped while this was running, so it was "
+                               "interrupted.", claimed)
+        else:
+            await self.persist_status(session_id)
+
+    async def _claim(self, session_id: str, run: bool = True) -> None:
+        """The session's inbox into our queue (a working period starts unless `run` is False)."""
+        assert self.cluster is not None
+        info = await self.get(session_id)
+        if info is None:
+            return
+        for prompt in await self.cluster.claim_prompts(session_id):
+            if run:
+                await self._enqueue(info, prompt.text, prompt.author, prompt.order_key, prompt.id)
+            else:
+                _, event = self._logs.get(session_id).enqueue(prompt.text, prompt.author, prompt.order_key, prompt.id)
+                self.bus.publish(session_id, event)
+
+    def _woken(self, session_id: str) -> None:
+        """A notification on our channel: a prompt or a command for a session we own."""
+        self.background(self._answer_wake(session_id))
+
+    async def _answer_wake(self, session_id: str) -> None:
+        await self._run_commands()
+        if session_id and not self.closing and await self._ensure_owner(session_id) is None:
+            await self._claim(session_id)
+
+    async def _run_commands(self) -> None:
+        assert self.cluster is not None
+        for command in await self.cluster.take_commands():
+            session_id, payload = command.session_id, command.payload
+            try:
+                if await self._ensure_owner(session_id) is not None:
+                    continue
+                if command.kind == "stop" and (runner := self._runners.get(session_id)) is not None:
+                    runner.stop_turn(str(payload.get("by")))
+                elif command.kind == "clear":
+                    await self._claim(session_id, run=False)
+                    self._clear_here(session_id, str(payload.get("by")))
+                elif command.kind == "event" and isinstance(raw := payload.get("data"), dict) and (
+                        data := load(str(payload.get("kind")), raw)):
+                    turn = payload.get("turn")
+                    self.emit(session_id, data, turn if isinstance(turn, int) else None)
+                elif command.kind == "warm":
+                    await self.warm_session(session_id, str(payload.get("trigger")))
+            except Exception:
+                log.exception("command %s for session %s failed", command.kind, session_id)
+
+    async def _emit_elsewhere(self, session_id: str, data: EventData, turn: int | None) -> None:
+        owner = await self._ensure_owner(session_id)
+        if owner is None:
+            self.emit(session_id, data, turn)
+        else:
+            assert self.cluster is not None
+            await self.cluster.send(owner, Command(session_id, "event", {"kind": data.kind, "data": dump(data), "turn": turn}))
+
+    def _lost(self, session_id: str) -> None:
+        """Another instance drives this session now: stop driving it here, without writing anything."""
+        self._owned.discard(session_id)
+        runner = self._runners.pop(session_id, None)
+        if runner is not None and runner.task is not None:
+            runner.task.cancel()
 
     async def close(self) -> None:
         """Stop at a clean point: running turns are cancelled (recovery reports them after the
         restart); a runner between turns finishes its bookkeeping and takes no new prompt."""
         self.closing = True
+        for task in self._cluster_tasks:
+            task.cancel()
         runners = [r for r in self._runners.values() if r.task]
         for runner in runners:
             if (runner.turn_running or not runner.admitted) and runner.task is not None:
@@ -495,6 +713,10 @@ class SessionService:
         if self._background:
             await asyncio.wait(self._background, timeout=5)
         await self.writer.close()
+        if self.shared is not None:
+            await self.shared.close()  # interrupted turns are in the shared log, `running`: the next owner reports them
+        if self.cluster is not None:
+            await self.cluster.leave()
         self._logs.close_all()
 
     # -- what a runner needs (runner.TurnHost) ---------------------------------------------
@@ -503,6 +725,8 @@ class SessionService:
         return self._logs.get(session_id)
 
     async def prepare_turn(self, session_id: str) -> tuple[str, Workspace | None]:
+        if self.shared is not None:
+            await self.shared.flush()  # the turn is `running` in the shared log: a new owner never runs it twice
         info = await self.get(session_id)
         repo = info.repo if info else None
         # The sandbox is acquired in parallel: the first model call does not wait for it.
@@ -580,7 +804,7 @@ class SessionService:
         """Write the session's current status; serialised so the last write is the truth.
 
         Not while closing: a session left `working` is resumed by recovery after the restart."""
-        if self.closing:
+        if self.closing or not self.owns(session_id):
             return
         async with self._status_locks.hold(session_id):
             status = WORKING if session_id in self._runners else IDLE
@@ -606,6 +830,10 @@ class SessionService:
         warm-up that did something is logged, and the turn's `sandbox_ready` says if it used it."""
         info = await self.get(session_id)
         if info is None or info.repo is None or self.sandboxes is None:
+            return None
+        if (owner := await self._ensure_owner(session_id)) is not None:  # its sandbox is on its owner's host
+            assert self.cluster is not None
+            await self.cluster.send(owner, Command(session_id, "warm", {"trigger": trigger}))
             return None
         action = self.sandboxes.prepare(session_id, info.repo, trigger)
         if action == "started":
@@ -689,6 +917,14 @@ def _title(text: str | None) -> str | None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _log_failure(what: str) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed: %r", what, task.exception())
+
+    return done
 
 
 def _finish_background(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:

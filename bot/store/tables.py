@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -292,3 +293,83 @@ class PromptRow(Base):
     author: Mapped[str] = mapped_column(String(128))
     origin: Mapped[str] = mapped_column(String(16))
     at: Mapped[float] = mapped_column(Float)
+
+
+# -- several instances on PostgreSQL (bot/sessions/cluster.py, bot/sessions/shared_log.py) ---------
+# Created everywhere by the migrations; used only when DATABASE_URL is PostgreSQL.
+
+
+class InstanceRow(Base):
+    """A running `hosted-agents serve`: alive while `expires_at` is in the future (its heartbeat)."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SessionLeaseRow(Base):
+    """Which instance drives a session; valid while that instance's row has not expired."""
+
+    __tablename__ = "session_leases"
+    __table_args__ = (Index("ix_session_leases_owner", "owner"),)
+
+    session_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    acquired_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SessionEventRow(Base):
+    """A session's event log, appended in seq order by its owner (the web and Slack of every instance read it)."""
+
+    __tablename__ = "session_events"
+
+    session_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    ts: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(64))
+    turn: Mapped[int | None] = mapped_column(BigInteger)
+    data: Mapped[str] = mapped_column(Text)
+
+
+class SessionPromptRow(Base):
+    """A session's prompt queue: any instance adds a prompt (`inbox`); the owner claims and runs it."""
+
+    __tablename__ = "session_prompts"
+    __table_args__ = (Index("ix_session_prompts_session_status", "session_id", "status"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(32))
+    order_key: Mapped[float] = mapped_column(Float)
+    text: Mapped[str] = mapped_column(Text)
+    author_id: Mapped[str] = mapped_column(String(128))
+    author_name: Mapped[str | None] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class SessionRefRow(Base):
+    """Small values a surface keeps with a session (a Slack message ts), so a new owner finds them."""
+
+    __tablename__ = "session_refs"
+
+    session_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class SessionCommandRow(Base):
+    """What another instance asks a session's owner to do (stop, clear the queue, log an event)."""
+
+    __tablename__ = "session_commands"
+    __table_args__ = (Index("ix_session_commands_owner", "owner"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    session_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[str] = mapped_column(Text)
