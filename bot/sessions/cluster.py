@@ -132,7 +132,8 @@ class Cluster:
         async with self.db.engine.begin() as conn:
             mine = (await conn.execute(text(
                 "INSERT INTO session_leases (session_id, owner, acquired_at)"
-                " SELECT :sid, :me, now() WHERE EXISTS (SELECT 1 FROM instances WHERE id = :me AND expires_at > now())"
+                " SELECT CAST(:sid AS varchar), CAST(:me AS varchar), now()"
+                " WHERE EXISTS (SELECT 1 FROM instances WHERE id = CAST(:me AS varchar) AND expires_at > now())"
                 " ON CONFLICT (session_id) DO UPDATE SET owner = EXCLUDED.owner, acquired_at = now()"
                 " WHERE session_leases.owner = EXCLUDED.owner OR NOT EXISTS ("
                 "   SELECT 1 FROM instances i WHERE i.id = session_leases.owner AND i.expires_at > now())"

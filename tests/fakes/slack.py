@@ -158,6 +158,10 @@ class FakeSlack:
         self.sent_envelopes: list[tuple[str, float]] = []
         """(envelope_id, monotonic time it was written to the socket)"""
         self._sockets: list[web.WebSocketResponse] = []
+        self.spread = False
+        """Deal events over every open Socket Mode connection in turn, as Slack does with several
+        connections of one app; off: the newest connection gets them."""
+        self._dealt = 0
         self._clock = itertools.count(1)
         self._base = int(time.time()) - 100_000
         self._runner: web.AppRunner | None = None
@@ -837,14 +841,26 @@ class FakeSlack:
         await self.connected.wait()
         await self._sockets[-1].send_str(text)
 
-    async def send_envelope(self, type_: str, payload: Any, retry_attempt: int = 0) -> str:
+    @property
+    def socket_count(self) -> int:
+        return len(self._sockets)
+
+    def _socket_for(self, to: int | None) -> web.WebSocketResponse:
+        if to is not None:
+            return self._sockets[to % len(self._sockets)]
+        if self.spread:
+            self._dealt += 1
+            return self._sockets[self._dealt % len(self._sockets)]
+        return self._sockets[-1]
+
+    async def send_envelope(self, type_: str, payload: Any, retry_attempt: int = 0, to: int | None = None) -> str:
         await asyncio.wait_for(self.connected.wait(), 10)
         envelope_id = str(uuid.uuid4())
         envelope = {"envelope_id": envelope_id, "payload": payload, "type": type_,
                     "accepts_response_payload": type_ != "events_api", "retry_attempt": retry_attempt,
                     "retry_reason": "timeout" if retry_attempt else ""}
         self.sent_envelopes.append((envelope_id, time.monotonic()))
-        await self._sockets[-1].send_str(json.dumps(envelope))
+        await self._socket_for(to).send_str(json.dumps(envelope))
         return envelope_id
 
     def event_callback(self, event: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
@@ -856,8 +872,10 @@ class FakeSlack:
                                 "is_bot": True, "is_enterprise_install": False}],
         }
 
-    async def send_event(self, event: dict[str, Any], event_id: str | None = None, retry_attempt: int = 0) -> str:
-        return await self.send_envelope("events_api", self.event_callback(event, event_id), retry_attempt)
+    async def send_event(self, event: dict[str, Any], event_id: str | None = None, retry_attempt: int = 0,
+                         to: int | None = None) -> str:
+        """Deliver an event; `to` picks the connection (by its index in connection order)."""
+        return await self.send_envelope("events_api", self.event_callback(event, event_id), retry_attempt, to)
 
     # -- acting as a user -----------------------------------------------------------------
 
