@@ -50,6 +50,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import random
 import secrets
 import time
 import uuid
@@ -159,9 +160,9 @@ class FakeSlack:
         """(envelope_id, monotonic time it was written to the socket)"""
         self._sockets: list[web.WebSocketResponse] = []
         self.spread = False
-        """Deal events over every open Socket Mode connection in turn, as Slack does with several
-        connections of one app; off: the newest connection gets them."""
-        self._dealt = 0
+        """Spread events over every open Socket Mode connection at random (seeded), as Slack does
+        with several connections of one app; off: the newest connection gets them."""
+        self._dealer = random.Random(16)
         self._clock = itertools.count(1)
         self._base = int(time.time()) - 100_000
         self._runner: web.AppRunner | None = None
@@ -849,8 +850,7 @@ class FakeSlack:
         if to is not None:
             return self._sockets[to % len(self._sockets)]
         if self.spread:
-            self._dealt += 1
-            return self._sockets[self._dealt % len(self._sockets)]
+            return self._dealer.choice(self._sockets)
         return self._sockets[-1]
 
     async def send_envelope(self, type_: str, payload: Any, retry_attempt: int = 0, to: int | None = None) -> str:
