@@ -38,6 +38,7 @@ from bot.sessions.service import SessionService
 from bot.slack.app import SlackClient, SlackContext
 from bot.store.batch import BatchWriter
 from bot.store.db import Database
+from bot.store.job_runs import Job, JobRuns
 from bot.store.pending import PendingRequests
 from bot.store.processed_events import ProcessedEvents
 from bot.store.pull_requests import PullRequestRecords
@@ -219,16 +220,21 @@ class Service:
             await self._connect_slack()
 
     def _schedule(self) -> None:
-        """Housekeeping: held requests expire on time; the processed-events table stays small."""
+        """Housekeeping: held requests expire on time; the processed-events table stays small. With
+        several instances each job runs once per interval among them (bot/store/job_runs.py)."""
+        runs = JobRuns(self.db)
         every = max(0.2, min(60.0, self.settings.pending_request_ttl / 4))
-        self.scheduler.add_job(self.intake.expire_due, "interval", seconds=every, max_instances=1, coalesce=True,
-                               name="expire held requests")
-        self.scheduler.add_job(self.processed.prune, "interval", seconds=3600, max_instances=1, coalesce=True,
-                               name="prune processed Slack events")
-        self.scheduler.add_job(self.signin_links.prune, "interval", seconds=3600, max_instances=1, coalesce=True,
-                               name="prune expired sign-in links")
-        self.scheduler.add_job(self.warm_ups.expire, "interval", seconds=max(1.0, min(60.0, self.settings.warm_up_ttl / 4)),
-                               max_instances=1, coalesce=True, name="count unused warm-ups")
+        jobs: list[tuple[str, float, Job]] = [
+            ("expire held requests", every, self.intake.expire_due),
+            ("prune processed Slack events", 3600, self.processed.prune),
+            ("prune expired sign-in links", 3600, self.signin_links.prune),
+            ("count unused warm-ups", max(1.0, min(60.0, self.settings.warm_up_ttl / 4)), self.warm_ups.expire),
+        ]
+        if self.cluster is not None:
+            jobs.append(("forget instances gone for an hour", 600, self.cluster.forget_lapsed))
+        for name, seconds, job in jobs:
+            self.scheduler.add_job(runs.once(name, seconds, job), "interval", seconds=seconds, max_instances=1,
+                                   coalesce=True, name=name)
         self.scheduler.start()
 
     async def _start_web(self) -> None:

@@ -12,9 +12,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from bot.config import normalise_database_url
 from bot.service import Service
 from bot.sessions.service import SessionInfo
 from bot.slack.messages import thread_surface
+from bot.store.db import Database
+from bot.store.job_runs import JobRuns
 from tests.conftest import make_settings, service_env
 from tests.fakes.openai import FakeOpenAI, Reply
 from tests.fakes.slack import FakeSlack
@@ -139,3 +142,25 @@ async def test_a_stopped_instances_sessions_are_taken_over_the_running_turn_inte
         await other.stop()
         if not stopped:
             await owner.stop()
+
+
+async def test_a_housekeeping_job_fired_by_three_instances_at_once_runs_once_per_interval(pg_url):
+    dbs = [Database(normalise_database_url(pg_url)) for _ in range(3)]
+    await dbs[0].upgrade()
+    runs: list[int] = []
+    try:
+        jobs = [JobRuns(db).once("prune", 1.0, lambda n=n: _record(runs, n)) for n, db in enumerate(dbs)]
+        await asyncio.gather(*(job() for job in jobs))
+        assert len(runs) == 1, "fired three times, ran once"
+        await asyncio.gather(*(job() for job in jobs))
+        assert len(runs) == 1, "not again within the interval"
+        await asyncio.sleep(1.0)
+        await asyncio.gather(*(job() for job in jobs))
+        assert len(runs) == 2, "once more in the next interval"
+    finally:
+        for db in dbs:
+            await db.close()
+
+
+async def _record(runs: list[int], n: int) -> None:
+    runs.append(n)

@@ -373,3 +373,12 @@ class SessionCommandRow(Base):
     session_id: Mapped[str] = mapped_column(String(32))
     kind: Mapped[str] = mapped_column(String(16))
     payload: Mapped[str] = mapped_column(Text)
+
+
+class JobRunRow(Base):
+    """When a scheduled job last ran anywhere: N instances run each housekeeping job once per interval."""
+
+    __tablename__ = "job_runs"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    last_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,5 +1,5 @@
 """several instances on PostgreSQL: instances, session leases, the shared event log, prompt queue,
-refs and commands
+refs and commands, scheduled job runs
 
 Revision ID: 0011
 Revises: 0010
@@ -70,9 +70,15 @@ def upgrade() -> None:
         sa.Column("payload", sa.Text(), nullable=False),
     )
     op.create_index("ix_session_commands_owner", "session_commands", ["owner"])
+    op.create_table(
+        "job_runs",
+        sa.Column("name", sa.String(length=200), primary_key=True),
+        sa.Column("last_run_at", sa.DateTime(timezone=True), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("job_runs")
     op.drop_index("ix_session_commands_owner", table_name="session_commands")
     op.drop_table("session_commands")
     op.drop_table("session_refs")
