@@ -34,6 +34,7 @@ from sandbox.pool import WarmPool
 from sandbox.protocol import Edit, Exec, ListDir, Read, Search, Write
 from sandbox.snapshots import SnapshotRecords
 from sandbox.workspace import CommandResult, DirEntry, FileText, WorkspaceLost, WorkspaceUnavailable
+from sandbox.workspace_state import WorkspaceStates, apply, check_out_base, export, starting_point
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class SessionSandbox:
         self.work_branch = work_branch
         self.source: str | None = None
         """How it was acquired: pool, snapshot, image or build."""
+        self.start: tuple[str, str] | None = None
+        """(commit, tree) of its workspace as it started: what its saved workspace state is against."""
         self.ref: ContainerRef | None = None
         self.sync_note: str | None = None
         self.in_turn = False
@@ -164,6 +167,7 @@ class SandboxManager:
         self.credentials = credentials
         """For the git commands that reach a repo's remote (the sync's fetch, a push)."""
         self.snapshots = SnapshotRecords(db)
+        self.states = WorkspaceStates(db)
         self._sandboxes: dict[str, SessionSandbox] = {}
 
     def get(self, session_id: str) -> SessionSandbox | None:
@@ -224,9 +228,22 @@ class SandboxManager:
                     raise
                 sb._set_ready(ref, executor, source)
             if sb.source == "snapshot":
+                state = await self.states.get(sb.session_id)
+                sb.start = (state.base_commit, state.start_tree) if state else None
                 sb._set_synced()  # the snapshot holds the session's branch as it left it
             else:
-                sb._set_synced(await self._sync(sb, await sb.executor()))
+                executor = await sb.executor()
+                note = await self._sync(sb, executor)
+                state = await self.states.get(sb.session_id)
+                restored = None  # below: its work, from a sandbox whose snapshot is not here (another host)
+                if state is not None and not await check_out_base(executor, state, sb.work_branch,
+                                                                  await self.credentials(sb.repo)):
+                    restored = "The session's starting commit could not be fetched; its changes go onto the latest."
+                sb.start = await starting_point(executor)
+                if state is not None:
+                    restored = " ".join(n for n in (restored, await apply(executor, state)) if n) or None
+                    note = " ".join(n for n in (note, restored) if n) or None
+                sb._set_synced(note)
         except asyncio.CancelledError:
             sb._fail(SandboxUnavailable("the service is shutting down"))
             raise
@@ -294,6 +311,7 @@ class SandboxManager:
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
         assert sb.ref is not None
+        await self._save_state(sb)
         try:
             image = await self.backend.snapshot(
                 sb.ref, f"hosted-agents/session-{sb.session_id}", str(int(time.time() * 1000)),
@@ -308,6 +326,17 @@ class SandboxManager:
         if old and old != image:
             await self.backend.remove_image(old)  # the disk is the same one: it stays
         await self.evict_snapshots()
+
+    async def _save_state(self, sb: SessionSandbox) -> None:
+        """The workspace as a patch in the database: what a sandbox on another host restores."""
+        if sb.start is None:
+            return
+        try:
+            state = await export(await sb.executor(), *sb.start)
+            if state is not None:
+                await self.states.save(sb.session_id, sb.repo.name, state)
+        except Exception as exc:
+            log.warning("workspace state of session %s not saved: %s", sb.session_id, exc)
 
     async def drop(self, session_id: str) -> None:
         sb = self._sandboxes.pop(session_id, None)

@@ -59,7 +59,7 @@ def remove_created_since(client, since: float) -> None:  # type: ignore[no-untyp
     from datetime import datetime
 
     def created(attrs: dict) -> float:  # type: ignore[type-arg]
-        return datetime.fromisoformat(attrs["Created"].replace("Z", "+00:00")[:26] + "+00:00").timestamp()
+        return datetime.fromisoformat(attrs["Created"][:19] + "+00:00").timestamp()  # whole seconds: `since - 1` covers
 
     for container in client.containers.list(all=True, filters={"label": "hosted-agents.managed=1"}):
         if created(container.attrs) >= since - 1:
