@@ -93,3 +93,61 @@ async def test_the_agent_reads_its_own_source_and_cannot_change_it(tmp_path, sla
         assert (tmp_path / "data" / "agent-source" / "README.md").read_text() == (project / "README.md").read_text()
     finally:
         await svc.stop()
+
+
+@pytest.fixture(params=["python3", "shell"])
+async def executor_with_source(request, tmp_path, docker_engine, docker_cleanup):  # type: ignore[no-untyped-def]
+    """A bare sandbox with the copied source mounted, on each executor (python3, and the shell one)."""
+    from sandbox.backend import LABEL, SandboxLimits
+    from sandbox.docker import DockerBackend
+    from tests.sandbox_fixtures import BASE_IMAGE, no_python_image
+
+    copy_own_source(tmp_path / "agent-source")
+    docker = DockerBackend(SandboxLimits(network="none", memory="512m", pids=256), source=tmp_path / "agent-source")
+    image = BASE_IMAGE if request.param == "python3" else await no_python_image()
+    ref = await docker.create(image, {f"{LABEL}.role": "test"})
+    ex = await docker.executor(ref)
+    yield ex
+    await ex.close()
+    await docker.remove(ref)
+
+
+async def test_both_executors_save_cut_output_page_files_and_read_only_the_source_outside_the_repo(executor_with_source):
+    from sandbox.executor import ExecutorError
+    from sandbox.protocol import Exec, ListDir, Read, Search, Write
+
+    ex = executor_with_source
+    assert (await ex.call(Exec(argv=["git", "init", "-q"]))).exit_code == 0
+    cmd = "i=1; while [ $i -le 3000 ]; do echo \"row $i\"; i=$((i+1)); done"
+    out = await ex.call(Exec(cmd=cmd, cap=900, save=True))
+    expected = "".join(f"row {i}\n" for i in range(1, 3001))
+    assert out.truncated and out.total_bytes == len(expected) and out.total_lines == 3000
+    assert out.output == expected[:600] and out.tail == expected[-300:]
+    assert out.tail_from_line == expected[:-300].count("\n") + 1 and out.head_lines == expected[:599].count("\n") + 1
+    assert out.saved_path == ".hosted-agents/outputs/1.txt" and out.saved_bytes == len(expected)
+    page = await ex.call(Read(path=out.saved_path, offset=1500, limit=3))
+    assert page.content == "row 1500\nrow 1501\nrow 1502\n"
+    assert (page.first_line, page.last_line, page.total_lines) == (1500, 1502, 3000)
+    small = await ex.call(Read(path=out.saved_path, offset=10, limit=100, max_bytes=20))
+    assert small.content == "row 10\nrow 11\n" and small.truncated and small.last_line == 11
+    not_saved = await ex.call(Exec(cmd=cmd, cap=900))
+    assert not_saved.truncated and not_saved.saved_path is None
+    owner = await ex.call(Exec(cmd=f"stat -c %u {out.saved_path}; git status --porcelain --untracked-files=all"))
+    assert owner.output.startswith("1000\n") and ".hosted-agents" not in owner.output, "the sandbox user's, unseen by git"
+
+    source = "/opt/hosted-agents/source"
+    read = await ex.call(Read(path=f"{source}/sandbox/protocol.py", offset=1, limit=1))
+    assert read.content.startswith('"""') and read.total_lines > 10
+    listing = await ex.call(ListDir(path=source, limit=2))
+    assert len(listing.entries) == 2 and (listing.total or 0) >= 5
+    found = await ex.call(Search(pattern="^OWN_SOURCE = ", path=f"{source}/sandbox"))
+    assert f"{source}/sandbox/protocol.py:" in found.output
+    for bad in (f"{source}/x.py", f"{source}/../etc/x"):
+        with pytest.raises(ExecutorError):
+            await ex.call(Write(path=bad, content="x"))
+    with pytest.raises(ExecutorError, match="read-only"):
+        await ex.call(Write(path=f"{source}/x.py", content="x"))
+    with pytest.raises(ExecutorError, match="absolute"):
+        await ex.call(Read(path="/etc/passwd"))
+    touched = await ex.call(Exec(cmd=f"touch {source}/x.py"))
+    assert touched.exit_code != 0 and "Read-only file system" in touched.output
