@@ -85,7 +85,7 @@ async def test_the_agent_reads_its_own_source_and_cannot_change_it(tmp_path, sla
         assert outside.startswith("paths are relative to the repository root")
         assert env.startswith("no such file or directory")
 
-        write, edit, shell = tool_results(model, 2)
+        write, edit, shell = tool_results(model, 2)[-3:]
         assert write == f"{SRC} is read-only: the project's own source can be read, not changed"
         assert edit == write
         assert "Read-only file system" in shell and "evil.py" not in shell.split("\n", 1)[1].replace("bot/evil.py", "")
