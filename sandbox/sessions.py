@@ -46,8 +46,11 @@ class SandboxUnavailable(WorkspaceUnavailable):
 class SessionSandbox:
     """A session's container, as the agent's `Workspace`."""
 
-    def __init__(self, session_id: str, repo: Repo, work_branch: str, disk_quota: str | None = None):
+    def __init__(self, session_id: str, repo: Repo, work_branch: str, disk_quota: str | None = None,
+                 own_source: str | None = None):
         self.session_id = session_id
+        self.own_source = own_source
+        """Where this project's source is mounted read-only in the container (OWN_SOURCE), or None."""
         self._disk_quota = disk_quota
         self.repo = repo
         self.work_branch = work_branch
@@ -87,11 +90,12 @@ class SessionSandbox:
         """Returns when the workspace is on the session's branch at the base branch tip."""
         await asyncio.shield(self._synced)
 
-    async def read(self, path: str) -> FileText:
-        return await (await self.executor()).call(Read(path=path))
+    async def read(self, path: str, offset: int = 1, limit: int | None = None, max_bytes: int = 4 * 1024 * 1024) -> FileText:
+        return await (await self.executor()).call(Read(path=path, offset=offset, limit=limit, max_bytes=max_bytes))
 
-    async def list_dir(self, path: str = ".") -> list[DirEntry]:
-        return (await (await self.executor()).call(ListDir(path=path))).entries
+    async def list_dir(self, path: str = ".", limit: int = 2000) -> tuple[list[DirEntry], int]:
+        listing = await (await self.executor()).call(ListDir(path=path, limit=limit))
+        return listing.entries, listing.total if listing.total is not None else len(listing.entries)
 
     async def search(self, pattern: str, path: str = ".", glob: str | None = None) -> CommandResult:
         return await (await self.executor()).call(Search(pattern=pattern, path=path, glob=glob))
@@ -104,7 +108,7 @@ class SessionSandbox:
         return (await (await self.executor()).call(request)).replacements
 
     async def run(self, command: str, timeout: float, cap: int = 30_000) -> CommandResult:
-        return await (await self.executor()).call(Exec(cmd=command, timeout=timeout, cap=cap))
+        return await (await self.executor()).call(Exec(cmd=command, timeout=timeout, cap=cap, save=True))
 
     async def diff(self, path: str | None = None) -> CommandResult:
         argv = ["git", "diff", "HEAD", "--", path] if path else ["git", "diff", "HEAD"]
@@ -202,7 +206,7 @@ class SandboxManager:
         return "started"
 
     def _start(self, session_id: str, repo: Repo) -> SessionSandbox:
-        sandbox = SessionSandbox(session_id, repo, f"hosted-agents/{session_id}", self.disk_quota)
+        sandbox = SessionSandbox(session_id, repo, f"hosted-agents/{session_id}", self.disk_quota, self.backend.own_source)
         self._sandboxes[session_id] = sandbox
         sandbox.task = asyncio.create_task(self._acquire(sandbox), name=f"sandbox-{session_id}")
         return sandbox

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -18,6 +19,7 @@ from sandbox.docker import DockerBackend, DockerUnavailable, UnknownRuntime
 from sandbox.egress import EgressPolicy, EgressProxy, default_patterns
 from sandbox.gitauth import GitCredentials, no_credentials
 from sandbox.images import BuildFailed, ImageBuilder
+from sandbox.own_source import copy_own_source
 from sandbox.pool import WarmPool
 from sandbox.sessions import SandboxManager
 
@@ -41,7 +43,7 @@ class SandboxStack:
             self.egress = EgressProxy(settings.data_dir / "egress", policy)
         disks = self._disks(settings)
         try:
-            self.backend = DockerBackend(limits, egress=self.egress, disks=disks)
+            self.backend = DockerBackend(limits, egress=self.egress, disks=disks, source=self.own_source_dir)
         except UnknownRuntime as exc:
             raise ConfigError(f"SANDBOX_RUNTIME: {exc}") from None
         except DockerUnavailable as exc:
@@ -56,6 +58,11 @@ class SandboxStack:
                                       disk_quota=settings.sandbox_disk or None, credentials=credentials)
         self.scheduler: AsyncIOScheduler | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def own_source_dir(self) -> Path:
+        """The copy of this project's source that sandboxes mount read-only (made by `start`)."""
+        return self.settings.data_dir / "agent-source"
 
     @staticmethod
     def _disks(settings: Settings) -> DiskStore | None:
@@ -73,7 +80,12 @@ class SandboxStack:
         return disks
 
     async def start(self) -> None:
-        """Clean up after an earlier run, adopt warm containers, then build and fill in the background."""
+        """Copy this project's source for the sandboxes to mount, clean up after an earlier run, adopt
+        warm containers, then build and fill in the background."""
+        try:
+            await asyncio.to_thread(copy_own_source, self.own_source_dir)
+        except OSError as exc:
+            log.warning("this project's source could not be copied for the sandboxes (%s); they run without it", exc)
         if self.egress is not None and not self.settings.sandbox_egress_allow:
             self.egress.policy = EgressPolicy(await self.default_egress())
             log.info("sandbox egress allowed to: %s", self.egress.policy)
