@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 
 from bot.config import normalise_database_url
 from bot.service import Service
@@ -21,6 +20,7 @@ from bot.store.job_runs import JobRuns
 from tests.conftest import make_settings, service_env
 from tests.fakes.openai import FakeOpenAI, Reply
 from tests.fakes.slack import FakeSlack
+from tests.instances import owners
 from tests.slack_threads import all_done, turns
 from tests.test_web import read_events
 
@@ -31,14 +31,6 @@ async def start(tmp_path: Path, name: str, pg_url: str, slack: FakeSlack, model:
     svc = Service(make_settings(env))
     await svc.start()
     return svc
-
-
-async def owners(pg_url: str) -> dict[str, str]:
-    conn = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
-    try:
-        return {r["session_id"]: r["owner"] for r in await conn.fetch("SELECT session_id, owner FROM session_leases")}
-    finally:
-        await conn.close()
 
 
 def prompted(model: FakeOpenAI) -> list[str]:

@@ -47,7 +47,9 @@ def loops_and_mounts(under: Path) -> list[str]:
 async def test_a_write_past_the_quota_is_a_clear_error_the_session_goes_on_and_a_restore_keeps_the_disk(
         tmp_path, slack, model, git_remote):
     data = tmp_path / "data"
-    svc = await start_service(tmp_path, slack, model, git_remote.url, sandbox_disk="64m", sandbox_idle_timeout=1)
+    # a window the 1.9 MB write fits in: no compaction, whose summary call would take a scripted reply
+    svc = await start_service(tmp_path, slack, model, git_remote.url, sandbox_disk="64m", sandbox_idle_timeout=1,
+                              model_context_windows='{"gpt-5": 10000000}')
     try:
         model.add(
             Reply(tool_calls=[ToolCall("run_command", {"command": PROBE}),
@@ -95,8 +97,7 @@ async def test_a_write_past_the_quota_is_a_clear_error_the_session_goes_on_and_a
                   Reply(text="found it"))
         await slack.user_message("U0BOB001", "what did you write?", thread_ts=root)
         await slack.wait_for(lambda: finished(slack, root, 2), timeout=60)
-        # the last request answers the tool calls (the 1.9 MB write may have had older turns summarised first)
-        notes, listing = tool_results(model, len(model.requests) - 1)[-2:]
+        notes, listing = tool_results(model, 6)[-2:]
         assert notes == "remember me", "the restored session sees its earlier files"
         assert "small" in listing and "cannot access 'big'" in listing and "?? notes.txt" in listing
         restored = manager.get(session.id)

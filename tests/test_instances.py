@@ -40,6 +40,16 @@ async def test_three_instances_answer_fifty_sessions_once_follow_each_other_and_
         spread = Counter((await owners(pg_url)).values())
         assert set(spread) == {"i1", "i2", "i3"}, spread
 
+        # one event delivered on two instances' connections (Slack retried it onto another one): handled once
+        ts = slack.next_ts()
+        event = {"type": "app_mention", "user": "U0BOB001", "text": f"<@{slack.bot_user_id}> just once", "ts": ts,
+                 "channel": "C0000001", "event_ts": ts}
+        await asyncio.gather(slack.send_event(event, event_id="Ev0TWICE16", to=0),
+                             slack.send_event(event, event_id="Ev0TWICE16", to=1, retry_attempt=1))
+        await slack.wait_for(lambda: all_done(slack, ts, 1), timeout=30)
+        await asyncio.sleep(1)
+        assert len(turns(slack, ts)) == 1 and prompted(model).count("just once") == 1
+
         # a viewer on one instance follows, live, a session another one drives
         session_id, token = await session_by_thread(pg_url, roots[0])
         owner = by_name[(await owners(pg_url))[session_id]]

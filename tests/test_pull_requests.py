@@ -132,6 +132,8 @@ async def test_a_linked_persons_session_opens_a_pr_in_their_name_and_leaks_no_to
         assert b"remote.origin.url" in places["git config"], places["git config"]
         for path in ("/workspace", "/home", "/tmp", "/var/tmp", "/etc", "/root"):
             places[path] = archive_bytes(container, path)
+        if sandbox.snapshotting is not None:  # a later turn's snapshot replaces (and removes) the one read above
+            await asyncio.gather(sandbox.snapshotting, return_exceptions=True)
         for image in {await svc.sandbox.manager.snapshots.image(session.id), await svc.sandbox.images.latest("acme/api")}:  # type: ignore[union-attr]
             assert image
             found = client.images.get(image)

@@ -725,8 +725,11 @@ class SessionService:
         return self._logs.get(session_id)
 
     async def prepare_turn(self, session_id: str) -> tuple[str, Workspace | None]:
-        if self.shared is not None:
-            await self.shared.flush()  # the turn is `running` in the shared log: a new owner never runs it twice
+        if self.shared is not None:  # the turn is `running` in the shared log: a new owner never runs it twice
+            try:
+                await asyncio.wait_for(self.shared.flush(), 5)
+            except TimeoutError:
+                log.warning("PostgreSQL is slow to take session %s's events; its turn goes on", session_id)
         info = await self.get(session_id)
         repo = info.repo if info else None
         # The sandbox is acquired in parallel: the first model call does not wait for it.
