@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.web_fanout
 	$(BIN)/python -m bench.warm_up_latency
 	$(BIN)/python -m bench.long_session
+	$(BIN)/python -m bench.instances
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

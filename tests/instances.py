@@ -54,11 +54,11 @@ def free_port() -> int:
 
 
 async def start_instances(count: int, root: Path, pg_url: str, slack: FakeSlack, model: FakeOpenAI,
-                          **extra: Any) -> list[Instance]:
+                          prefix: str = "i", **extra: Any) -> list[Instance]:
     """`count` instances named i1…iN, each with its own DATA_DIR and web port, all ready."""
     instances = []
     for n in range(1, count + 1):
-        name, port = f"i{n}", free_port()
+        name, port = f"{prefix}{n}", free_port()
         env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/root"),
                **service_env(root / name, slack, model, database_url=pg_url, instance_id=name, web_port=port, **extra)}
         log = root / f"{name}.log"
