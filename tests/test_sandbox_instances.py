@@ -176,3 +176,28 @@ async def _warm(s: SandboxStack) -> bool:
 
 async def _exists(backend: DockerBackend, container_id: str) -> bool:
     return any(ref.id == container_id for ref in await backend.find({}))
+
+
+async def test_the_service_labels_its_sandboxes_with_its_instance_id_and_reaps_by_the_cluster(tmp_path, pg_url, slack, model,
+                                                                                               git_remote):
+    from bot.service import Service
+    from sandbox.ownership import deployment_digest
+    from tests.conftest import make_settings, service_env
+
+    repos = repos_yaml(tmp_path / "repos.yml", git_remote.url, pool_size=1)
+    svc = Service(make_settings(service_env(tmp_path / "data", slack, model, database_url=pg_url, instance_id="svc-a",
+                                            repos_config=repos, sandbox_network="host", sandbox_memory="512m",
+                                            sandbox_pids=256, image_rebuild_interval=0)))
+    await svc.start()
+    try:
+        assert svc.sandbox is not None
+        sandbox = svc.sandbox
+        await until(lambda: _warm(sandbox), what="the pool")
+        assert sandbox.pool._entries["acme/api"][0].ref.labels[INSTANCE_LABEL] == "svc-a"
+        assert await sandbox.ownership.live_set() == {"svc-a"}
+        # a container another instance of this deployment left behind; that instance never came back
+        gone = DockerBackend(SandboxLimits(network="host"), instance="svc-gone", cluster=deployment_digest(svc.db.url))
+        left = await gone.create(BASE_IMAGE, {f"{LABEL}.role": "session", f"{LABEL}.session": "s-gone"})
+        assert await sandbox.reap_dead() == 1 and not await gone.is_running(left)
+    finally:
+        await svc.stop()
