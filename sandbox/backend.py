@@ -68,6 +68,10 @@ class SandboxBackend(Protocol):
 
     async def is_running(self, ref: ContainerRef) -> bool: ...
 
+    @property
+    def own_source(self) -> str | None:
+        """Where the containers made now find this project's source, read-only (OWN_SOURCE), or None."""
+
     async def stop(self, ref: ContainerRef) -> None: ...
 
     async def remove(self, ref: ContainerRef, keep_disk: bool = False) -> None:

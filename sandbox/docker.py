@@ -32,7 +32,7 @@ from sandbox.disk import DiskStore
 from sandbox.egress import EgressProxy
 from sandbox.executor import START, Executor, NoPython
 from sandbox.framing import MAX_FRAME, ProtocolError
-from sandbox.protocol import WORKSPACE, Ping
+from sandbox.protocol import OWN_SOURCE, WORKSPACE, Ping
 from sandbox.shell_executor import LOOP, ShellExecutor
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,13 @@ def ping_engine(host: str, timeout: float = 5.0, version: str = "auto") -> None:
 
 class DockerBackend:
     def __init__(self, limits: SandboxLimits, host: str | None = None, egress: EgressProxy | None = None,
-                 disks: DiskStore | None = None, instance: str = "", cluster: str = ""):
+                 disks: DiskStore | None = None, source: Path | None = None, instance: str = "", cluster: str = ""):
         if limits.network == "proxy" and egress is None:
             raise ValueError("network `proxy` needs the service's EgressProxy")
         self.limits = limits
+        self.source = source.resolve() if source is not None else None
+        """A copy of this project's source (sandbox/own_source.py), mounted read-only at OWN_SOURCE
+        in every container made once it exists."""
         self.egress = egress
         self.instance = instance or f"{socket.gethostname()[:40]}-{secrets.token_hex(3)}"
         """This service instance's id: every container and snapshot image carries it (INSTANCE_LABEL)."""
@@ -136,6 +139,11 @@ class DockerBackend:
         self.engine = str(self._info.get("ID") or self.host)
         """The engine's id (`docker info`): images are recorded per engine."""
         self._check_runtime()
+
+    @property
+    def own_source(self) -> str | None:
+        """Where containers made now find this project's source (OWN_SOURCE), or None."""
+        return OWN_SOURCE if self.source is not None and self.source.is_dir() else None
 
     def ping(self, timeout: float = 5.0) -> None:
         """Raise unless the engine answers (readiness; blocking: call it off the event loop)."""
@@ -167,6 +175,8 @@ class DockerBackend:
         labels = {f"{LABEL}.managed": "1", **labels, **self._owner_labels(), **disk_labels}
         environment = {"HOME": "/root", "LANG": "C.UTF-8"}
         egress_key = await self._egress_setup(labels, environment, binds)
+        if self.own_source is not None and self.source is not None:
+            binds[str(self.source)] = {"bind": OWN_SOURCE, "mode": "ro"}
         host_config = self.api.create_host_config(
             network_mode="none" if egress_key else self.limits.network,
             mem_limit=self.limits.memory,

@@ -21,6 +21,12 @@ usual first user, rather than `nobody` (65534), which must own no files; the exe
 SANDBOX_HOME = "/home/sandbox"
 """HOME of the sandbox user; caches filled by warm-up steps live here."""
 WORKSPACE = "/workspace"
+OWN_SOURCE = "/opt/hosted-agents/source"
+"""This project's own source, mounted read-only in every sandbox; reads, listings and searches
+may name absolute paths under it (executor_agent.py: SOURCE)."""
+OUTPUTS = ".hosted-agents/outputs"
+"""Where a command's output longer than its cap is saved whole, in the repository and excluded
+from git (executor_agent.py: OUTPUTS; bot/agent/conversation.py's stubs name these paths)."""
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -46,6 +52,8 @@ class EditResult(_Model):
 
 class ListResult(_Model):
     entries: list[DirEntry]
+    total: int | None = None
+    """Entries in the directory; more than `entries` when the listing was cut at its limit."""
 
 
 class CancelResult(_Model):
@@ -86,7 +94,9 @@ class Exec(Request[CommandResult]):
     cwd: str = "."
     timeout: float = Field(default=120.0, gt=0)
     cap: int = Field(default=100_000, ge=0)
-    """Output kept, in bytes; the rest is counted, not sent."""
+    """Output kept, in bytes (its first 2/3 and last 1/3); the rest is counted, not sent."""
+    save: bool = False
+    """Output longer than the cap is also saved whole under OUTPUTS (the agent's commands)."""
     env: dict[str, str] = Field(default_factory=dict)
     as_root: bool = False
     """Only for image setup steps from the repos config, never for the agent's commands."""
@@ -100,6 +110,12 @@ class Read(Request[FileText]):
     retry_safe: ClassVar[bool] = True
     op: Literal["read"] = "read"
     path: str
+    offset: int = Field(default=1, ge=1)
+    """The first line (1-based)."""
+    limit: int | None = Field(default=None, ge=1)
+    """At most this many lines; None: to the end."""
+    max_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+    """At most this many bytes, whole lines (a single longer line is cut)."""
 
 
 class Write(Request[WriteResult]):
@@ -123,6 +139,7 @@ class ListDir(Request[ListResult]):
     retry_safe: ClassVar[bool] = True
     op: Literal["list"] = "list"
     path: str = "."
+    limit: int = Field(default=2000, ge=1)
 
 
 class Search(Request[CommandResult]):

@@ -35,6 +35,7 @@ from sandbox.pool import WarmPool
 from sandbox.protocol import Edit, Exec, ListDir, Read, Search, Write
 from sandbox.snapshots import SnapshotRecords
 from sandbox.workspace import CommandResult, DirEntry, FileText, WorkspaceLost, WorkspaceUnavailable
+from sandbox.workspace_state import WorkspaceStates, apply, check_out_base, export, starting_point
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,18 @@ class SandboxUnavailable(WorkspaceUnavailable):
 class SessionSandbox:
     """A session's container, as the agent's `Workspace`."""
 
-    def __init__(self, session_id: str, repo: Repo, work_branch: str, disk_quota: str | None = None):
+    def __init__(self, session_id: str, repo: Repo, work_branch: str, disk_quota: str | None = None,
+                 own_source: str | None = None):
         self.session_id = session_id
+        self.own_source = own_source
+        """Where this project's source is mounted read-only in the container (OWN_SOURCE), or None."""
         self._disk_quota = disk_quota
         self.repo = repo
         self.work_branch = work_branch
         self.source: str | None = None
         """How it was acquired: pool, snapshot, image or build."""
+        self.start: tuple[str, str] | None = None
+        """(commit, tree) of its workspace as it started: what its saved workspace state is against."""
         self.ref: ContainerRef | None = None
         self.sync_note: str | None = None
         self.in_turn = False
@@ -85,11 +91,12 @@ class SessionSandbox:
         """Returns when the workspace is on the session's branch at the base branch tip."""
         await asyncio.shield(self._synced)
 
-    async def read(self, path: str) -> FileText:
-        return await (await self.executor()).call(Read(path=path))
+    async def read(self, path: str, offset: int = 1, limit: int | None = None, max_bytes: int = 4 * 1024 * 1024) -> FileText:
+        return await (await self.executor()).call(Read(path=path, offset=offset, limit=limit, max_bytes=max_bytes))
 
-    async def list_dir(self, path: str = ".") -> list[DirEntry]:
-        return (await (await self.executor()).call(ListDir(path=path))).entries
+    async def list_dir(self, path: str = ".", limit: int = 2000) -> tuple[list[DirEntry], int]:
+        listing = await (await self.executor()).call(ListDir(path=path, limit=limit))
+        return listing.entries, listing.total if listing.total is not None else len(listing.entries)
 
     async def search(self, pattern: str, path: str = ".", glob: str | None = None) -> CommandResult:
         return await (await self.executor()).call(Search(pattern=pattern, path=path, glob=glob))
@@ -102,7 +109,7 @@ class SessionSandbox:
         return (await (await self.executor()).call(request)).replacements
 
     async def run(self, command: str, timeout: float, cap: int = 30_000) -> CommandResult:
-        return await (await self.executor()).call(Exec(cmd=command, timeout=timeout, cap=cap))
+        return await (await self.executor()).call(Exec(cmd=command, timeout=timeout, cap=cap, save=True))
 
     async def diff(self, path: str | None = None) -> CommandResult:
         argv = ["git", "diff", "HEAD", "--", path] if path else ["git", "diff", "HEAD"]
@@ -168,6 +175,7 @@ class SandboxManager:
         self.credentials = credentials
         """For the git commands that reach a repo's remote (the sync's fetch, a push)."""
         self.snapshots = SnapshotRecords(db)
+        self.states = WorkspaceStates(db)
         self._sandboxes: dict[str, SessionSandbox] = {}
 
     def get(self, session_id: str) -> SessionSandbox | None:
@@ -202,7 +210,7 @@ class SandboxManager:
         return "started"
 
     def _start(self, session_id: str, repo: Repo) -> SessionSandbox:
-        sandbox = SessionSandbox(session_id, repo, f"hosted-agents/{session_id}", self.disk_quota)
+        sandbox = SessionSandbox(session_id, repo, f"hosted-agents/{session_id}", self.disk_quota, self.backend.own_source)
         self._sandboxes[session_id] = sandbox
         sandbox.task = asyncio.create_task(self._acquire(sandbox), name=f"sandbox-{session_id}")
         return sandbox
@@ -228,9 +236,22 @@ class SandboxManager:
                     raise
                 sb._set_ready(ref, executor, source)
             if sb.source == "snapshot":
+                state = await self.states.get(sb.session_id)
+                sb.start = (state.base_commit, state.start_tree) if state else None
                 sb._set_synced()  # the snapshot holds the session's branch as it left it
             else:
-                sb._set_synced(await self._sync(sb, await sb.executor()))
+                executor = await sb.executor()
+                note = await self._sync(sb, executor)
+                state = await self.states.get(sb.session_id)
+                restored = None  # below: its work, from a sandbox whose snapshot is not here (another host)
+                if state is not None and not await check_out_base(executor, state, sb.work_branch,
+                                                                  await self.credentials(sb.repo)):
+                    restored = "The session's starting commit could not be fetched; its changes go onto the latest."
+                sb.start = await starting_point(executor)
+                if state is not None:
+                    restored = " ".join(n for n in (restored, await apply(executor, state)) if n) or None
+                    note = " ".join(n for n in (note, restored) if n) or None
+                sb._set_synced(note)
         except asyncio.CancelledError:
             sb._fail(SandboxUnavailable("the service is shutting down"))
             raise
@@ -298,6 +319,7 @@ class SandboxManager:
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
         assert sb.ref is not None
+        await self._save_state(sb)
         try:
             image = await self.backend.snapshot(
                 sb.ref, f"hosted-agents/session-{sb.session_id}", str(int(time.time() * 1000)),
@@ -312,6 +334,17 @@ class SandboxManager:
         if old and old != image:
             await self.backend.remove_image(old)  # the disk is the same one: it stays
         await self.evict_snapshots()
+
+    async def _save_state(self, sb: SessionSandbox) -> None:
+        """The workspace as a patch in the database: what a sandbox on another host restores."""
+        if sb.start is None:
+            return
+        try:
+            state = await export(await sb.executor(), *sb.start)
+            if state is not None:
+                await self.states.save(sb.session_id, sb.repo.name, state)
+        except Exception as exc:
+            log.warning("workspace state of session %s not saved: %s", sb.session_id, exc)
 
     async def drop(self, session_id: str) -> None:
         sb = self._sandboxes.pop(session_id, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -18,6 +19,7 @@ from sandbox.docker import DockerBackend, DockerUnavailable, UnknownRuntime
 from sandbox.egress import EgressPolicy, EgressProxy, default_patterns
 from sandbox.gitauth import GitCredentials, no_credentials
 from sandbox.images import BuildFailed, ImageBuilder
+from sandbox.own_source import copy_own_source
 from sandbox.ownership import LiveInstances, Ownership, deployment_digest, single_instance
 from sandbox.pool import WarmPool
 from sandbox.sessions import SandboxManager
@@ -50,7 +52,7 @@ class SandboxStack:
             self.egress = EgressProxy(settings.data_dir / "egress", policy)
         disks = self._disks(settings)
         try:
-            self.backend = DockerBackend(limits, egress=self.egress, disks=disks,
+            self.backend = DockerBackend(limits, egress=self.egress, disks=disks, source=self.own_source_dir,
                                          instance=instance_id or settings.instance_id,
                                          cluster=deployment_digest(db.url))
         except UnknownRuntime as exc:
@@ -71,6 +73,11 @@ class SandboxStack:
         self.scheduler: AsyncIOScheduler | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
+    @property
+    def own_source_dir(self) -> Path:
+        """The copy of this project's source that sandboxes mount read-only (made by `start`)."""
+        return self.settings.data_dir / "agent-source"
+
     @staticmethod
     def _disks(settings: Settings) -> DiskStore | None:
         """The per-sandbox disks under DATA_DIR/sandbox (0700), or None when SANDBOX_DISK is off."""
@@ -87,7 +94,12 @@ class SandboxStack:
         return disks
 
     async def start(self) -> None:
-        """Clean up after an earlier run, adopt warm containers, then build and fill in the background."""
+        """Copy this project's source for the sandboxes to mount, clean up after an earlier run, adopt
+        warm containers, then build and fill in the background."""
+        try:
+            await asyncio.to_thread(copy_own_source, self.own_source_dir)
+        except OSError as exc:
+            log.warning("this project's source could not be copied for the sandboxes (%s); they run without it", exc)
         if self.egress is not None and not self.settings.sandbox_egress_allow:
             self.egress.policy = EgressPolicy(await self.default_egress())
             log.info("sandbox egress allowed to: %s", self.egress.policy)

@@ -41,16 +41,35 @@ class CommandResult(_Result):
     signal: int | None = None
     """The signal that ended it, if one did (and not our timeout)."""
     output: str
+    """All of it, or when `truncated` its head (the first 2/3 of the cap)."""
     truncated: bool = False
     total_bytes: int = 0
+    total_lines: int = 0
+    tail: str = ""
+    """When `truncated`: the last 1/3 of the cap."""
+    head_lines: int = 0
+    """When `truncated`: the line the head ends in."""
+    tail_from_line: int = 0
+    """When `truncated`: the line the tail starts in."""
+    saved_path: str | None = None
+    """Where the whole output was saved (relative to the repository root), when it was."""
+    saved_bytes: int = 0
+    save_error: str | None = None
+    """Why saving the whole output failed (e.g. the disk is full)."""
     timed_out: bool = False
     duration: float = 0.0
 
 
 class FileText(_Result):
+    """Lines `first_line`..`last_line` of a file of `total_lines` lines (0 when not counted)."""
+
     content: str
     truncated: bool = False
-    """The file was longer than the read cap (4 MiB)."""
+    """The lines asked for were more than the read's byte cap: `last_line` is where it stopped."""
+    first_line: int = 1
+    last_line: int = 0
+    total_lines: int = 0
+    total_bytes: int = 0
 
 
 class DirEntry(_Result):
@@ -83,11 +102,21 @@ class Workspace(Protocol):
         """Why the checkout is not at the base branch tip, when the sync failed."""
         ...
 
+    @property
+    def own_source(self) -> str | None:
+        """Where this project's own source can be read (absolute, read-only), or None."""
+        ...
+
     async def wait_synced(self) -> None: ...
 
-    async def read(self, path: str) -> FileText: ...
+    async def read(self, path: str, offset: int = 1, limit: int | None = None, max_bytes: int = 4 * 1024 * 1024) -> FileText:
+        """Lines `offset` (1-based) on, at most `limit` lines and `max_bytes`, streamed from a file of any
+        size. Reads, listings and searches also take absolute paths under OWN_SOURCE (read-only)."""
+        ...
 
-    async def list_dir(self, path: str = ".") -> list[DirEntry]: ...
+    async def list_dir(self, path: str = ".", limit: int = 2000) -> tuple[list[DirEntry], int]:
+        """The first `limit` entries, sorted by name, and how many there are in all."""
+        ...
 
     async def search(self, pattern: str, path: str = ".", glob: str | None = None) -> CommandResult:
         """Lines matching a regular expression, as `path:line:text` (exit code 1: none)."""
@@ -102,7 +131,9 @@ class Workspace(Protocol):
         ...
 
     async def run(self, command: str, timeout: float, cap: int = 30_000) -> CommandResult:
-        """A shell command in the repository root; it and everything it started end with it."""
+        """A shell command in the repository root; it and everything it started end with it.
+        Output longer than `cap` keeps its head and tail here and is saved whole in the workspace
+        (`saved_path`, under .hosted-agents/outputs, excluded from git)."""
         ...
 
     async def diff(self, path: str | None = None) -> CommandResult:

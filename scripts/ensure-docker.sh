@@ -32,7 +32,14 @@ for pidfile in /var/run/docker.pid /var/run/docker/containerd/containerd.pid; do
 done
 echo "starting dockerd"
 mkdir -p /var/log
-nohup dockerd --bridge=none --iptables=false --ip-masq=false >/var/log/dockerd.log 2>&1 &
+# In a subshell that first closes every inherited descriptor beyond stdio: the daemon outlives
+# this script, and must not keep open a lock (`flock make test`) or a pipe its caller waits on.
+(
+  for fd in $(ls /proc/$BASHPID/fd); do
+    if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+  done
+  exec nohup dockerd --bridge=none --iptables=false --ip-masq=false >/var/log/dockerd.log 2>&1 </dev/null
+) &
 daemon=$!
 for _ in $(seq 1 60); do
   engine_up && { echo "Docker engine is up"; exit 0; }

@@ -59,9 +59,7 @@ def remove_created_since(client, since: float) -> None:  # type: ignore[no-untyp
     from datetime import datetime
 
     def created(attrs: dict) -> float:  # type: ignore[type-arg]
-        # e.g. 2026-12-05T07:43:45.96561Z: Docker drops trailing zeros of the fraction (UTC)
-        seconds, _, fraction = attrs["Created"].rstrip("Z").partition(".")
-        return datetime.fromisoformat(seconds[:19] + "+00:00").timestamp() + float("0." + (fraction[:6] or "0"))
+        return datetime.fromisoformat(attrs["Created"][:19] + "+00:00").timestamp()  # whole seconds: `since - 1` covers
 
     for container in client.containers.list(all=True, filters={"label": "hosted-agents.managed=1"}):
         if created(container.attrs) >= since - 1:

@@ -301,3 +301,39 @@ async def test_several_reads_in_one_step_run_at_once_and_answer_in_order(tmp_pat
         assert "return a - b" in results[0] and "assertEqual" in results[1], "results in the model's order"
     finally:
         await svc.stop()
+
+
+async def test_a_session_whose_snapshot_is_not_on_this_host_gets_its_work_back_from_the_saved_state(
+        tmp_path, slack, model, git_remote):
+    """What a takeover on another host meets (issue 16): no container, no snapshot image, only the
+    database. The commit, the edits and the untracked files come back from the workspace state."""
+    svc = await start_service(tmp_path, slack, model, git_remote.url)
+    try:
+        work = ("echo 'def sub(a, b): return a - b' >> app.py && git -c user.name=A -c user.email=a@example.com"
+                " commit -qam wip && printf 'x\\n' >> README.md && git log --oneline -1")
+        model.add(Reply(tool_calls=[ToolCall("write_file", {"path": "notes/new.txt", "content": "untracked work"}),
+                                    ToolCall("run_command", {"command": work})]), Reply(text="did it"))
+        root = await slack.mention("U0ALICE1", "do some work")
+        await slack.wait_for(lambda: finished(slack, root), timeout=60)
+        session = await svc.sessions.find_by_surface(thread_surface("C0000001", root))
+        assert session is not None
+        manager = svc.sandbox.manager  # type: ignore[union-attr]
+        state = await until(lambda: manager.states.get(session.id), what="the workspace state saved")
+        assert "notes/new.txt" in state.patch and "def sub" in state.patch
+        await until(lambda: manager.snapshots.image(session.id), what="the snapshot")
+        await manager.drop(session.id)  # as on another host: neither the container nor the snapshot is here
+        await manager._discard_snapshot(session.id, await manager.snapshots.image(session.id))  # type: ignore[arg-type]
+
+        check = "tail -1 app.py; tail -1 README.md; git status --short; git branch --show-current"
+        model.add(Reply(tool_calls=[ToolCall("read_file", {"path": "notes/new.txt"}),
+                                    ToolCall("run_command", {"command": check})]), Reply(text="all there"))
+        await slack.user_message("U0ALICE1", "is it all there?", thread_ts=root)
+        await slack.wait_for(lambda: finished(slack, root, 2), timeout=60)
+        note, output = tool_results(model, len(model.requests) - 1)[-2:]
+        assert note == "untracked work"
+        assert "def sub(a, b): return a - b" in output and "\nx\n" in output
+        assert " M app.py" in output and " M README.md" in output and "?? notes/" in output
+        assert f"hosted-agents/{session.id}" in output, "on the session's own branch"
+        assert manager.get(session.id).source in ("image", "pool")  # type: ignore[union-attr]
+    finally:
+        await svc.stop()

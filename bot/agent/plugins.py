@@ -63,10 +63,14 @@ class SandboxContext:
         workspace = self.workspaces.get(session_id) if self.workspaces else None
         branch = workspace.branch if workspace else f"hosted-agents/{session_id}"
         note = f" Note: {workspace.sync_note}" if workspace and workspace.sync_note else ""
+        source = workspace.own_source if workspace else None
+        own = (f" Your own source (this agent, hosted-agents) is at {source}, read-only: read it (read_file, "
+               "list_directory and search take absolute paths there) to answer questions about your own "
+               "tools, settings and limits from the code." if source else "")
         return (
             f"You work in a checkout of {repo} in a sandbox container, on the branch {branch}. "
             "Paths are relative to the repository root. Read before you edit; run the tests that matter "
-            f"after a change.{note}"
+            f"after a change.{note}{own}"
         )
 
 

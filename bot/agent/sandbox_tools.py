@@ -19,11 +19,27 @@ from pydantic import BaseModel, Field
 
 from bot.agent.tools import Tool, ToolContext, ToolError
 from bot.events import FileChanged
+from sandbox.protocol import OWN_SOURCE
 from sandbox.workspace import CommandResult, Workspace, WorkspaceError, WorkspaceUnavailable
 
 Path = Field(description="Path relative to the repository root.", max_length=4096)
+READ_PATH = Field(description=f"Path relative to the repository root, or absolute under {OWN_SOURCE} "
+                  "(this agent's own source, read-only).", max_length=4096)
 DIFF_CAP = 20_000
 """Characters of a changed file's diff kept in its event (the web page shows it)."""
+COMMAND_CAP = 24_000
+"""Bytes of a command's output the model sees (its first 2/3 and last 1/3); the whole is saved in
+the sandbox. Below the registry's cap (tools.MAX_OUTPUT_CHARS), so the marker is never cut away."""
+READ_LINES = 2000
+"""Lines read_file shows when no limit is given."""
+READ_PAGE = 24_000
+"""Bytes of one read_file page at most (whole lines); the header says where to go on."""
+LIST_LIMIT = 500
+"""Entries list_directory shows."""
+SEARCH_LIMIT = 200
+"""Matching lines search shows."""
+SEARCH_LINE = 400
+"""Characters of one matching line shown (minified files have very long ones)."""
 log = logging.getLogger(__name__)
 
 
@@ -64,57 +80,94 @@ def _format_exec(result: CommandResult, timeout: float | None = None) -> str:
         head = f"exit code {result.exit_code}"
     out = result.output
     if result.truncated:
-        out += f"\n[output cut: {result.total_bytes:,} bytes in all]"
+        out = f"{out}\n{_cut_marker(result)}\n{result.tail}"
     return f"{head} ({result.duration:.1f} s)\n{out}".rstrip()
+
+
+def _cut_marker(result: CommandResult) -> str:
+    """Between the head and the tail of a cut output: how much there was, what is shown, where the rest is."""
+    size = f"{result.total_bytes:,} bytes, {result.total_lines:,} lines in all"
+    shown = f"shown: its start (to line {result.head_lines:,}) and its end (from line {result.tail_from_line:,})"
+    if result.saved_path:
+        path = result.saved_path
+        partial = (f" (its first {result.saved_bytes:,} bytes; the file was cut there)"
+                   if result.saved_bytes < result.total_bytes else "")
+        where = (f"The whole output is saved at {path}{partial}: read it in pages with "
+                 f'read_file(path="{path}", offset=<first line>, limit=<lines>), or search it')
+    else:
+        reason = f" (saving it failed: {result.save_error})" if result.save_error else ""
+        where = f"It was not saved{reason}; narrow the command's output (grep, head, tail) and run it again"
+    return f"[… output cut: {size}; {shown}. {where} …]"
 
 
 class ReadFile:
     name: ClassVar[str] = "read_file"
-    description: ClassVar[str] = "Read a text file of the repository, whole or a range of lines (1-based, inclusive)."
+    description: ClassVar[str] = (
+        f"Read a text file of the repository, or of this agent's own source under {OWN_SOURCE}, in pages: "
+        f"`offset` is the first line (1-based), `limit` the number of lines (default {READ_LINES}). Works on files "
+        "of any size, e.g. a command's saved output; the result says which lines it shows and how many there are."
+    )
     writes: ClassVar[bool] = False
     read_only: ClassVar[bool] = True
     """Changes nothing: several in one step run at once."""
     needs_workspace: ClassVar[bool] = True
 
     class Args(BaseModel):
-        path: str = Path
-        start_line: int = Field(1, ge=1)
-        end_line: int | None = Field(None, ge=1)
+        path: str = READ_PATH
+        offset: int = Field(1, ge=1, description="The first line to show (1-based).")
+        limit: int | None = Field(None, ge=1, le=100_000, description=f"How many lines to show (default {READ_LINES}).")
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
         with _refusals():
-            result = await _workspace(ctx).read(args.path)
-        lines = result.content.splitlines(keepends=True)
-        end = args.end_line or len(lines)
-        if args.start_line > max(len(lines), 1):
-            raise ToolError(f"{args.path} has {len(lines)} lines; start_line {args.start_line} is past the end.")
-        chosen = "".join(lines[args.start_line - 1 : end])
-        if args.start_line > 1 or end < len(lines):
-            return f"[{args.path}: lines {args.start_line}-{min(end, len(lines))} of {len(lines)}]\n{chosen}"
-        return chosen + ("\n[file cut at 4 MiB]" if result.truncated else "")
+            result = await _workspace(ctx).read(args.path, args.offset, args.limit or READ_LINES, READ_PAGE)
+        total = result.total_lines
+        if args.offset > max(total, 1):
+            raise ToolError(f"{args.path} has {total:,} lines; offset {args.offset:,} is past the end.")
+        first, last = result.first_line, result.last_line
+        if first == 1 and last >= total and not result.truncated:
+            return result.content
+        header = f"[{args.path}: lines {first:,}-{last:,} of {total:,} ({result.total_bytes:,} bytes)"
+        if result.truncated and last == first and not result.content.endswith("\n"):
+            header += (f"; line {first:,} alone is longer than a page, only its start is shown "
+                       "(see the rest with run_command, e.g. cut -c or fold)")
+        elif result.truncated:
+            header += f"; the page stopped at {READ_PAGE:,} bytes"
+        if last < total:
+            header += f"; next: offset={last + 1}"
+        return f"{header}]\n{result.content}"
 
 
 class ListDirectory:
     name: ClassVar[str] = "list_directory"
-    description: ClassVar[str] = "List a directory of the repository (names, kinds and sizes)."
+    description: ClassVar[str] = (
+        f"List a directory of the repository, or of this agent's own source under {OWN_SOURCE} (names, kinds "
+        f"and sizes; at most {LIST_LIMIT} entries)."
+    )
     writes: ClassVar[bool] = False
     read_only: ClassVar[bool] = True
     """Changes nothing: several in one step run at once."""
     needs_workspace: ClassVar[bool] = True
 
     class Args(BaseModel):
-        path: str = Field(".", description="Directory relative to the repository root.", max_length=4096)
+        path: str = Field(".", description=f"Directory relative to the repository root, or absolute under {OWN_SOURCE}.",
+                          max_length=4096)
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
         with _refusals():
-            entries = await _workspace(ctx).list_dir(args.path)
+            entries, total = await _workspace(ctx).list_dir(args.path, LIST_LIMIT)
         lines = [e.name + ("/" if e.type == "dir" else "@" if e.type == "link" else f"  ({e.size} bytes)") for e in entries]
+        if total > len(entries):
+            lines.append(f"[… {total - len(entries):,} more not shown ({total:,} entries in all, sorted by name); "
+                         "list a subdirectory, or search with a glob …]")
         return "\n".join(lines) or "(empty)"
 
 
 class Search:
     name: ClassVar[str] = "search"
-    description: ClassVar[str] = "Search file contents with a regular expression (ripgrep or grep -E); prints path:line:text."
+    description: ClassVar[str] = (
+        "Search file contents with a regular expression (ripgrep or grep -E); prints path:line:text, at most "
+        f"{SEARCH_LIMIT} lines (50 per file). Searches the repository, or this agent's own source under {OWN_SOURCE}."
+    )
     writes: ClassVar[bool] = False
     read_only: ClassVar[bool] = True
     """Changes nothing: several in one step run at once."""
@@ -122,7 +175,7 @@ class Search:
 
     class Args(BaseModel):
         pattern: str = Field(min_length=1, max_length=1000)
-        path: str = Field(".", max_length=4096)
+        path: str = Field(".", max_length=4096, description=f"Relative to the repository root, or absolute under {OWN_SOURCE}.")
         glob: str | None = Field(None, description="Only files matching this glob, e.g. '*.py'.", max_length=200)
 
     async def run(self, args: Args, ctx: ToolContext) -> str:
@@ -130,7 +183,17 @@ class Search:
             result = await _workspace(ctx).search(args.pattern, args.path, args.glob)
         if result.exit_code == 1 and not result.output:
             return "No matches."
-        return _format_exec(result) if result.exit_code not in (0, 1) else result.output or "No matches."
+        if result.exit_code not in (0, 1):
+            return _format_exec(result)
+        lines = result.output.splitlines()
+        if result.truncated and lines and not result.output.endswith("\n"):
+            lines.pop()  # cut in the middle
+        total = max(result.total_lines, len(lines))
+        shown = [line if len(line) <= SEARCH_LINE else line[:SEARCH_LINE] + " …" for line in lines[:SEARCH_LIMIT]]
+        if total > len(shown):
+            shown.append(f"[… {total - len(shown):,} more matching lines not shown ({total:,} in all); "
+                         "narrow the pattern, the path or the glob …]")
+        return "\n".join(shown) or "No matches."
 
 
 class EditFile:
@@ -178,8 +241,10 @@ class WriteFile:
 class RunCommand:
     name: ClassVar[str] = "run_command"
     description: ClassVar[str] = (
-        "Run a shell command in the repository root (e.g. the tests). Output is stdout and stderr together, "
-        "cut at 30,000 characters. Processes it starts end with it."
+        "Run a shell command in the repository root (e.g. the tests). Output is stdout and stderr together; "
+        f"past {COMMAND_CAP:,} bytes you see its start and end, and the whole is saved in a file under "
+        ".hosted-agents/outputs/ (named in the result) that you can read in pages with read_file. "
+        "Processes it starts end with it."
     )
     writes: ClassVar[bool] = True
     needs_workspace: ClassVar[bool] = True
@@ -195,7 +260,7 @@ class RunCommand:
         timeout = min(args.timeout_seconds, self.max_timeout)
         ws = _workspace(ctx)
         with _refusals(ws):
-            result = await ws.run(args.command, timeout, cap=30_000)
+            result = await ws.run(args.command, timeout, cap=COMMAND_CAP)
         failed = result.exit_code != 0
         return _format_exec(result, timeout) + (_quota_note(ws, result.output) if failed else "")
 

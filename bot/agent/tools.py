@@ -89,8 +89,8 @@ def cap_output(text: str, limit: int = MAX_OUTPUT_CHARS) -> str:
         return text
     head, tail = text[: limit * 2 // 3], text[-(limit // 3):]
     omitted = len(text) - len(head) - len(tail)
-    return (f"{head}\n[… {omitted:,} characters left out here; read a file by lines with read_file's start_line and "
-            f"end_line, or narrow a command's output (grep, head, tail) …]\n{tail}")
+    return (f"{head}\n[… {omitted:,} characters left out here; read a file in pages with read_file's offset and "
+            f"limit (lines), or narrow a command's output (grep, head, tail) …]\n{tail}")
 
 
 class ToolRegistry:

@@ -387,3 +387,17 @@ class JobRunRow(Base):
 
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     last_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WorkspaceStateRow(Base):
+    """A session's work as of its last turn, as text: the commit it started from and one binary git
+    patch (commits, edits and untracked files). A new owner on another host restores from it."""
+
+    __tablename__ = "workspace_states"
+
+    session_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    repo: Mapped[str] = mapped_column(String(200))
+    base_commit: Mapped[str] = mapped_column(String(64))
+    start_tree: Mapped[str] = mapped_column(String(64))
+    patch: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

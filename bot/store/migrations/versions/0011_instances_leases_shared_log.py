@@ -1,5 +1,5 @@
 """several instances on PostgreSQL: instances, session leases, the shared event log, prompt queue,
-refs and commands, scheduled job runs
+refs and commands, scheduled job runs, workspace states
 
 Revision ID: 0011
 Revises: 0010
@@ -71,6 +71,15 @@ def upgrade() -> None:
     )
     op.create_index("ix_session_commands_owner", "session_commands", ["owner"])
     op.create_table(
+        "workspace_states",
+        sa.Column("session_id", sa.String(length=32), primary_key=True),
+        sa.Column("repo", sa.String(length=200), nullable=False),
+        sa.Column("base_commit", sa.String(length=64), nullable=False),
+        sa.Column("start_tree", sa.String(length=64), nullable=False),
+        sa.Column("patch", sa.Text(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    op.create_table(
         "job_runs",
         sa.Column("name", sa.String(length=200), primary_key=True),
         sa.Column("last_run_at", sa.DateTime(timezone=True), nullable=False),
@@ -79,6 +88,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("job_runs")
+    op.drop_table("workspace_states")
     op.drop_index("ix_session_commands_owner", table_name="session_commands")
     op.drop_table("session_commands")
     op.drop_table("session_refs")
