@@ -57,6 +57,8 @@ class SessionSandbox:
         self.work_branch = work_branch
         self.source: str | None = None
         """How it was acquired: pool, snapshot, image or build."""
+        self.restoring = False
+        """Its session's work is applied from the saved workspace state before anything reads it."""
         self.start: tuple[str, str] | None = None
         """(commit, tree) of its workspace as it started: what its saved workspace state is against."""
         self.ref: ContainerRef | None = None
@@ -91,15 +93,23 @@ class SessionSandbox:
         """Returns when the workspace is on the session's branch at the base branch tip."""
         await asyncio.shield(self._synced)
 
+    async def _reader(self) -> Executor:
+        """Reads run as soon as the container exists, except while earlier work is being restored
+        into it (a session taken over from another host): then they wait for that."""
+        executor = await self.executor()  # once ready, whether it restores is known
+        if self.restoring:
+            await self.wait_synced()
+        return executor
+
     async def read(self, path: str, offset: int = 1, limit: int | None = None, max_bytes: int = 4 * 1024 * 1024) -> FileText:
-        return await (await self.executor()).call(Read(path=path, offset=offset, limit=limit, max_bytes=max_bytes))
+        return await (await self._reader()).call(Read(path=path, offset=offset, limit=limit, max_bytes=max_bytes))
 
     async def list_dir(self, path: str = ".", limit: int = 2000) -> tuple[list[DirEntry], int]:
-        listing = await (await self.executor()).call(ListDir(path=path, limit=limit))
+        listing = await (await self._reader()).call(ListDir(path=path, limit=limit))
         return listing.entries, listing.total if listing.total is not None else len(listing.entries)
 
     async def search(self, pattern: str, path: str = ".", glob: str | None = None) -> CommandResult:
-        return await (await self.executor()).call(Search(pattern=pattern, path=path, glob=glob))
+        return await (await self._reader()).call(Search(pattern=pattern, path=path, glob=glob))
 
     async def write(self, path: str, content: str) -> int:
         return (await (await self.executor()).call(Write(path=path, content=content))).bytes
@@ -218,6 +228,8 @@ class SandboxManager:
     async def _acquire(self, sb: SessionSandbox) -> None:
         try:
             snapshot, disk = await self._restorable(sb.session_id)
+            state = await self.states.get(sb.session_id)
+            sb.restoring = snapshot is None and state is not None
             entry = None
             if snapshot is None:  # a session with earlier work must get its own snapshot, never a fresh entry
                 entry = await self.pool.claim(sb.repo.name, sb.session_id)
@@ -236,13 +248,11 @@ class SandboxManager:
                     raise
                 sb._set_ready(ref, executor, source)
             if sb.source == "snapshot":
-                state = await self.states.get(sb.session_id)
                 sb.start = (state.base_commit, state.start_tree) if state else None
                 sb._set_synced()  # the snapshot holds the session's branch as it left it
             else:
                 executor = await sb.executor()
                 note = await self._sync(sb, executor)
-                state = await self.states.get(sb.session_id)
                 restored = None  # below: its work, from a sandbox whose snapshot is not here (another host)
                 if state is not None and not await check_out_base(executor, state, sb.work_branch,
                                                                   await self.credentials(sb.repo)):
