@@ -54,7 +54,7 @@ def stack(tmp_path: Path, db: Database, remote: GitRemote, instance: str, pool_s
     repos = repos_yaml(tmp_path / f"repos-{instance}.yml", remote.url, pool_size=pool_size)
     settings = load_settings(_env_file=None, data_dir=str(tmp_path / instance), repos_config=str(repos),
                              database_url=db.url, sandbox_network="host", sandbox_memory="512m", sandbox_pids=256,
-                             image_rebuild_interval=0)
+                             image_rebuild_interval=0, sandbox_disk="0")  # a dead instance's disks are its own to unmount
     catalog = load_repos(settings.repos_config, settings.git_clone_url)
     cluster = Cluster(db, instance, lease_ttl=10)
     return SandboxStack(settings, db, catalog, instance_id=instance, live_instances=cluster.live_instances)
@@ -187,7 +187,7 @@ async def test_the_service_labels_its_sandboxes_with_its_instance_id_and_reaps_b
     repos = repos_yaml(tmp_path / "repos.yml", git_remote.url, pool_size=1)
     svc = Service(make_settings(service_env(tmp_path / "data", slack, model, database_url=pg_url, instance_id="svc-a",
                                             repos_config=repos, sandbox_network="host", sandbox_memory="512m",
-                                            sandbox_pids=256, image_rebuild_interval=0)))
+                                            sandbox_pids=256, image_rebuild_interval=0, sandbox_disk="0")))
     await svc.start()
     try:
         assert svc.sandbox is not None
