@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the subcommands import what they need when they run, to kee
     from openai import AsyncOpenAI
 
     from bot.repos import RepoCatalog
+    from bot.sessions.cluster import Cluster
     from sandbox.stack import SandboxStack
 
     StackAction = Callable[[SandboxStack, RepoCatalog], Awaitable[int]]
@@ -44,7 +45,11 @@ def _serve(_: argparse.Namespace) -> int:
 
 async def _with_sandboxes(action: StackAction) -> int:
     """Run `action(stack)` against the configured repos, database and Docker engine."""
+    import secrets
+    import socket
+
     from bot.repos import load_repos
+    from bot.sessions.cluster import Cluster
     from bot.store.db import Database
     from sandbox.stack import SandboxStack
 
@@ -54,13 +59,35 @@ async def _with_sandboxes(action: StackAction) -> int:
     if not len(catalog):
         raise ConfigError("REPOS_CONFIG: no repositories are configured")
     db = Database(settings.database_url)
+    # An instance of its own: with PostgreSQL it is registered while it runs, so the serving
+    # instances on this engine do not take its build containers for a dead instance's.
+    instance = f"{settings.instance_id or socket.gethostname()[:40]}-cli-{secrets.token_hex(3)}"[-64:]
+    member: Cluster | None = None
+    beating: asyncio.Task[None] | None = None
     try:
         await db.upgrade()
-        stack = SandboxStack(settings, db, catalog)
+        if db.engine.dialect.name == "postgresql":
+            member = Cluster(db, instance, settings.session_lease_ttl)
+            await member.join()
+            beating = asyncio.create_task(_heartbeat(member))
+        stack = SandboxStack(settings, db, catalog, instance_id=instance)
         stack.images.on_new_image.clear()  # a running `serve` refreshes its own pool
         return await action(stack, catalog)
     finally:
+        if beating is not None:
+            beating.cancel()
+        if member is not None:
+            await member.leave()
         await db.close()
+
+
+async def _heartbeat(member: Cluster) -> None:
+    while True:
+        await asyncio.sleep(member.lease_ttl / 3)
+        try:
+            await member.heartbeat()
+        except Exception as exc:
+            logging.getLogger(__name__).warning("heartbeat failed: %s", exc)
 
 
 def _images_build(args: argparse.Namespace) -> int:

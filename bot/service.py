@@ -49,6 +49,7 @@ from bot.web.server import Check, build_app
 from classifier.classify import Classifier
 from classifier.model import ModelClassifier
 from sandbox.gitauth import no_credentials
+from sandbox.ownership import single_instance
 from sandbox.stack import SandboxStack
 
 log = logging.getLogger("hosted_agents")
@@ -65,7 +66,10 @@ class Service:
         with_sandboxes = len(self.catalog) > 0 and settings.sandbox_backend == "docker"
         self.app_tokens = AppTokens(settings) if settings.github_app_enabled else None
         credentials = app_credentials(self.app_tokens, settings.github_web_url) if self.app_tokens else no_credentials
-        self.sandbox: SandboxStack | None = (SandboxStack(settings, self.db, self.catalog, credentials)
+        # The sandbox layer labels containers with our id and reaps those of instances not alive.
+        live = self.cluster.live_instances if self.cluster is not None else single_instance
+        self.sandbox: SandboxStack | None = (SandboxStack(settings, self.db, self.catalog, credentials,
+                                                          instance_id=self.instance_id, live_instances=live)
                                              if with_sandboxes else None)
         manager = self.sandbox.manager if self.sandbox else None
         builtins: list[object] = [BuiltinTools(settings.sandbox_command_timeout), GitSyncGate(), SandboxContext(manager)]

@@ -12,7 +12,14 @@ from pydantic import BaseModel, Field
 from sandbox.executor import Executor
 
 LABEL = "hosted-agents"
-"""Every container and image we make carries `hosted-agents.*` labels: role, repo, session."""
+"""Every container and image we make carries `hosted-agents.*` labels: role, repo, session, and
+the two below (which database's cluster, which instance of it made it)."""
+INSTANCE_LABEL = f"{LABEL}.instance"
+"""The id of the service instance that made a container or snapshot image (INSTANCE_ID): an
+instance adopts and removes its own, and those of instances of its cluster that are no longer alive."""
+CLUSTER_LABEL = f"{LABEL}.cluster"
+"""Which deployment (central database) the instance belongs to: a short digest of DATABASE_URL
+without its password. Containers of another deployment on the same engine are never touched."""
 DISK_LABEL = f"{LABEL}.disk"
 """The disk a container uses (empty: none); a snapshot image carries its session's disk the same way."""
 
@@ -39,6 +46,11 @@ class ContainerRef:
 
 
 class SandboxBackend(Protocol):
+    instance: str
+    """Written as INSTANCE_LABEL on every container and snapshot image this backend makes."""
+    engine: str
+    """The engine's own id (images live in one engine: image records are looked up by it)."""
+
     async def create(self, image: str, labels: dict[str, str], disk: str | None = None) -> ContainerRef:
         """Start a container from `image` with /workspace as its working directory.
 

@@ -14,6 +14,8 @@ import contextlib
 import io
 import logging
 import os
+import secrets
+import socket
 import tarfile
 import uuid
 from collections.abc import Callable, Mapping
@@ -24,7 +26,7 @@ from urllib.parse import urlparse
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
-from sandbox.backend import DISK_LABEL, LABEL, ContainerRef, SandboxLimits
+from sandbox.backend import CLUSTER_LABEL, DISK_LABEL, INSTANCE_LABEL, LABEL, ContainerRef, SandboxLimits
 from sandbox.disk import DIRS as DISK_DIRS
 from sandbox.disk import DiskStore
 from sandbox.egress import EgressProxy
@@ -108,7 +110,7 @@ def ping_engine(host: str, timeout: float = 5.0, version: str = "auto") -> None:
 
 class DockerBackend:
     def __init__(self, limits: SandboxLimits, host: str | None = None, egress: EgressProxy | None = None,
-                 disks: DiskStore | None = None, source: Path | None = None):
+                 disks: DiskStore | None = None, source: Path | None = None, instance: str = "", cluster: str = ""):
         if limits.network == "proxy" and egress is None:
             raise ValueError("network `proxy` needs the service's EgressProxy")
         self.limits = limits
@@ -116,6 +118,10 @@ class DockerBackend:
         """A copy of this project's source (sandbox/own_source.py), mounted read-only at OWN_SOURCE
         in every container made once it exists."""
         self.egress = egress
+        self.instance = instance or f"{socket.gethostname()[:40]}-{secrets.token_hex(3)}"
+        """This service instance's id: every container and snapshot image carries it (INSTANCE_LABEL)."""
+        self.cluster = cluster
+        """The deployment's digest (CLUSTER_LABEL); empty: unknown (such containers are everyone's)."""
         self.disks = disks
         self._disk_locks: dict[str, asyncio.Lock] = {}
         """Per-sandbox disks (the quota); None: containers write to their own layer, unlimited."""
@@ -127,8 +133,11 @@ class DockerBackend:
         try:
             self.api: docker.APIClient = docker.APIClient(base_url=self.host, version="auto", timeout=600)
             self.api.ping()
+            self._info: dict[str, Any] = self.api.info()
         except Exception as exc:
             raise DockerUnavailable(f"no Docker engine at {self.host} ({type(exc).__name__})") from None
+        self.engine = str(self._info.get("ID") or self.host)
+        """The engine's id (`docker info`): images are recorded per engine."""
         self._check_runtime()
 
     @property
@@ -144,7 +153,7 @@ class DockerBackend:
         """At start, not at the first session: a runtime the engine lacks fails every create."""
         if not self.limits.runtime:
             return
-        known = sorted((self.api.info().get("Runtimes") or {}).keys())
+        known = sorted((self._info.get("Runtimes") or {}).keys())
         if self.limits.runtime not in known:
             raise UnknownRuntime(f"the Docker engine at {self.host} has no runtime {self.limits.runtime!r} "
                                  f"(it has: {', '.join(known) or 'none'}); install it (gVisor: runsc) "
@@ -163,7 +172,7 @@ class DockerBackend:
     async def _create(self, image: str, labels: dict[str, str], disk: str | None) -> ContainerRef:
         binds, disk_labels = await self._disk_binds(disk)
         isolation = self._isolation(bool(binds))
-        labels = {f"{LABEL}.managed": "1", **labels, **disk_labels}
+        labels = {f"{LABEL}.managed": "1", **labels, **self._owner_labels(), **disk_labels}
         environment = {"HOME": "/root", "LANG": "C.UTF-8"}
         egress_key = await self._egress_setup(labels, environment, binds)
         if self.own_source is not None and self.source is not None:
@@ -212,6 +221,10 @@ class DockerBackend:
                     await self._release_disk_locked(disk, delete=False)
                 raise
         return ref
+
+    def _owner_labels(self) -> dict[str, str]:
+        """Which instance (and deployment) made it: set on every container and snapshot image."""
+        return {INSTANCE_LABEL: self.instance, CLUSTER_LABEL: self.cluster}  # set: never inherited from an image
 
     async def _egress_setup(self, labels: dict[str, str], environment: dict[str, str],
                             binds: dict[str, Mapping[str, str]]) -> str | None:
@@ -397,7 +410,7 @@ class DockerBackend:
         return ExecStream(reader, writer, name)
 
     async def snapshot(self, ref: ContainerRef, repository: str, tag: str, labels: dict[str, str], pause: bool = False) -> str:
-        changes = [f'LABEL {k}="{v}"' for k, v in {f"{LABEL}.managed": "1", **labels}.items()]
+        changes = [f'LABEL {k}="{v}"' for k, v in {f"{LABEL}.managed": "1", **labels, **self._owner_labels()}.items()]
         await self._run(self.api.commit, ref.id, repository=repository, tag=tag, pause=pause, changes=changes)
         return f"{repository}:{tag}"
 

@@ -2,6 +2,11 @@
 
 Builds are recorded in the central DB with status, duration and log. A failed build leaves the
 previous image in service. Only the last few ready images of a repo are kept.
+
+Images live in one Docker engine while their records are shared by every instance of the
+deployment: records name their engine, and each engine builds its own. Instances sharing an
+engine build a repo once: the build runs under a database lock named by engine and repo, and
+whoever waited for it takes the image that landed meanwhile instead of building again.
 """
 
 from __future__ import annotations
@@ -65,19 +70,39 @@ class ImageBuilder:
         return row.tag if row else None
 
     async def build(self, repo: Repo, force: bool = True) -> str:
-        """Build now (one build per repo at a time); returns the image tag. Raises BuildFailed."""
-        async with self._locks[repo.name]:
+        """Build now (one build per repo and engine at a time, across instances); returns the image
+        tag. An image of the repo that lands while this waits for another build is the answer;
+        else with `force=False` the current image is kept when it is at the branch tip. Raises
+        BuildFailed."""
+        before = await self._latest_row(repo.name)
+        async with self._locks[repo.name], self.db.lock(f"image build {self.backend.engine} {repo.name}"):
+            current = await self._latest_row(repo.name)
+            if current is not None and (before is None or current.id != before.id):
+                return current.tag  # type: ignore[return-value]
             if not force:
-                current = await self._latest_row(repo.name)
                 tip = await remote_tip(repo.clone_url or "", repo.default_branch, await self.credentials(repo))
                 if current is not None and tip is not None and current.commit == tip:
                     return current.tag  # type: ignore[return-value]
             return await self._build(repo)
 
+    async def claim_unplaced(self) -> int:
+        """Records from before images were recorded per engine: this engine's when it has the tag."""
+        async with self.db.session() as s:
+            unplaced = select(ImageRow).where(ImageRow.engine.is_(None), ImageRow.status == "ready")
+            rows = list((await s.execute(unplaced)).scalars())
+        claimed = 0
+        for row in rows:
+            if row.tag and await self.backend.image_exists(row.tag):
+                async with self.db.session() as s, s.begin():
+                    result = await s.execute(update(ImageRow).where(ImageRow.id == row.id, ImageRow.engine.is_(None))
+                                             .values(engine=self.backend.engine))
+                claimed += int(getattr(result, "rowcount", 0) or 0)
+        return claimed
+
     async def _build(self, repo: Repo) -> str:
         started = time.time()
         async with self.db.session() as s, s.begin():
-            row = ImageRow(repo=repo.name, status="building", started_at=started, log="")
+            row = ImageRow(repo=repo.name, status="building", started_at=started, log="", engine=self.backend.engine)
             s.add(row)
         lines: list[str] = []
         ref = None
@@ -151,7 +176,8 @@ class ImageBuilder:
 
     async def _ready(self, repo: str, limit: int | None = None) -> list[ImageRow]:
         """A repo's ready images, newest first."""
-        query = select(ImageRow).where(ImageRow.repo == repo, ImageRow.status == "ready").order_by(ImageRow.id.desc())
+        query = (select(ImageRow).where(ImageRow.repo == repo, ImageRow.status == "ready", ImageRow.engine == self.backend.engine)
+                 .order_by(ImageRow.id.desc()))
         async with self.db.session() as s:
             return list((await s.execute(query.limit(limit))).scalars())
 

@@ -25,6 +25,7 @@ from sandbox.backend import LABEL, ContainerRef, SandboxBackend
 from sandbox.disk import new_disk_name
 from sandbox.executor import Executor
 from sandbox.images import ImageBuilder
+from sandbox.ownership import Ownership
 from sandbox.protocol import Ping
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,10 @@ class PoolEntry:
 
 class WarmPool:
     def __init__(self, backend: SandboxBackend, db: Database, images: ImageBuilder, catalog: RepoCatalog, ttl: float,
-                 warm_ttl: float | None = None):
+                 warm_ttl: float | None = None, ownership: Ownership | None = None):
         self.backend = backend
+        self.ownership = ownership or Ownership(backend.instance)
+        """Which pool containers (and rows) are ours: other instances on the engine keep theirs."""
         self.db = db
         self.images = images
         self.catalog = catalog
@@ -153,7 +156,8 @@ class WarmPool:
         try:
             executor = await self.backend.executor(ref)
             async with self.db.session() as s, s.begin():
-                s.add(PoolEntryRow(container_id=ref.id, repo=repo, image=image, status="warm", created_at=time.time()))
+                s.add(PoolEntryRow(container_id=ref.id, repo=repo, image=image, status="warm", created_at=time.time(),
+                                   instance=self.ownership.instance))
         except BaseException:  # cancelled too: leave no container or reader behind
             if executor is not None:
                 await executor.close()
@@ -192,15 +196,21 @@ class WarmPool:
             await s.execute(delete(PoolEntryRow).where(PoolEntryRow.container_id == entry.ref.id))
 
     async def adopt(self) -> None:
-        """At start: take back warm containers of current images; remove every other pool container."""
+        """At start: take back our warm containers of current images; remove our other pool
+        containers and those of instances no longer alive. Other live instances' stay theirs,
+        and so do their rows."""
+        found = await self.backend.find({f"{LABEL}.role": "pool"})
+        live = await self.ownership.live_set()  # after listing: an instance that starts meanwhile is in it
         async with self.db.session() as s:
             rows = {r.container_id: r for r in (await s.execute(select(PoolEntryRow))).scalars()}
-        found = await self.backend.find({f"{LABEL}.role": "pool"})
+        gone: list[str] = []
         for ref in found:
             row = rows.pop(ref.id, None)
+            if not self.ownership.removable_at_start(ref, live):
+                continue  # a live instance's
             repo = ref.labels.get(f"{LABEL}.repo", "")
-            latest = await self.images.latest(repo) if row else None
-            if row is not None and row.status == "warm" and row.image == latest and await self.backend.is_running(ref):
+            if self.ownership.mine(ref, live) and row is not None and row.status == "warm" \
+                    and row.image == await self.images.latest(repo) and await self.backend.is_running(ref):
                 try:
                     executor = await self.backend.executor(ref)
                     self._entries[repo].append(PoolEntry(ref, executor, row.image, row.created_at))
@@ -208,11 +218,20 @@ class WarmPool:
                 except Exception:
                     pass
             await self.backend.remove(ref)
-            if row is not None:
-                rows[ref.id] = row
-        if rows:
+            gone.append(ref.id)
+        # rows whose container is not on this engine: ours, an older version's or a dead instance's
+        gone += [cid for cid, row in rows.items() if live is None or row.instance in (None, self.ownership.instance)
+                 or row.instance not in live]
+        if gone:
             async with self.db.session() as s, s.begin():
-                await s.execute(delete(PoolEntryRow).where(PoolEntryRow.container_id.in_(list(rows))))
+                await s.execute(delete(PoolEntryRow).where(PoolEntryRow.container_id.in_(gone)))
+
+    async def forget_dead(self, live: set[str]) -> None:
+        """Rows of warm containers whose instance is no longer alive (their containers are reaped
+        by a survivor on their engine, or went with it)."""
+        async with self.db.session() as s, s.begin():
+            await s.execute(delete(PoolEntryRow).where(
+                PoolEntryRow.instance.is_not(None), PoolEntryRow.instance.not_in(live)))
 
     async def forget_claimed(self, container_id: str) -> None:
         async with self.db.session() as s, s.begin():

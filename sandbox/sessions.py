@@ -30,6 +30,7 @@ from sandbox.executor import Executor
 from sandbox.gitauth import GitCredentials, no_credentials
 from sandbox.gitrefs import check_branch
 from sandbox.images import ImageBuilder
+from sandbox.ownership import Ownership
 from sandbox.pool import WarmPool
 from sandbox.protocol import Edit, Exec, ListDir, Read, Search, Write
 from sandbox.snapshots import SnapshotRecords
@@ -167,8 +168,11 @@ class SessionSandbox:
 class SandboxManager:
     def __init__(self, backend: SandboxBackend, db: Database, catalog: RepoCatalog, images: ImageBuilder,
                  pool: WarmPool, idle_timeout: float, snapshot_retention: float, snapshots_max: int = 50,
-                 disk_quota: str | None = None, credentials: GitCredentials = no_credentials):
+                 disk_quota: str | None = None, credentials: GitCredentials = no_credentials,
+                 ownership: Ownership | None = None):
         self.backend = backend
+        self.ownership = ownership or Ownership(backend.instance)
+        """Which containers on the engine are ours to remove (several instances may share it)."""
         self.db = db
         self.catalog = catalog
         self.images = images
@@ -420,10 +424,14 @@ class SandboxManager:
 
     async def remove_orphans(self) -> int:
         """At start: session and build containers of an earlier run are orphans (snapshots restore
-        sessions), and so are the disks neither a snapshot nor a (warm pool) container names."""
+        sessions), and so are the disks neither a snapshot nor a (warm pool) container names. Only
+        ours (this instance id's, an older version's, a dead instance's): other live instances on
+        the same engine keep theirs."""
+        found = [ref for role in ("session", "build") for ref in await self.backend.find({f"{LABEL}.role": role})]
+        live = await self.ownership.live_set()  # after listing: an instance that starts meanwhile is in it
         removed = 0
-        for role in ("session", "build"):
-            for ref in await self.backend.find({f"{LABEL}.role": role}):
+        for ref in found:
+            if self.ownership.removable_at_start(ref, live):
                 await self.backend.remove(ref, keep_disk=True)
                 removed += 1
         keep = set()

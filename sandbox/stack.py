@@ -13,22 +13,31 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from bot.config import ConfigError, Settings
 from bot.repos import RepoCatalog
 from bot.store.db import Database
-from sandbox.backend import SandboxLimits
+from sandbox.backend import LABEL, SandboxLimits
 from sandbox.disk import DiskError, DiskStore
 from sandbox.docker import DockerBackend, DockerUnavailable, UnknownRuntime
 from sandbox.egress import EgressPolicy, EgressProxy, default_patterns
 from sandbox.gitauth import GitCredentials, no_credentials
 from sandbox.images import BuildFailed, ImageBuilder
 from sandbox.own_source import copy_own_source
+from sandbox.ownership import LiveInstances, Ownership, deployment_digest, single_instance
 from sandbox.pool import WarmPool
 from sandbox.sessions import SandboxManager
 
 log = logging.getLogger(__name__)
 
 
+REAP_EVERY = 60.0
+"""Seconds between looks for containers of instances that are no longer alive."""
+
+
 class SandboxStack:
     def __init__(self, settings: Settings, db: Database, catalog: RepoCatalog,
-                 credentials: GitCredentials = no_credentials):
+                 credentials: GitCredentials = no_credentials, instance_id: str = "",
+                 live_instances: LiveInstances = single_instance):
+        """`instance_id` labels every container and image this instance makes (empty: INSTANCE_ID,
+        else a new one); `live_instances` returns the ids of the deployment's live instances, or
+        None when this is the only one (SQLite)."""
         self.settings = settings
         self.catalog = catalog
         limits = SandboxLimits(network=settings.sandbox_network, memory=settings.sandbox_memory,
@@ -43,19 +52,24 @@ class SandboxStack:
             self.egress = EgressProxy(settings.data_dir / "egress", policy)
         disks = self._disks(settings)
         try:
-            self.backend = DockerBackend(limits, egress=self.egress, disks=disks, source=self.own_source_dir)
+            self.backend = DockerBackend(limits, egress=self.egress, disks=disks, source=self.own_source_dir,
+                                         instance=instance_id or settings.instance_id,
+                                         cluster=deployment_digest(db.url))
         except UnknownRuntime as exc:
             raise ConfigError(f"SANDBOX_RUNTIME: {exc}") from None
         except DockerUnavailable as exc:
             raise ConfigError(f"DOCKER_HOST: {exc}; the repositories in REPOS_CONFIG need a Docker engine") from None
+        self.ownership = Ownership(self.backend.instance, self.backend.cluster, live_instances)
+        """Which containers on the engine are ours (several instances may share one)."""
         self.images = ImageBuilder(self.backend, db, keep=settings.images_keep, credentials=credentials)
         self.pool = WarmPool(self.backend, db, self.images, catalog, ttl=settings.pool_entry_ttl,
-                             warm_ttl=settings.warm_up_ttl)
+                             warm_ttl=settings.warm_up_ttl, ownership=self.ownership)
         self.manager = SandboxManager(self.backend, db, catalog, self.images, self.pool,
                                       idle_timeout=settings.sandbox_idle_timeout,
                                       snapshot_retention=settings.snapshot_retention,
                                       snapshots_max=settings.snapshots_max,
-                                      disk_quota=settings.sandbox_disk or None, credentials=credentials)
+                                      disk_quota=settings.sandbox_disk or None, credentials=credentials,
+                                      ownership=self.ownership)
         self.scheduler: AsyncIOScheduler | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -93,6 +107,8 @@ class SandboxStack:
         if removed:
             log.info("removed %d orphaned sandbox container(s)", removed)
         await self.pool.adopt()
+        if await self.images.claim_unplaced():
+            log.info("images built before they were recorded per engine: found in this engine")
         for repo in self.catalog.repos:
             self._spawn(self._prepare(repo.name))
         self.scheduler = AsyncIOScheduler()
@@ -103,6 +119,7 @@ class SandboxStack:
         self._every(max(1.0, min(30.0, self.settings.warm_up_ttl / 4)), self.pool.expire_warm_ups)
         self._every(max(0.5, min(30.0, self.settings.sandbox_idle_timeout / 2)), self.manager.stop_idle)
         self._every(3600, self.manager.collect_snapshots)
+        self._every(REAP_EVERY, self.reap_dead)
         self.scheduler.start()
 
     def _every(self, seconds: float, job: Any) -> None:
@@ -140,6 +157,22 @@ class SandboxStack:
                 continue
             sources.extend(files.values())
         return default_patterns([repo.clone_url or "" for repo in self.catalog.repos], sources)
+
+    async def reap_dead(self) -> int:
+        """Remove the containers of instances of this deployment that are no longer alive (a
+        `kill -9`'d instance on this engine), and forget their warm pool rows. Nothing with one
+        instance. A session container's disk stays with its snapshot."""
+        found = await self.backend.find({})
+        live = await self.ownership.live_set()  # after listing: an instance that starts meanwhile is in it
+        if live is None:
+            return 0
+        dead = [ref for ref in found if self.ownership.dead(ref, live)]
+        for ref in dead:
+            await self.backend.remove(ref, keep_disk=ref.labels.get(f"{LABEL}.role") == "session")
+        await self.pool.forget_dead(live)
+        if dead:
+            log.info("removed %d container(s) of instances no longer alive", len(dead))
+        return len(dead)
 
     async def build_all(self) -> None:
         """The scheduled job: rebuild every repo whose branch tip moved."""

@@ -75,6 +75,13 @@ class Cluster:
 
     async def start(self, on_wake: Callable[[str], None], on_events: Callable[[str], None]) -> None:
         self._on_wake, self._on_events = on_wake, on_events
+        await self.join()
+        await self._listen()
+        self._listen_task = asyncio.create_task(self._keep_listening(), name="cluster LISTEN")
+
+    async def join(self) -> None:
+        """Register as alive (renewed by `heartbeat`), without listening for work: enough for a
+        process whose containers must not look like a dead instance's (the CLI's image builds)."""
         async with self.db.engine.begin() as conn:
             await conn.execute(text(
                 "INSERT INTO instances (id, host, pid, started_at, expires_at)"
@@ -82,8 +89,6 @@ class Cluster:
                 " ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at, pid = EXCLUDED.pid"),
                 {"id": self.id, "host": socket.gethostname()[:255], "pid": os.getpid(), "ttl": self.lease_ttl})
         self.alive = True
-        await self._listen()
-        self._listen_task = asyncio.create_task(self._keep_listening(), name="cluster LISTEN")
 
     async def heartbeat(self) -> bool:
         """Renew our row (and so every lease we hold). False when it had lapsed: we lost them."""

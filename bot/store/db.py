@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
@@ -20,6 +21,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
 MIGRATION_LOCK = 0x6861_6D69  # "hami": the PostgreSQL advisory lock key migrations are run under
+NAMED_LOCKS = 0x6861_6C6B  # "halk": the first key of `Database.lock`'s two-key advisory locks (the second: the name's hash)
 
 
 def alembic_config() -> Config:
@@ -85,6 +87,27 @@ class Database:
             await conn.commit()
             if sqlite:
                 await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+
+    @asynccontextmanager
+    async def lock(self, name: str) -> AsyncIterator[None]:
+        """Hold a lock named `name` across every instance on this database (PostgreSQL: a session
+        advisory lock on a connection of its own, for as long as the block runs). A no-op on SQLite,
+        which has one instance. If anything goes wrong the connection is closed, not pooled: the
+        server then drops the lock with it."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        key = {"space": NAMED_LOCKS, "name": name}
+        async with self.engine.connect() as conn:
+            try:
+                await conn.execute(text("SELECT pg_advisory_lock(:space, hashtext(:name))"), key)
+                await conn.commit()  # not idle in a transaction while the block runs
+                yield
+                await conn.execute(text("SELECT pg_advisory_unlock(:space, hashtext(:name))"), key)
+                await conn.commit()
+            except BaseException:
+                await conn.invalidate()
+                raise
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -123,6 +123,9 @@ class ImageRow(Base):
     started_at: Mapped[float] = mapped_column(Float)
     duration_s: Mapped[float | None] = mapped_column(Float)
     log: Mapped[str] = mapped_column(Text, default="")
+    engine: Mapped[str | None] = mapped_column(String(100))
+    """The Docker engine the image is in (`docker info` ID): each engine builds its own. None: an
+    older build, claimed by the first engine that has its tag."""
 
 
 class PoolEntryRow(Base):
@@ -138,6 +141,8 @@ class PoolEntryRow(Base):
     """`warm` or `claimed`."""
     session_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[float] = mapped_column(Float)
+    instance: Mapped[str | None] = mapped_column(String(64))
+    """The instance whose warm container it is (None: an older version's)."""
 
 
 class SandboxSnapshotRow(Base):
