@@ -5,8 +5,10 @@ Each configuration gets a fresh PostgreSQL database and the same Slack and OpenA
 process); Slack spreads events over the instances' Socket Mode connections at random, as Slack
 does. A burst of N mentions in N new threads is sent at once; the model answers each after the
 same time to first token and streaming time. Measured: sessions per minute (N over the time from
-the first mention to the last thread answered) and, per mention, the time from its event to the
-first message the bot posts in its thread. On this 2-core machine the instances share the cores
+the first mention to the last thread answered), per mention the time from its event to the
+first message the bot posts in its thread, and the CPU time all instances used per session
+(user + system, from /proc: what coordinating through the database costs, whatever else the
+machine is doing). On this 2-core machine the instances share the cores
 with the fakes and PostgreSQL, so more instances mean more processes on the same cores: the
 figures show the cost of coordination, not added capacity.
 
@@ -67,8 +69,9 @@ async def fresh_database() -> AsyncIterator[str]:
             await admin.close()
 
 
-async def burst(count: int, mentions: int, ttft: float, lease_ttl: float) -> tuple[float, list[float], dict[str, int]]:
-    """(sessions per minute, first-post latencies in ms, sessions per instance)."""
+async def burst(count: int, mentions: int, ttft: float, lease_ttl: float
+                ) -> tuple[float, list[float], dict[str, int], float]:
+    """(sessions per minute, first-post latencies in ms, sessions per instance, instance CPU ms per session)."""
     slack, model = FakeSlack(), FakeOpenAI()
     await slack.start()
     await model.start()
@@ -85,6 +88,7 @@ async def burst(count: int, mentions: int, ttft: float, lease_ttl: float) -> tup
                     for i in range(3):  # warm-up
                         root = await slack.mention("U0WARM01", f"warm {i}")
                         await slack.wait_for(functools.partial(all_done, slack, root, 1), timeout=60)
+                    cpu = sum(i.cpu_seconds() for i in instances)
                     start = time.monotonic()
                     sent: dict[str, float] = {}
                     for i in range(mentions):
@@ -93,6 +97,7 @@ async def burst(count: int, mentions: int, ttft: float, lease_ttl: float) -> tup
                     for ts in sent:
                         await slack.wait_for(functools.partial(all_done, slack, ts, 1), timeout=300)
                     elapsed = time.monotonic() - start
+                    cpu_ms = (sum(i.cpu_seconds() for i in instances) - cpu) * 1000 / mentions
                     first = {}
                     for call in slack.calls_to("chat.postMessage"):
                         thread = call.params.get("thread_ts")
@@ -101,7 +106,7 @@ async def burst(count: int, mentions: int, ttft: float, lease_ttl: float) -> tup
                     spread: dict[str, int] = {}
                     for owner in (await owners(url)).values():
                         spread[owner] = spread.get(owner, 0) + 1
-                    return mentions / elapsed * 60, sorted(first.values()), spread
+                    return mentions / elapsed * 60, sorted(first.values()), spread, cpu_ms
                 finally:
                     await asyncio.gather(*(i.stop() for i in instances))
     finally:
@@ -156,11 +161,11 @@ async def main(mentions: int, ttft: float, kills: int, lease_ttl: float) -> None
     print(f"1. a burst of {mentions} mentions in new threads; model: {ttft:g} s to first token, ~0.04 s streaming")
     base = None
     for count in (1, 2, 3):
-        per_minute, first, spread = await burst(count, mentions, ttft, lease_ttl)
+        per_minute, first, spread, cpu_ms = await burst(count, mentions, ttft, lease_ttl)
         base = base or per_minute
         print(f"   {count} instance(s): {per_minute:7.0f} sessions/min ({per_minute / base:.2f}x of 1)  "
               f"first post p50 {pct(first, 50):6.0f} ms  p95 {pct(first, 95):6.0f} ms  "
-              f"sessions per instance {dict(sorted(spread.items()))}")
+              f"instances' CPU {cpu_ms:5.0f} ms/session  sessions per instance {dict(sorted(spread.items()))}")
     print(f"2. kill -9 of a session's owner mid-turn (SESSION_LEASE_TTL={lease_ttl:g} s), {kills} time(s)")
     results = await takeovers(kills, lease_ttl)
     for shown, answered in results:

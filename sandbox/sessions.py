@@ -184,7 +184,7 @@ class SandboxManager:
         """SANDBOX_DISK, for the tools' message when a command fills the disk."""
         self.credentials = credentials
         """For the git commands that reach a repo's remote (the sync's fetch, a push)."""
-        self.snapshots = SnapshotRecords(db)
+        self.snapshots = SnapshotRecords(db, backend.engine)
         self.states = WorkspaceStates(db)
         self._sandboxes: dict[str, SessionSandbox] = {}
 

@@ -7,15 +7,24 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, delete, or_, select, true
 
 from bot.store.db import Database
 from bot.store.tables import SandboxSnapshotRow
 
 
 class SnapshotRecords:
-    def __init__(self, db: Database):
+    """Records are shared by every instance of a deployment; a snapshot image is in one engine's
+    store, so collection and eviction look only at this engine's (and at records from before
+    engines were recorded)."""
+
+    def __init__(self, db: Database, engine: str | None = None):
         self.db = db
+        self.engine = engine
+
+    def _here(self) -> ColumnElement[bool]:
+        column = SandboxSnapshotRow.engine
+        return or_(column == self.engine, column.is_(None)) if self.engine else true()
 
     async def image(self, session_id: str) -> str | None:
         async with self.db.session() as s:
@@ -27,20 +36,24 @@ class SnapshotRecords:
             row = await s.get(SandboxSnapshotRow, session_id)
             old = row.image if row else None
             if row is None:
-                s.add(SandboxSnapshotRow(session_id=session_id, repo=repo, image=image, updated_at=datetime.now(UTC)))
+                s.add(SandboxSnapshotRow(session_id=session_id, repo=repo, image=image, updated_at=datetime.now(UTC),
+                                         engine=self.engine))
             else:
-                row.image, row.repo, row.updated_at = image, repo, datetime.now(UTC)
+                mine = row.engine in (None, self.engine)
+                row.image, row.repo, row.updated_at, row.engine = image, repo, datetime.now(UTC), self.engine
+                old = old if mine else None  # an image in another engine: not ours to remove
         return old
 
     async def older_than(self, cutoff: datetime) -> list[SandboxSnapshotRow]:
         async with self.db.session() as s:
-            query = select(SandboxSnapshotRow).where(SandboxSnapshotRow.updated_at < cutoff)
+            query = select(SandboxSnapshotRow).where(SandboxSnapshotRow.updated_at < cutoff, self._here())
             return list((await s.execute(query)).scalars())
 
     async def oldest_first(self) -> list[SandboxSnapshotRow]:
         """Every record, least recently used first (the order of eviction)."""
         async with self.db.session() as s:
-            query = select(SandboxSnapshotRow).order_by(SandboxSnapshotRow.updated_at, SandboxSnapshotRow.session_id)
+            query = (select(SandboxSnapshotRow).where(self._here())
+                     .order_by(SandboxSnapshotRow.updated_at, SandboxSnapshotRow.session_id))
             return list((await s.execute(query)).scalars())
 
     async def all(self) -> list[SandboxSnapshotRow]:

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from bot.config import load_settings
+from bot.config import load_settings, normalise_database_url
 from bot.repos import load_repos
 from bot.sessions.cluster import Cluster
 from bot.store.db import Database
 from bot.store.tables import ImageRow, PoolEntryRow
 from sandbox.backend import CLUSTER_LABEL, INSTANCE_LABEL, LABEL, SandboxLimits
 from sandbox.docker import DockerBackend
+from sandbox.snapshots import SnapshotRecords
 from sandbox.stack import SandboxStack
 from tests.sandbox_fixtures import BASE_IMAGE, GitRemote, repos_yaml
 from tests.test_sandbox_sessions import until
@@ -201,3 +202,20 @@ async def test_the_service_labels_its_sandboxes_with_its_instance_id_and_reaps_b
         assert await sandbox.reap_dead() == 1 and not await gone.is_running(left)
     finally:
         await svc.stop()
+
+
+async def test_snapshot_records_are_collected_and_evicted_only_by_the_engine_that_holds_their_image(pg_url):
+    db = Database(normalise_database_url(pg_url))
+    await db.upgrade()
+    try:
+        here, there = SnapshotRecords(db, "engine-a"), SnapshotRecords(db, "engine-b")
+        await here.record("s-here", "acme/api", "snap:1")
+        await there.record("s-there", "acme/api", "snap:2")
+        assert [r.session_id for r in await here.oldest_first()] == ["s-here"]
+        assert [r.session_id for r in await there.oldest_first()] == ["s-there"]
+        # a session taken over on the other engine: its new snapshot replaces the record, not the old image
+        assert await there.record("s-here", "acme/api", "snap:3") is None
+        assert [r.session_id for r in await there.oldest_first()] == ["s-there", "s-here"]
+        assert await there.record("s-here", "acme/api", "snap:4") == "snap:3"
+    finally:
+        await db.close()

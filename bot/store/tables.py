@@ -155,6 +155,8 @@ class SandboxSnapshotRow(Base):
     repo: Mapped[str] = mapped_column(String(200))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     """When the snapshot was taken; snapshots untouched past the retention are collected."""
+    engine: Mapped[str | None] = mapped_column(String(100))
+    """The Docker engine whose store holds the image (None: recorded before engines were)."""
 
 
 class PendingRequestRow(Base):

@@ -1,4 +1,4 @@
-"""images are recorded per Docker engine; warm pool entries name the instance whose they are
+"""images and snapshots are recorded per Docker engine; warm pool entries name the instance whose they are
 
 Revision ID: 0012
 Revises: 0011
@@ -19,9 +19,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("engine", sa.String(length=100), nullable=True))
     with op.batch_alter_table("pool_entries", recreate="never") as batch:
         batch.add_column(sa.Column("instance", sa.String(length=64), nullable=True))
+    with op.batch_alter_table("sandbox_snapshots", recreate="never") as batch:
+        batch.add_column(sa.Column("engine", sa.String(length=100), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("sandbox_snapshots", recreate="never") as batch:
+        batch.drop_column("engine")
     with op.batch_alter_table("pool_entries", recreate="never") as batch:
         batch.drop_column("instance")
     with op.batch_alter_table("images", recreate="never") as batch:
