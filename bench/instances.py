@@ -39,7 +39,7 @@ from bench.mention_latency import pct
 from tests.conftest import PG_ADMIN_URL
 from tests.fakes.openai import FakeOpenAI, Reply
 from tests.fakes.slack import FakeSlack
-from tests.instances import owners, session_by_thread, start_instances
+from tests.instances import owners, session_by_thread, start_instances, wait_for_ref
 from tests.slack_threads import all_done, turns
 
 
@@ -136,6 +136,7 @@ async def takeovers(kills: int, lease_ttl: float) -> list[tuple[float, float]]:
                         session_id, _ = await session_by_thread(url, root)
                         await slack.user_message("U0BOB001", f"after {k}", thread_ts=root)
                         await slack.wait_for(functools.partial(shows, slack, root, "1 more queued"), timeout=30)
+                        await wait_for_ref(url, session_id)  # its posted message is in the shared log
                         owner = (await owners(url))[session_id]
                         victim = next(i for i in alive if i.name == owner)
                         victim.kill()

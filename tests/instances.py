@@ -113,3 +113,15 @@ async def session_by_thread(pg_url: str, thread_ts: str, channel: str = "C000000
         await conn.close()
     assert row is not None, f"no session for thread {thread_ts}"
     return str(row["id"]), str(row["share_token"])
+
+
+async def wait_for_ref(pg_url: str, session_id: str, timeout: float = 10) -> None:
+    """Until the session's owner has a Slack ref in PostgreSQL (its first message's ts reached the shared log)."""
+    conn = await asyncpg.connect(pg_url.replace("+asyncpg", ""))
+    try:
+        deadline = time.monotonic() + timeout
+        while not await conn.fetchval("SELECT count(*) FROM session_refs WHERE session_id = $1", session_id):
+            assert time.monotonic() < deadline, "the owner's Slack refs never reached PostgreSQL"
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()

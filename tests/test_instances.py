@@ -10,7 +10,7 @@ import aiohttp
 
 from tests.fakes.openai import FakeOpenAI, Reply
 from tests.fakes.slack import FakeSlack
-from tests.instances import Instance, owners, session_by_thread, start_instances
+from tests.instances import Instance, owners, session_by_thread, start_instances, wait_for_ref
 from tests.slack_threads import all_done, turns
 from tests.test_web import read_events
 
@@ -71,9 +71,16 @@ async def test_three_instances_answer_fifty_sessions_once_follow_each_other_and_
         victim = by_name[(await owners(pg_url))[session_id]]
         await slack.user_message("U0BOB001", "queued behind it", thread_ts=root)
         await slack.wait_for(lambda: any("1 more queued" in t.rendered() for t in turns(slack, root)), timeout=20)
+        # the owner's last writes reach PostgreSQL milliseconds after it acts: kill it once the Slack
+        # message it posted is recorded there (a kill inside that window costs a message posted again)
+        await wait_for_ref(pg_url, session_id)
         victim.kill()
         killed = time.monotonic()
-        await slack.wait_for(lambda: all_done(slack, root, 2), timeout=30, what="the takeover")
+        try:
+            await slack.wait_for(lambda: all_done(slack, root, 2), timeout=30, what="the takeover")
+        except AssertionError as exc:
+            thread = "\n---\n".join(m.rendered() for m in slack.bot_messages(thread_ts=root))
+            raise AssertionError(f"{exc}; the thread:\n{thread}") from None
         took = time.monotonic() - killed
         first, second = turns(slack, root)
         assert "interrupted" in first.rendered()
