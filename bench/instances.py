@@ -17,7 +17,8 @@ prompt queued behind it; its owner is killed with SIGKILL and the time until the
 as interrupted in Slack is measured (SESSION_LEASE_TTL bounds it: lapse + one sweep), and until
 the queued prompt's answer.
 
-Run: `.venv/bin/python -m bench.instances [--mentions 60] [--ttft 0.3] [--kills 3] [--lease-ttl 10]`.
+Run: `.venv/bin/python -m bench.instances [--mentions 60] [--ttft 0.3] [--kills 3] [--lease-ttl 10]
+[--counts 1,2,3]` (the ratios are against the first count measured).
 """
 
 from __future__ import annotations
@@ -158,10 +159,10 @@ async def takeovers(kills: int, lease_ttl: float) -> list[tuple[float, float]]:
     return out
 
 
-async def main(mentions: int, ttft: float, kills: int, lease_ttl: float) -> None:
+async def main(mentions: int, ttft: float, kills: int, lease_ttl: float, counts: list[int]) -> None:
     print(f"1. a burst of {mentions} mentions in new threads; model: {ttft:g} s to first token, ~0.04 s streaming")
     base = None
-    for count in (1, 2, 3):
+    for count in counts:
         per_minute, first, spread, cpu_ms = await burst(count, mentions, ttft, lease_ttl)
         base = base or per_minute
         print(f"   {count} instance(s): {per_minute:7.0f} sessions/min ({per_minute / base:.2f}x of 1)  "
@@ -181,5 +182,6 @@ if __name__ == "__main__":
     parser.add_argument("--ttft", type=float, default=0.3)
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--lease-ttl", type=float, default=10.0)
+    parser.add_argument("--counts", default="1,2,3", help="instance counts to measure, in this order")
     args = parser.parse_args()
-    asyncio.run(main(args.mentions, args.ttft, args.kills, args.lease_ttl))
+    asyncio.run(main(args.mentions, args.ttft, args.kills, args.lease_ttl, [int(c) for c in args.counts.split(",")]))

@@ -156,3 +156,26 @@ async def test_a_housekeeping_job_fired_by_three_instances_at_once_runs_once_per
 
 async def _record(runs: list[int], n: int) -> None:
     runs.append(n)
+
+
+async def test_stop_pressed_on_another_instance_stops_the_turn_for_its_prompter_only(
+        tmp_path, pg_url, slack: FakeSlack, model: FakeOpenAI):
+    a = await start(tmp_path, "a", pg_url, slack, model, model_timeout=60)
+    b = await start(tmp_path, "b", pg_url, slack, model, model_timeout=60)
+    try:
+        await slack.wait_for(lambda: slack.socket_count == 2)  # events go to b's (the newest) connection
+        root = await slack.mention("U0ALICE1", "hello")
+        await slack.wait_for(lambda: all_done(slack, root, 1), timeout=20)
+        assert (await owners(pg_url))[(await session_of(a, root)).id] == "b"
+        model.add_for("long one", Reply(text="never finished", hang=True))
+        await slack.user_message("U0BOB001", "long one", thread_ts=root)
+        await slack.wait_for(lambda: len(turns(slack, root)) == 2 and "stop_turn" in turns(slack, root)[1].head.buttons())
+        status = turns(slack, root)[1].head
+
+        await slack.click("U0CAROL1", status, "stop_turn", to=0)  # pressed on a, which does not drive the session
+        refusal = await slack.wait_for(lambda: slack.calls_to("chat.postEphemeral"), what="Carol's refusal")
+        assert refusal[0].params["user"] == "U0CAROL1" and "Only the person whose request is running" in refusal[0].params["text"]
+        await slack.click("U0BOB001", status, "stop_turn", to=0)  # Bob's own turn, known on a from the shared log
+        await slack.wait_for(lambda: "Stopped by <@U0BOB001>" in turns(slack, root)[1].rendered(), timeout=10)
+    finally:
+        await asyncio.gather(a.stop(), b.stop())

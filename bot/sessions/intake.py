@@ -486,7 +486,7 @@ class Intake:
     async def _may_control(self, info: SessionInfo, by: Author, what: str) -> Denied | None:
         if denied := await self.access.check_person(by):
             return denied
-        if by.id in (info.creator, self.sessions.running_author(info.id)) or self.access.is_admin(by):
+        if by.id == info.creator or self.access.is_admin(by) or by.id == await self.sessions.turn_author(info.id):
             return None
         return Denied("not_yours", f"Only the person whose request is running, the one who started this session, "
                                    f"or an admin can {what}.")

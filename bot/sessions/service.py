@@ -467,9 +467,17 @@ class SessionService:
         return runner.prompt.author if runner and runner.turn_running and runner.prompt else None
 
     def running_author(self, session_id: str) -> str | None:
-        """Who prompted the turn running now, if one is."""
+        """Who prompted the turn running now, if one is (here: for a session this instance drives)."""
         runner = self._runners.get(session_id)
         return runner.prompt.author.id if runner and runner.turn_running and runner.prompt else None
+
+    async def turn_author(self, session_id: str) -> str | None:
+        """Who prompted the turn running now, wherever the session is driven (another instance's:
+        read from the shared log)."""
+        if self.owns(session_id):
+            return self.running_author(session_id)
+        current = (await self.view(session_id)).current
+        return current.author.id if current is not None else None
 
     async def participants(self, session_id: str) -> frozenset[str]:
         """The people the session's starter added (SESSION_PROMPTERS=participants); the starter is not listed."""

@@ -895,7 +895,8 @@ class FakeSlack:
     async def mention(self, user: str, text: str, channel: str = "C0000001", thread_ts: str | None = None) -> str:
         return await self.user_message(user, f"<@{self.bot_user_id}> {text}", channel, thread_ts)
 
-    async def click(self, user: str, message: Message, action_id: str) -> str:
+    async def click(self, user: str, message: Message, action_id: str, to: int | None = None) -> str:
+        """Press a message's button; `to` picks the Socket Mode connection (see `send_event`)."""
         button = message.buttons()[action_id]
         payload = {
             "type": "block_actions",
@@ -909,7 +910,7 @@ class FakeSlack:
             "actions": [{"action_id": action_id, "block_id": "controls", "value": button.get("value", ""),
                          "type": "button", "action_ts": f"{time.time():.6f}", "text": button["text"]}],
         }
-        return await self.send_envelope("interactive", payload)
+        return await self.send_envelope("interactive", payload, to=to)
 
     async def choose(self, user: str, message: Message, action_id: str, value: str) -> str:
         """Pick `value` in the message's select (`static_select`), as a person would."""
