@@ -117,3 +117,31 @@ async def test_one_step_over_the_budget_is_cut_for_that_request_only_and_overhea
     assert "characters left out to fit the context window" in fitted[-1]["content"]
     assert "it is the login test" in fitted[1]["content"], "what was overheard is not cut"
     assert len(log.events) == 4 and build(log.events).messages == messages, "nothing recorded: the log is whole"
+
+
+async def test_an_old_call_with_huge_arguments_is_compacted_with_its_result_without_a_summary():
+    """A 600,000-character write in turn 1 would be resent with every request: once its result is
+    stubbed its arguments shrink too, still valid JSON naming the file, and no turn is summarised."""
+    log = _Log()
+    alice = Author(id="U0ALICE1")
+    write = json.dumps({"path": "data/big.csv", "content": "x," * 300_000})
+    log.emit(TurnStarted(prompt_id=1, text="write the big file", author=alice))
+    log.emit(AssistantMessage(content="", tool_calls=[ToolCallSpec(id="w1", name="write_file", arguments=write)]))
+    log.emit(ToolResult(id="w1", name="write_file", ok=True, output="Wrote 600,000 bytes to data/big.csv."))
+    log.emit(AssistantMessage(content="Written."))
+    log.emit(TurnStarted(prompt_id=2, text="now count the rows", author=alice))
+
+    async def never(transcript: str, emit: object) -> str:
+        raise AssertionError("shrinking the call is enough: no summary")
+
+    budget = ContextBudget(Budget(50_000, 0.8), TokenCounter("not-a-known-model"), never, 50_000)
+    messages = build(log.events).messages
+    fitted = await budget.fit("s", messages, [], lambda: log.events, log.emit)
+    assert budget.measure("s", fitted, []) <= budget.budget.limit < budget.measure("s", messages, [])
+    call = fitted[2]["tool_calls"][0]["function"]
+    assert json.loads(call["arguments"]) == {"path": "data/big.csv", "content": "[600,000 characters left out to save context]"}
+    assert fitted[3]["content"].startswith("[Result of write_file(")
+    assert [m["content"] for m in fitted if m["role"] == "user"][-1].endswith("now count the rows")
+    compacted = [e.data for e in log.events if isinstance(e.data, ContextCompacted)]
+    assert len(compacted) == 1 and compacted[0].stubbed == ["w1"] and compacted[0].turns == 0
+    assert build(log.events).messages == fitted, "the view rebuilt from the log is the request sent"

@@ -19,7 +19,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from bot.agent.conversation import OVERHEARD, Conversation, build, stub
+from bot.agent.conversation import OVERHEARD, Conversation, build, shrink_arguments, stub
 from bot.events import ContextCompacted, Event, EventData
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,9 @@ class ContextBudget:
             total -= sizes[index] - shown
             sizes[index] = shown
             stubbed.append(call_id)
+            asking = self.measure(session_id, [_shrunk(conv.messages[asked], set(stubbed))], [])
+            total -= sizes[asked] - asking  # the call's own long arguments go too
+            sizes[asked] = asking
         turns, summary = 0, ""
         if total > target and len(conv.turns) > 1:  # aim lower: a summary is a model call and a new prefix
             turns, cut = self._turns_to_summarise(conv, sizes, total, int(target * SUMMARY_AIM))
@@ -201,6 +204,13 @@ def _stubbed(conv: Conversation, index: int, asked: int) -> dict[str, Any]:
     message = conv.messages[index]
     call = next(c for c in conv.messages[asked]["tool_calls"] if c["id"] == message["tool_call_id"])
     return {**message, "content": stub(call["function"]["name"], call["function"]["arguments"], message["content"])}
+
+
+def _shrunk(message: dict[str, Any], stubbed: set[str]) -> dict[str, Any]:
+    """An assistant message with the arguments of its compacted calls shrunk (as `build` will)."""
+    calls = [{**c, "function": {**c["function"], "arguments": shrink_arguments(c["function"]["arguments"])}}
+             if c["id"] in stubbed else c for c in message.get("tool_calls", [])]
+    return {**message, "tool_calls": calls}
 
 
 def _prompts_size(conv: Conversation, sizes: list[int], cut: int) -> int:

@@ -7,6 +7,7 @@ always rebuilt from the log, it is the same after a restart as it was before.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,25 @@ def stub(name: str, arguments: str, output: str) -> str:
     where = (f"the full output is saved at {saved.group(0)} (read it in pages with read_file)" if saved
              else "run the tool again if you need it")
     return f"[Result of {name}({args}) left out to save context: {len(output):,} characters; {where}.]"
+
+
+ARGUMENT_CAP = 200
+"""Characters of one argument value kept in a compacted tool call (a file's content, a long command)."""
+
+
+def shrink_arguments(arguments: str) -> str:
+    """A compacted tool call's arguments: still JSON, long values replaced by their length (the file
+    the call wrote is in the workspace; the call itself is in the session log)."""
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        return arguments if len(arguments) <= ARGUMENT_CAP else arguments[:ARGUMENT_CAP] + "…"
+    if not isinstance(parsed, dict):
+        return arguments
+    shrunk = {key: (f"[{len(value):,} characters left out to save context]"
+                    if isinstance(value, str) and len(value) > ARGUMENT_CAP else value)
+              for key, value in parsed.items()}
+    return json.dumps(shrunk, ensure_ascii=False)
 
 
 def summary_message(turns: int, prompts: list[str], summary: str) -> str:
@@ -111,8 +131,10 @@ def build(events: list[Event], system: str = SYSTEM_PROMPT) -> Conversation:
             close_pending()
             message: dict[str, Any] = {"role": "assistant", "content": data.content}
             if data.tool_calls:
-                message["tool_calls"] = [
-                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                message["tool_calls"] = [  # a compacted call's long arguments go with its result
+                    {"id": c.id, "type": "function",
+                     "function": {"name": c.name, "arguments": shrink_arguments(c.arguments) if c.id in stubbed
+                                  else c.arguments}}
                     for c in data.tool_calls
                 ]
                 pending.update({c.id: (c.name, c.arguments, len(messages)) for c in data.tool_calls})
