@@ -179,3 +179,27 @@ async def test_stop_pressed_on_another_instance_stops_the_turn_for_its_prompter_
         await slack.wait_for(lambda: "Stopped by <@U0BOB001>" in turns(slack, root)[1].rendered(), timeout=10)
     finally:
         await asyncio.gather(a.stop(), b.stop())
+
+
+async def test_the_prompt_rate_limit_counts_a_persons_prompts_on_every_instance(
+        tmp_path, pg_url, slack: FakeSlack, model: FakeOpenAI):
+    a = await start(tmp_path, "a", pg_url, slack, model, max_prompts_per_minute=3)
+    b = await start(tmp_path, "b", pg_url, slack, model, max_prompts_per_minute=3)
+    try:
+        await slack.wait_for(lambda: slack.socket_count == 2)
+        for n in range(3):  # two reach a, one reaches b: neither instance alone sees three
+            ts = slack.next_ts()
+            event = {"type": "app_mention", "user": "U0ALICE1", "text": f"<@{slack.bot_user_id}> task {n}", "ts": ts,
+                     "channel": "C0000001", "event_ts": ts}
+            await slack.send_event(event, to=n % 2)
+            await slack.wait_for(lambda ts=ts: all_done(slack, ts, 1), timeout=20)
+        ts = slack.next_ts()
+        event = {"type": "app_mention", "user": "U0ALICE1", "text": f"<@{slack.bot_user_id}> one more", "ts": ts,
+                 "channel": "C0000001", "event_ts": ts}
+        await slack.send_event(event, to=1)  # b has seen only one of hers
+        refusal = await slack.wait_for(lambda: slack.calls_to("chat.postEphemeral"), what="the refusal")
+        assert refusal[0].params["user"] == "U0ALICE1"
+        assert "You've sent 3 requests in the last minute" in refusal[0].params["text"]
+        assert "one more" not in prompted(model)
+    finally:
+        await asyncio.gather(a.stop(), b.stop())

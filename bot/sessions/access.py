@@ -152,6 +152,15 @@ class Access:
         if self._limiter.hit(self._prompt_rate, "prompts", author.id):
             return None
         reset = self._limiter.get_window_stats(self._prompt_rate, "prompts", author.id).reset_time
+        return self._rate_denied(reset)
+
+    def check_shared_rate(self, recent: list[float]) -> Denied | None:
+        """The same limit over every instance: `recent` is when this person's prompts of the last
+        minute arrived, wherever (with several instances the in-memory window sees one's share)."""
+        limit = self.settings.max_prompts_per_minute
+        return self._rate_denied(sorted(recent)[-limit] + 60) if len(recent) >= limit else None
+
+    def _rate_denied(self, reset: float) -> Denied:
         wait = max(1, round(reset - time.time()))
         return Denied("rate_limited", f"You've sent {self.settings.max_prompts_per_minute} requests in the last minute; "
                                       f"you can send more in {wait} s.")

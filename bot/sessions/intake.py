@@ -164,7 +164,8 @@ class Intake:
             return self._refuse(author, Refused("too_long", f"That message is {len(text):,} characters long; I take up to "
                                 f"{self.max_prompt_chars:,}. Please shorten it (a link to a file or a gist works well) "
                                 "and send it again."))
-        if denied := await self.access.check_person(author) or self.access.check_rate(author):
+        if denied := await self.access.check_person(author) or self.access.check_rate(author) or \
+                await self._check_shared_rate(author):
             return self._refuse(author, Refused.denied(denied))
         if author.name is None or author.email is None:  # for people reading the session elsewhere, and commits
             author = author.model_copy(update={"name": author.name or self.access.known_name(author),
@@ -482,6 +483,11 @@ class Intake:
         added = await self.sessions.add_participants(info.id, set(request.mentions) - {request.author.id}, by=request.author.id)
         if added:
             self.sessions.emit(info.id, ParticipantsAdded(people=sorted(added), by=request.author.id))
+
+    async def _check_shared_rate(self, author: Author) -> Denied | None:
+        """MAX_PROMPTS_PER_MINUTE across instances (PostgreSQL), from the prompts the database holds."""
+        recent = await self.sessions.recent_prompt_times(author.id, 60)
+        return self.access.check_shared_rate(recent) if recent is not None else None
 
     async def _may_control(self, info: SessionInfo, by: Author, what: str) -> Denied | None:
         if denied := await self.access.check_person(by):

@@ -57,7 +57,15 @@ from bot.sessions.runner import Runner
 from bot.sessions.shared_log import SharedLog
 from bot.store.batch import BatchWriter
 from bot.store.db import Database
-from bot.store.tables import ParticipantRow, PromptRow, SessionLeaseRow, SessionRow, SurfaceRow, TurnRow
+from bot.store.tables import (
+    ParticipantRow,
+    PromptRow,
+    SessionLeaseRow,
+    SessionPromptRow,
+    SessionRow,
+    SurfaceRow,
+    TurnRow,
+)
 from bot.store.warm_ups import WarmUps
 from bot.util.keyed_locks import KeyedLocks
 from sandbox.egress import EgressRecord
@@ -470,6 +478,17 @@ class SessionService:
         """Who prompted the turn running now, if one is (here: for a session this instance drives)."""
         runner = self._runners.get(session_id)
         return runner.prompt.author.id if runner and runner.turn_running and runner.prompt else None
+
+    async def recent_prompt_times(self, author_id: str, seconds: float) -> list[float] | None:
+        """When this person's prompts of the last `seconds` arrived, on any instance; None with one
+        instance (its own memory counts them)."""
+        if self.cluster is None:
+            return None
+        since = time.time() - seconds
+        async with self.db.session() as db:
+            rows = await db.execute(select(SessionPromptRow.created_at).where(
+                SessionPromptRow.author_id == author_id, SessionPromptRow.created_at > since))
+            return [float(t) for t in rows.scalars()]
 
     async def turn_author(self, session_id: str) -> str | None:
         """Who prompted the turn running now, wherever the session is driven (another instance's:

@@ -346,7 +346,8 @@ class SessionPromptRow(Base):
     """A session's prompt queue: any instance adds a prompt (`inbox`); the owner claims and runs it."""
 
     __tablename__ = "session_prompts"
-    __table_args__ = (Index("ix_session_prompts_session_status", "session_id", "status"),)
+    __table_args__ = (Index("ix_session_prompts_session_status", "session_id", "status"),
+                      Index("ix_session_prompts_author_created", "author_id", "created_at"))
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(String(32))

@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float(), nullable=False),
     )
     op.create_index("ix_session_prompts_session_status", "session_prompts", ["session_id", "status"])
+    op.create_index("ix_session_prompts_author_created", "session_prompts", ["author_id", "created_at"])
     op.create_table(
         "session_refs",
         sa.Column("session_id", sa.String(length=32), primary_key=True),
@@ -92,6 +93,7 @@ def downgrade() -> None:
     op.drop_index("ix_session_commands_owner", table_name="session_commands")
     op.drop_table("session_commands")
     op.drop_table("session_refs")
+    op.drop_index("ix_session_prompts_author_created", table_name="session_prompts")
     op.drop_index("ix_session_prompts_session_status", table_name="session_prompts")
     op.drop_table("session_prompts")
     op.drop_table("session_events")
