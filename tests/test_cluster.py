@@ -64,9 +64,8 @@ async def test_sessions_spread_over_two_instances_are_each_answered_once_whereve
         assert await owners(pg_url) == by_owner, "a session stays with its owner"
         assert sorted(prompted(model)) == sorted([f"task {i}" for i in range(6)] + [f"more {i}" for i in range(6)])
 
-        ts = slack.next_ts()  # one event delivered on both connections (a retry that reached the other one)
-        event = {"type": "app_mention", "user": "U0BOB001", "text": f"<@{slack.bot_user_id}> only once", "ts": ts,
-                 "channel": "C0000001", "event_ts": ts}
+        event = slack.mention_event("U0BOB001", "only once")  # delivered on both connections (a retry elsewhere)
+        ts = event["ts"]
         await asyncio.gather(slack.send_event(event, event_id="Ev0TWICE01", to=0),
                              slack.send_event(event, event_id="Ev0TWICE01", to=1))
         await slack.wait_for(lambda: all_done(slack, ts, 1), timeout=20)
@@ -188,14 +187,11 @@ async def test_the_prompt_rate_limit_counts_a_persons_prompts_on_every_instance(
     try:
         await slack.wait_for(lambda: slack.socket_count == 2)
         for n in range(3):  # two reach a, one reaches b: neither instance alone sees three
-            ts = slack.next_ts()
-            event = {"type": "app_mention", "user": "U0ALICE1", "text": f"<@{slack.bot_user_id}> task {n}", "ts": ts,
-                     "channel": "C0000001", "event_ts": ts}
+            event = slack.mention_event("U0ALICE1", f"task {n}")
+            ts = event["ts"]
             await slack.send_event(event, to=n % 2)
             await slack.wait_for(lambda ts=ts: all_done(slack, ts, 1), timeout=20)
-        ts = slack.next_ts()
-        event = {"type": "app_mention", "user": "U0ALICE1", "text": f"<@{slack.bot_user_id}> one more", "ts": ts,
-                 "channel": "C0000001", "event_ts": ts}
+        event = slack.mention_event("U0ALICE1", "one more")
         await slack.send_event(event, to=1)  # b has seen only one of hers
         refusal = await slack.wait_for(lambda: slack.calls_to("chat.postEphemeral"), what="the refusal")
         assert refusal[0].params["user"] == "U0ALICE1"

@@ -41,9 +41,8 @@ async def test_three_instances_answer_fifty_sessions_once_follow_each_other_and_
         assert set(spread) == {"i1", "i2", "i3"}, spread
 
         # one event delivered on two instances' connections (Slack retried it onto another one): handled once
-        ts = slack.next_ts()
-        event = {"type": "app_mention", "user": "U0BOB001", "text": f"<@{slack.bot_user_id}> just once", "ts": ts,
-                 "channel": "C0000001", "event_ts": ts}
+        event = slack.mention_event("U0BOB001", "just once")
+        ts = event["ts"]
         await asyncio.gather(slack.send_event(event, event_id="Ev0TWICE16", to=0),
                              slack.send_event(event, event_id="Ev0TWICE16", to=1, retry_attempt=1))
         await slack.wait_for(lambda: all_done(slack, ts, 1), timeout=30)

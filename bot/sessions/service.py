@@ -572,8 +572,7 @@ class SessionService:
         slog = self._logs.get(info.id)
         runner = self._begin_working(info)
         for prompt in claimed:
-            _, event = slog.enqueue(prompt.text, prompt.author, prompt.order_key, prompt.id)
-            self.bus.publish(info.id, event)
+            self._queue_claimed(info.id, prompt)
         for prompt_id in slog.prompts_with_status(RUNNING):
             slog.set_prompt_status(prompt_id, Outcome.INTERRUPTED.value)
             partial = slog.unfinished_step_text(prompt_id)
@@ -673,8 +672,12 @@ class SessionService:
             if run:
                 await self._enqueue(info, prompt.text, prompt.author, prompt.order_key, prompt.id)
             else:
-                _, event = self._logs.get(session_id).enqueue(prompt.text, prompt.author, prompt.order_key, prompt.id)
-                self.bus.publish(session_id, event)
+                self._queue_claimed(session_id, prompt)
+
+    def _queue_claimed(self, session_id: str, prompt: Prompt) -> None:
+        """A prompt claimed from the shared inbox, into this instance's queue with its shared id."""
+        _, event = self._logs.get(session_id).enqueue(prompt.text, prompt.author, prompt.order_key, prompt.id)
+        self.bus.publish(session_id, event)
 
     def _woken(self, session_id: str) -> None:
         """A notification on our channel: a prompt or a command for a session we own."""

@@ -17,9 +17,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 
-from sqlalchemy import select, text, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 
@@ -33,15 +32,6 @@ log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "ha_events"
 POLL = 5.0
 """Seconds a follower waits for a notification before it looks anyway (a lost connection)."""
-
-
-@dataclass
-class _Batch:
-    events: list[dict[str, object]] = field(default_factory=list)
-    statuses: list[dict[str, object]] = field(default_factory=list)
-    refs: list[dict[str, object]] = field(default_factory=list)
-    cleared: list[str] = field(default_factory=list)
-    last_seq: dict[str, int] = field(default_factory=dict)
 
 
 class SharedLog:
@@ -120,15 +110,17 @@ class SharedLog:
                 self._progress.notify_all()
 
     async def _write(self, ops: list[tuple[str, tuple[object, ...]]]) -> None:
-        batch = _Batch()
+        events: list[dict[str, object]] = []
+        last_seq: dict[str, object] = {}
         async with self.db.engine.begin() as conn:
             for kind, args in ops:
-                if kind != "event" and batch.events:  # keep the order: events before what follows them
-                    await self._write_events(conn, batch)
+                if kind != "event" and events:  # keep the order: events before what follows them
+                    await conn.execute(insert(SessionEventRow), events)
+                    events = []
                 if kind == "event":
                     sid, seq, ts, ev_kind, turn, data = args
-                    batch.events.append({"session_id": sid, "seq": seq, "ts": ts, "kind": ev_kind, "turn": turn, "data": data})
-                    batch.last_seq[str(sid)] = int(seq)  # type: ignore[call-overload]
+                    events.append({"session_id": sid, "seq": seq, "ts": ts, "kind": ev_kind, "turn": turn, "data": data})
+                    last_seq[str(sid)] = seq
                 elif kind == "status":
                     sid, pid, status = args
                     await conn.execute(update(SessionPromptRow).where(SessionPromptRow.id == pid).values(status=status))
@@ -139,17 +131,12 @@ class SharedLog:
                     sid, key, value = args
                     stmt = pg_insert(SessionRefRow).values(session_id=sid, key=key, value=value)
                     await conn.execute(stmt.on_conflict_do_update(index_elements=["session_id", "key"], set_={"value": value}))
-            if batch.events:
-                await self._write_events(conn, batch)
-            if batch.last_seq:
-                payloads = [f"{sid}:{seq}" for sid, seq in batch.last_seq.items()]
+            if events:
+                await conn.execute(insert(SessionEventRow), events)
+            if last_seq:
+                payloads = [f"{sid}:{seq}" for sid, seq in last_seq.items()]
                 await conn.execute(text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:ps AS text[])) AS p"),
                                    {"channel": EVENTS_CHANNEL, "ps": payloads})
-
-    @staticmethod
-    async def _write_events(conn: object, batch: _Batch) -> None:
-        await conn.execute(SessionEventRow.__table__.insert(), batch.events)  # type: ignore[attr-defined]
-        batch.events = []
 
     async def _drop_lost(self, ops: list[tuple[str, tuple[object, ...]]]) -> list[tuple[str, tuple[object, ...]]]:
         """A seq already taken: find the sessions whose events collide, give them up, keep the rest."""

@@ -892,6 +892,12 @@ class FakeSlack:
         await self.send_event(event)
         return msg.ts
 
+    def mention_event(self, user: str, text: str, channel: str = "C0000001") -> dict[str, Any]:
+        """A new top-level `app_mention` of the bot (for tests that deliver it themselves, e.g. twice)."""
+        ts = self.next_ts()
+        return {"type": "app_mention", "user": user, "text": f"<@{self.bot_user_id}> {text}", "ts": ts,
+                "channel": channel, "event_ts": ts}
+
     async def mention(self, user: str, text: str, channel: str = "C0000001", thread_ts: str | None = None) -> str:
         return await self.user_message(user, f"<@{self.bot_user_id}> {text}", channel, thread_ts)
 
