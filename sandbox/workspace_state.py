@@ -17,8 +17,6 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
-
 from bot.store.db import Database
 from bot.store.tables import WorkspaceStateRow
 from sandbox.executor import Executor
@@ -61,16 +59,6 @@ class WorkspaceStates:
                 row.repo, row.base_commit, row.start_tree = repo, state.base_commit, state.start_tree
                 row.patch = state.patch
                 row.updated_at = datetime.now(UTC)
-
-    async def forget(self, session_id: str) -> None:
-        async with self.db.session() as s, s.begin():
-            row = await s.get(WorkspaceStateRow, session_id)
-            if row is not None:
-                await s.delete(row)
-
-    async def sessions(self) -> list[str]:
-        async with self.db.session() as s:
-            return list((await s.execute(select(WorkspaceStateRow.session_id))).scalars())
 
 
 async def starting_point(executor: Executor) -> tuple[str, str] | None:

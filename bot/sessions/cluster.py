@@ -149,14 +149,6 @@ class Cluster:
                                         {"sid": session_id})).scalar_one_or_none()
         return str(owner) if owner is not None else self.id  # we are lapsed ourselves: nobody to hand it to
 
-    async def owner(self, session_id: str) -> str | None:
-        """The live owner of a session, if it has one."""
-        async with self.db.engine.connect() as conn:
-            owner = (await conn.execute(text(
-                "SELECT l.owner FROM session_leases l JOIN instances i ON i.id = l.owner"
-                " WHERE l.session_id = :sid AND i.expires_at > now()"), {"sid": session_id})).scalar_one_or_none()
-        return str(owner) if owner is not None else None
-
     async def orphans(self, limit: int = 100) -> list[str]:
         """Sessions with work (working, or prompts waiting in the inbox) and no live owner."""
         async with self.db.engine.connect() as conn:
