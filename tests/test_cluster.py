@@ -6,6 +6,8 @@ instance's sessions are taken over. tests/test_instances.py runs real `serve` pr
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,20 @@ async def start(tmp_path: Path, name: str, pg_url: str, slack: FakeSlack, model:
     return svc
 
 
+@asynccontextmanager
+async def two_instances(tmp_path: Path, pg_url: str, slack: FakeSlack, model: FakeOpenAI,
+                        **extra: Any) -> AsyncIterator[list[Service]]:
+    """Instances a and b, both connected to Slack (a's connection first, so events go to b's unless
+    spread); those still in the list are stopped afterwards (a test that stops one removes it)."""
+    running = [await start(tmp_path, "a", pg_url, slack, model, **extra)]
+    try:
+        running.append(await start(tmp_path, "b", pg_url, slack, model, **extra))
+        await slack.wait_for(lambda: slack.socket_count == 2, what="both instances connected")
+        yield running
+    finally:
+        await asyncio.gather(*(svc.stop() for svc in running))
+
+
 def prompted(model: FakeOpenAI) -> list[str]:
     """What people asked, request by request (without the "From <person>:" line)."""
     return [r.last_user_text.split("\n", 1)[-1] for r in model.requests]
@@ -46,10 +62,7 @@ async def session_of(svc: Service, root: str) -> SessionInfo:
 
 async def test_sessions_spread_over_two_instances_are_each_answered_once_wherever_their_prompts_arrive(
         tmp_path, pg_url, slack: FakeSlack, model: FakeOpenAI):
-    a = await start(tmp_path, "a", pg_url, slack, model)
-    b = await start(tmp_path, "b", pg_url, slack, model)
-    try:
-        await slack.wait_for(lambda: slack.socket_count == 2, what="both instances connected")
+    async with two_instances(tmp_path, pg_url, slack, model):
         slack.spread = True
         roots = [await slack.mention("U0ALICE1", f"task {i}") for i in range(6)]
         for root in roots:
@@ -72,18 +85,14 @@ async def test_sessions_spread_over_two_instances_are_each_answered_once_whereve
         await asyncio.sleep(1)
         assert len(turns(slack, ts)) == 1
         assert prompted(model).count("only once") == 1
-    finally:
-        await asyncio.gather(a.stop(), b.stop())
 
 
 async def test_a_viewer_on_one_instance_follows_a_session_driven_by_the_other_live(
         tmp_path, pg_url, slack: FakeSlack, model: FakeOpenAI):
-    a = await start(tmp_path, "a", pg_url, slack, model)
-    b = await start(tmp_path, "b", pg_url, slack, model)
-    try:
-        await slack.wait_for(lambda: slack.socket_count == 2)
+    async with two_instances(tmp_path, pg_url, slack, model) as running:
+        a, b = running
         model.add(Reply(text="first"))
-        root = await slack.mention("U0ALICE1", "hello", )
+        root = await slack.mention("U0ALICE1", "hello")
         await slack.wait_for(lambda: all_done(slack, root, 1), timeout=20)
         info = await session_of(a, root)
         owner, other = (a, b) if (await owners(pg_url))[info.id] == "a" else (b, a)
@@ -93,7 +102,7 @@ async def test_a_viewer_on_one_instance_follows_a_session_driven_by_the_other_li
                 f"{base}/s/{info.share_token}/ws?after=0", headers={"Origin": base}) as ws:
             history = await read_events(ws, lambda evs: any(e["kind"] == "status" and e["data"]["state"] == "idle"
                                                             for e in evs))
-            await slack.user_message("U0ALICE1", "again", thread_ts=root, )
+            await slack.user_message("U0ALICE1", "again", thread_ts=root)
             live = await read_events(ws, lambda evs: sum(e["kind"] == "text_delta" for e in evs) >= 3, timeout=20)
             assert not owner.sessions.cached(info.id) or owner.sessions.working(info.id), "seen while it runs"
             rest = await read_events(ws, lambda evs: any(e["kind"] == "turn_ended" for e in evs), timeout=20)
@@ -101,38 +110,28 @@ async def test_a_viewer_on_one_instance_follows_a_session_driven_by_the_other_li
         assert seqs == list(range(1, len(seqs) + 1)), "every event once, in order, across instances"
         assert "".join(e["data"]["text"] for e in live + rest if e["kind"] == "text_delta") == "slow " * 40
         await slack.wait_for(lambda: all_done(slack, root, 2), timeout=20)
-    finally:
-        await asyncio.gather(a.stop(), b.stop())
 
 
 async def test_a_stopped_instances_sessions_are_taken_over_the_running_turn_interrupted_the_queue_answered_once(
         tmp_path, pg_url, slack: FakeSlack, model: FakeOpenAI):
-    a = await start(tmp_path, "a", pg_url, slack, model, model_timeout=60)
-    b = await start(tmp_path, "b", pg_url, slack, model, model_timeout=60)
-    stopped = False
-    try:
-        await slack.wait_for(lambda: slack.socket_count == 2)
+    async with two_instances(tmp_path, pg_url, slack, model, model_timeout=60) as running:
+        a, b = running
         model.add_for("long job", Reply(text="never finished", hang=True))
         root = await slack.mention("U0ALICE1", "long job")
         await slack.wait_for(lambda: prompted(model)[-1:] == ["long job"])
         info = await session_of(a, root)
-        owner_name = (await owners(pg_url))[info.id]
-        owner, other = (a, b) if owner_name == "a" else (b, a)
+        owner, other = (a, b) if (await owners(pg_url))[info.id] == "a" else (b, a)
         await slack.user_message("U0BOB001", "queued behind it", thread_ts=root)
         await slack.wait_for(lambda: any("1 more queued" in t.rendered() for t in turns(slack, root)),
                              what="the queued prompt shown")
+        running.remove(owner)  # stopped here, not again on the way out
         await owner.stop()
-        stopped = True
         await slack.wait_for(lambda: all_done(slack, root, 2), timeout=30, what="the takeover")
         first, second = turns(slack, root)
         assert "interrupted" in first.rendered()
         assert second.answer() == "Answer to: queued behind it"
         assert (await owners(pg_url))[info.id] == other.instance_id
         assert prompted(model).count("queued behind it") == 1
-    finally:
-        await other.stop()
-        if not stopped:
-            await owner.stop()
 
 
 async def test_a_housekeeping_job_fired_by_three_instances_at_once_runs_once_per_interval(pg_url):
@@ -159,10 +158,8 @@ async def _record(runs: list[int], n: int) -> None:
 
 async def test_stop_pressed_on_another_instance_stops_the_turn_for_its_prompter_only(
         tmp_path, pg_url, slack: FakeSlack, model: FakeOpenAI):
-    a = await start(tmp_path, "a", pg_url, slack, model, model_timeout=60)
-    b = await start(tmp_path, "b", pg_url, slack, model, model_timeout=60)
-    try:
-        await slack.wait_for(lambda: slack.socket_count == 2)  # events go to b's (the newest) connection
+    async with two_instances(tmp_path, pg_url, slack, model, model_timeout=60) as running:  # events reach b
+        a = running[0]
         root = await slack.mention("U0ALICE1", "hello")
         await slack.wait_for(lambda: all_done(slack, root, 1), timeout=20)
         assert (await owners(pg_url))[(await session_of(a, root)).id] == "b"
@@ -176,16 +173,11 @@ async def test_stop_pressed_on_another_instance_stops_the_turn_for_its_prompter_
         assert refusal[0].params["user"] == "U0CAROL1" and "Only the person whose request is running" in refusal[0].params["text"]
         await slack.click("U0BOB001", status, "stop_turn", to=0)  # Bob's own turn, known on a from the shared log
         await slack.wait_for(lambda: "Stopped by <@U0BOB001>" in turns(slack, root)[1].rendered(), timeout=10)
-    finally:
-        await asyncio.gather(a.stop(), b.stop())
 
 
 async def test_the_prompt_rate_limit_counts_a_persons_prompts_on_every_instance(
         tmp_path, pg_url, slack: FakeSlack, model: FakeOpenAI):
-    a = await start(tmp_path, "a", pg_url, slack, model, max_prompts_per_minute=3)
-    b = await start(tmp_path, "b", pg_url, slack, model, max_prompts_per_minute=3)
-    try:
-        await slack.wait_for(lambda: slack.socket_count == 2)
+    async with two_instances(tmp_path, pg_url, slack, model, max_prompts_per_minute=3):
         for n in range(3):  # two reach a, one reaches b: neither instance alone sees three
             event = slack.mention_event("U0ALICE1", f"task {n}")
             ts = event["ts"]
@@ -197,5 +189,3 @@ async def test_the_prompt_rate_limit_counts_a_persons_prompts_on_every_instance(
         assert refusal[0].params["user"] == "U0ALICE1"
         assert "You've sent 3 requests in the last minute" in refusal[0].params["text"]
         assert "one more" not in prompted(model)
-    finally:
-        await asyncio.gather(a.stop(), b.stop())
